@@ -1,0 +1,58 @@
+"""``folk`` command line. Only the chosen command's module is imported, so start-up stays
+fast (importing timm alone takes seconds)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command: (module defining add_arguments(parser) and run(args), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "pretrain": ("folk.engine.cli", "pre-train one variant into a run directory"),
+    "eval": ("folk.evals.cli", "evaluate a run directory (knn, linear, finetune, fewshot, "
+                               "segmentation, robustness)"),
+    "bench": ("folk.bench", "measure pre-training step throughput against a DINO baseline"),
+    "prepare": ("folk.data.cli", "prepare a dataset and write its manifest"),
+    "launch": ("folk.launch.cli", "submit pre-training or fine-tuning through submitit/SLURM"),
+    "report": ("folk.report.cli", "generate the paper tables and figures from run results"),
+    "config": ("folk.config.cli", "validate a params file and print the resolved configuration"),
+    "schema": ("folk.config.schema_cli", "write the JSON schema of the configuration"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="folk", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, helptext) in COMMANDS.items():
+        sub.add_parser(name, help=helptext)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from folk.errors import FolkError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        _top_parser().parse_args(argv or ["--help"])
+        return 2
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"folk {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except FolkError as exc:
+        print(f"folk {name}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--config FILE`` and repeated ``--set key=value``, shared by every command."""
+    parser.add_argument("--config", required=required, help="params YAML file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a key (value read as YAML)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

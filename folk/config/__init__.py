@@ -1,0 +1,337 @@
+"""Configuration: defaults, params files, ``--set`` overrides, validation, resolution.
+
+One source of truth: ``defaults.yaml`` (every key with its default) plus the constraints in
+``constraints.py``. The JSON schema that Snakemake validates with is generated from both
+(``folk schema``), so the workflow and the package reject the same configurations.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from folk.config.constraints import CONSTRAINTS, ENUM_NULLABLE
+from folk.errors import ConfigError
+
+DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
+
+
+def defaults() -> dict:
+    with open(DEFAULTS_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _flat_keys(tree: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in tree.items():
+        path = f"{prefix}{k}"
+        keys.append(path)
+        if isinstance(v, dict) and path not in FREE_FORM:
+            keys.extend(_flat_keys(v, path + "."))
+    return keys
+
+
+FREE_FORM = {"slurm.extra_sbatch"}
+
+
+def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
+    """Merge ``update`` into ``base`` in place, refusing keys ``base`` does not have."""
+    for key, value in update.items():
+        path = f"{prefix}{key}"
+        if key not in base:
+            known = _flat_keys(base, prefix)
+            hint = difflib.get_close_matches(path, known, n=1)
+            extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise ConfigError(f"{source}: unknown key '{path}'{extra}")
+        if isinstance(base[key], dict) and path not in FREE_FORM:
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"{source}: key '{path}' must be a mapping, got {value!r}")
+            _merge(base[key], value, source, path + ".")
+        else:
+            base[key] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``a.b=value`` with value read as YAML (``[1, 2]``, ``true``, ``1e-3``)."""
+    if "=" not in item:
+        raise ConfigError(f"--set: expected key=value, got '{item}'")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value '{raw}': {exc}") from None
+    return key.strip(), value
+
+
+def _nest(key: str, value: Any) -> dict:
+    out: dict = {}
+    node = out
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def read_params(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
+                base: dict | None = None) -> dict:
+    """Defaults (or ``base``), then the params file, then ``--set`` overrides; validated
+    and resolved. Nothing is read but the YAML: this runs before any data or model."""
+    cfg = copy.deepcopy(base) if base is not None else defaults()
+    if path is not None:
+        _merge(cfg, read_params(path), str(path))
+    for item in overrides:
+        key, value = parse_override(item)
+        _merge(cfg, _nest(key, value), f"--set {key}")
+    source = str(path) if path is not None else "configuration"
+    validate(cfg, source)
+    return resolve(cfg)
+
+
+def merge_into(cfg: dict, update: dict, source: str) -> dict:
+    out = copy.deepcopy(cfg)
+    _merge(out, update, source)
+    return out
+
+
+# ---------------------------------------------------------------- validation
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _check_type(path: str, default: Any, value: Any, source: str) -> None:
+    if path in ENUM_NULLABLE:
+        return
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+        want = "a boolean"
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        want = "an integer"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        want = "a number"
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+        want = "a string"
+    elif isinstance(default, list):
+        ok = isinstance(value, list)
+        want = "a list"
+    elif isinstance(default, dict):
+        ok = isinstance(value, dict)
+        want = "a mapping"
+    else:
+        ok, want = True, ""
+    if not ok:
+        raise ConfigError(f"{source}: key '{path}' must be {want}, got {value!r} "
+                          f"({_type_name(value)})")
+    if isinstance(default, list) and default and isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_type(f"{path}[{i}]", default[0], item, source)
+
+
+def _walk(defaults_tree: dict, cfg: dict, source: str, prefix: str = "") -> None:
+    for key, default in defaults_tree.items():
+        path = f"{prefix}{key}"
+        value = cfg[key]
+        if isinstance(default, dict) and path not in FREE_FORM:
+            _walk(default, value, source, path + ".")
+        else:
+            _check_type(path, default, value, source)
+
+
+def _check_constraint(path: str, value: Any, rule: dict, source: str) -> None:
+    def bad(msg: str) -> ConfigError:
+        return ConfigError(f"{source}: key '{path}' = {value!r} {msg}")
+
+    if value is None and rule.get("nullable"):
+        return
+    if "enum" in rule and value not in rule["enum"]:
+        raise bad(f"is not one of {rule['enum']}")
+    if isinstance(value, list):
+        if "minItems" in rule and len(value) < rule["minItems"]:
+            raise bad(f"needs at least {rule['minItems']} item(s)")
+        if "maxItems" in rule and len(value) > rule["maxItems"]:
+            raise bad(f"allows at most {rule['maxItems']} item(s)")
+        if "items" in rule:
+            for item in value:
+                _check_constraint(path, item, rule["items"], source)
+        return
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise bad("must be finite")
+        if "minimum" in rule and value < rule["minimum"]:
+            raise bad(f"must be >= {rule['minimum']}")
+        if "maximum" in rule and value > rule["maximum"]:
+            raise bad(f"must be <= {rule['maximum']}")
+        if "exclusiveMinimum" in rule and value <= rule["exclusiveMinimum"]:
+            raise bad(f"must be > {rule['exclusiveMinimum']}")
+        if "exclusiveMaximum" in rule and value >= rule["exclusiveMaximum"]:
+            raise bad(f"must be < {rule['exclusiveMaximum']}")
+
+
+def _get(cfg: dict, path: str) -> Any:
+    node = cfg
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
+def validate(cfg: dict, source: str = "configuration") -> None:
+    """Types against the defaults, ranges and choices against CONSTRAINTS, then the rules
+    that tie keys together. Raises ConfigError naming the file and the key."""
+    _walk(defaults(), cfg, source)
+    for path, rule in CONSTRAINTS.items():
+        _check_constraint(path, _get(cfg, path), rule, source)
+    _cross_checks(cfg, source)
+
+
+def _cross_checks(cfg: dict, source: str) -> None:
+    from folk.variants import VARIANTS
+
+    m, f, p = cfg["model"], cfg["filter"], cfg["pretrain"]
+    if p["variant"] not in VARIANTS:
+        raise ConfigError(f"{source}: key 'pretrain.variant' = {p['variant']!r} is not one "
+                          f"of {sorted(VARIANTS)}")
+    for v in cfg["workflow"]["variants"]:
+        if v not in VARIANTS:
+            raise ConfigError(f"{source}: key 'workflow.variants' has unknown variant {v!r}; "
+                              f"known: {sorted(VARIANTS)}")
+    size = m["img_size"]
+    radius = scaled_radius(cfg)
+    if radius >= size / 2:
+        raise ConfigError(
+            f"{source}: key 'filter.mfm_radius' = {f['mfm_radius']} gives radius {radius:.2f} px "
+            f"at img_size {size}, larger than the image (must be < {size / 2})")
+    if not m["arch"].startswith("resnet") and size % m["patch_size"] != 0:
+        raise ConfigError(f"{source}: key 'model.patch_size' = {m['patch_size']} does not divide "
+                          f"model.img_size = {size}")
+    if len(cfg["data"]["mean"]) != cfg["data"]["in_chans"] or \
+            len(cfg["data"]["std"]) != cfg["data"]["in_chans"]:
+        raise ConfigError(f"{source}: keys 'data.mean'/'data.std' need data.in_chans = "
+                          f"{cfg['data']['in_chans']} values")
+    if p["batch_size"] % p["accum_steps"] != 0:
+        raise ConfigError(f"{source}: key 'pretrain.batch_size' = {p['batch_size']} is not a "
+                          f"multiple of pretrain.accum_steps = {p['accum_steps']}")
+    for path in ("augment.crop_scale", "augment.local_crops_scale"):
+        lo, hi = _get(cfg, path)
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"{source}: key '{path}' = {[lo, hi]} must satisfy 0 < lo <= hi <= 1")
+
+
+def scaled_radius(cfg: dict) -> float:
+    f = cfg["filter"]
+    return f["mfm_radius"] * cfg["model"]["img_size"] / f["mfm_radius_ref_size"]
+
+
+def scaled_patch(cfg: dict) -> int:
+    f = cfg["filter"]
+    return max(1, round(f["patch_mask_size"] * cfg["model"]["img_size"] / f["mfm_radius_ref_size"]))
+
+
+# ---------------------------------------------------------------- resolution
+
+def resolve(cfg: dict) -> dict:
+    """Fill what the variant decides (``method.*`` left null) so that the saved
+    ``config.yaml`` says everything the run did."""
+    from folk.variants import VARIANTS
+
+    cfg = copy.deepcopy(cfg)
+    spec = VARIANTS[cfg["pretrain"]["variant"]]
+    method = cfg["method"]
+    for key, value in spec.items():
+        if method.get(key) is None:
+            method[key] = value
+    if method["p_com"] is None:
+        method["p_com"] = cfg["filter"]["p_com"]
+    return cfg
+
+
+def save_config(cfg: dict, path: str | Path) -> None:
+    from folk.utils.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(cfg, sort_keys=False))
+
+
+def load_run_config(run_dir: str | Path) -> dict:
+    """The resolved ``config.yaml`` of a run directory, re-validated."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"run directory not found: {run_dir}")
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no config.yaml; is this a folk run directory?")
+    return load_config(path)
+
+
+# ---------------------------------------------------------------- JSON schema
+
+def json_schema() -> dict:
+    """JSON schema (draft 7) of the whole configuration, with defaults, for Snakemake."""
+
+    def node(path: str, default: Any) -> dict:
+        rule = {k: v for k, v in CONSTRAINTS.get(path, {}).items() if k != "nullable"}
+        if path in ENUM_NULLABLE:
+            out = {"type": ENUM_NULLABLE[path] + ["null"]}
+            if "enum" in rule:
+                out["enum"] = rule["enum"] + [None]
+            return {**out, "default": default}
+        if isinstance(default, dict) and path not in FREE_FORM:
+            return {"type": "object", "additionalProperties": False, "default": {},
+                    "properties": {k: node(f"{path}.{k}" if path else k, v)
+                                   for k, v in default.items()}}
+        if isinstance(default, dict):
+            return {"type": "object", "default": default}
+        if isinstance(default, bool):
+            out = {"type": "boolean"}
+        elif isinstance(default, int):
+            out = {"type": "integer"}
+        elif isinstance(default, float):
+            out = {"type": "number"}
+        elif isinstance(default, str):
+            out = {"type": "string"}
+        elif isinstance(default, list):
+            out = {"type": "array"}
+            if default:
+                item = node(path + "[]", default[0])
+                item.pop("default", None)
+                out["items"] = item
+        else:
+            out = {}
+        item_rule = rule.pop("items", None)
+        if item_rule and "items" in out:
+            out["items"].update(item_rule)
+        out.update(rule)
+        out["default"] = default
+        return out
+
+    schema = node("", defaults())
+    schema["$schema"] = "http://json-schema.org/draft-07/schema#"
+    schema["title"] = "folk-repro configuration (generated by `folk schema`; do not edit)"
+    return schema
+
+
+def json_schema_yaml() -> str:
+    return yaml.safe_dump(json_schema(), sort_keys=False)

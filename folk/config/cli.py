@@ -1,0 +1,23 @@
+"""``folk config``: validate a params file, print the resolved configuration."""
+from __future__ import annotations
+
+import yaml
+
+from folk.cli import add_config_arguments
+
+
+def add_arguments(parser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--get", help="print only this dotted key")
+
+
+def run(args) -> int:
+    from folk.config import _get, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.get:
+        value = _get(cfg, args.get)
+        print(value if not isinstance(value, (dict, list)) else yaml.safe_dump(value).strip())
+    else:
+        print(yaml.safe_dump(cfg, sort_keys=False), end="")
+    return 0
