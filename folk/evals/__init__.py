@@ -1,0 +1,1 @@
+"""Evaluations of a pre-training run directory (spec, section 5)."""
