@@ -136,65 +136,62 @@ def pooled_features(backbone: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return backbone.forward_head(tokens, pre_logits=True)
 
 
-class StudentTeacher(nn.Module):
-    """Student backbone with DINO and MFM heads; teacher backbone with DINO head (EMA)."""
+class Student(nn.Module):
+    """Student backbone with its DINO head and MFM head; one backbone pass serves both."""
 
     def __init__(self, cfg: dict):
         super().__init__()
         m, method = cfg["model"], cfg["method"]
-        self.reconstruction = bool(method["reconstruction"])
-        self.distillation = bool(method["distillation"])
-        self.student = build_backbone(cfg)
-        dim = self.student.num_features
-        heads = {}
-        if self.distillation:
-            heads["dino"] = DINOHead(dim, m["head_out_dim"], m["head_hidden_dim"],
-                                     m["head_bottleneck_dim"], m["head_nlayers"],
-                                     m["head_norm_last_layer"])
-        if self.reconstruction:
-            heads["mfm"] = MFMHead(dim, output_stride(cfg), cfg["data"]["in_chans"])
-        self.student_heads = nn.ModuleDict(heads)
-        if self.distillation:
-            self.teacher = copy.deepcopy(self.student)
-            self.teacher_head = copy.deepcopy(self.student_heads["dino"])
-            for p in list(self.teacher.parameters()) + list(self.teacher_head.parameters()):
-                p.requires_grad = False
-        else:
-            self.teacher = None
-            self.teacher_head = None
+        self.backbone = build_backbone(cfg)
+        dim = self.backbone.num_features
+        self.dino_head = DINOHead(dim, m["head_out_dim"], m["head_hidden_dim"],
+                                  m["head_bottleneck_dim"], m["head_nlayers"],
+                                  m["head_norm_last_layer"]) if method["distillation"] else None
+        self.mfm_head = MFMHead(dim, output_stride(cfg), cfg["data"]["in_chans"]) \
+            if method["reconstruction"] else None
 
-    def student_forward(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """One backbone pass serving both heads: (DINO logits, reconstructed image)."""
-        tokens = self.student.forward_features(x)
+    def forward(self, x: torch.Tensor, reconstruct: bool = True
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(DINO logits, reconstructed image); a head the variant lacks gives None."""
+        tokens = self.backbone.forward_features(x)
         logits = recon = None
-        if self.distillation:
-            logits = self.student_heads["dino"](pooled_features(self.student, tokens))
-        if self.reconstruction:
-            recon = self.student_heads["mfm"](spatial_features(self.student, tokens))
+        if self.dino_head is not None:
+            logits = self.dino_head(pooled_features(self.backbone, tokens))
+        if self.mfm_head is not None and reconstruct:
+            recon = self.mfm_head(spatial_features(self.backbone, tokens))
         return logits, recon
 
+
+class Teacher(nn.Module):
+    """EMA copy of the student's backbone and DINO head; never receives gradients."""
+
+    def __init__(self, student: Student):
+        super().__init__()
+        self.backbone = copy.deepcopy(student.backbone)
+        self.dino_head = copy.deepcopy(student.dino_head)
+        for p in self.parameters():
+            p.requires_grad = False
+
     @torch.no_grad()
-    def teacher_forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.teacher.forward_features(x)
-        return self.teacher_head(pooled_features(self.teacher, tokens))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dino_head(pooled_features(self.backbone, self.backbone.forward_features(x)))
 
-    def student_modules(self) -> list[nn.Module]:
-        return [self.student, self.student_heads]
 
-    @torch.no_grad()
-    def update_teacher(self, momentum: float) -> None:
-        """teacher <- m * teacher + (1 - m) * student, parameters and buffers alike."""
-        if self.teacher is None:
-            return
-        pairs = [(self.student, self.teacher), (self.student_heads["dino"], self.teacher_head)]
-        for student, teacher in pairs:
-            s_params = list(student.parameters())
-            t_params = list(teacher.parameters())
-            torch._foreach_mul_(t_params, momentum)
-            torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
-            for s_buf, t_buf in zip(student.buffers(), teacher.buffers()):
-                t_buf.copy_(s_buf)
+@torch.no_grad()
+def ema_update(teacher: Teacher, student: Student, momentum: float) -> None:
+    """teacher <- m * teacher + (1 - m) * student for parameters; buffers copied."""
+    t_params, s_params = [], []
+    for t_mod, s_mod in ((teacher.backbone, student.backbone),
+                         (teacher.dino_head, student.dino_head)):
+        t_params += list(t_mod.parameters())
+        s_params += list(s_mod.parameters())
+        for t_buf, s_buf in zip(t_mod.buffers(), s_mod.buffers()):
+            t_buf.copy_(s_buf)
+    torch._foreach_mul_(t_params, momentum)
+    torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
 
-    def final_backbones(self) -> tuple[nn.Module, nn.Module]:
-        """(teacher-or-student, student): the teacher when there is one (DINO's choice)."""
-        return (self.teacher if self.teacher is not None else self.student), self.student
+
+def build_student_teacher(cfg: dict) -> tuple[Student, Teacher | None]:
+    student = Student(cfg)
+    teacher = Teacher(student) if cfg["method"]["distillation"] else None
+    return student, teacher

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -38,10 +39,14 @@ def _flat_keys(tree: dict, prefix: str = "") -> list[str]:
 FREE_FORM = {"slurm.extra_sbatch"}
 
 
-def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
-    """Merge ``update`` into ``base`` in place, refusing keys ``base`` does not have."""
+def _merge(base: dict, update: dict, source: str, prefix: str = "",
+           origins: dict | None = None) -> None:
+    """Merge ``update`` into ``base`` in place, refusing keys ``base`` does not have;
+    ``origins`` records which source set each key, for error messages."""
     for key, value in update.items():
         path = f"{prefix}{key}"
+        if origins is not None:
+            origins[path] = source
         if key not in base:
             known = _flat_keys(base, prefix)
             hint = difflib.get_close_matches(path, known, n=1)
@@ -51,9 +56,24 @@ def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
             if not isinstance(value, dict):
                 raise ConfigError(
                     f"{source}: key '{path}' must be a mapping, got {value!r}")
-            _merge(base[key], value, source, path + ".")
+            _merge(base[key], value, source, path + ".", origins)
         else:
             base[key] = value
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; researchers write learning rates that
+    way, so numbers in exponent form are numbers here."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def yaml_load(text_or_stream) -> Any:
+    return yaml.load(text_or_stream, Loader=_Loader)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -62,7 +82,7 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"--set: expected key=value, got '{item}'")
     key, raw = item.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = yaml_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: cannot parse value '{raw}': {exc}") from None
     return key.strip(), value
@@ -84,7 +104,7 @@ def read_params(path: str | Path) -> dict:
         raise ConfigError(f"config file not found: {path}")
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = yaml_load(f)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if data is None:
@@ -99,13 +119,14 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
     """Defaults (or ``base``), then the params file, then ``--set`` overrides; validated
     and resolved. Nothing is read but the YAML: this runs before any data or model."""
     cfg = copy.deepcopy(base) if base is not None else defaults()
+    origins: dict[str, str] = {}
     if path is not None:
-        _merge(cfg, read_params(path), str(path))
+        _merge(cfg, read_params(path), str(path), origins=origins)
     for item in overrides:
         key, value = parse_override(item)
-        _merge(cfg, _nest(key, value), f"--set {key}")
+        _merge(cfg, _nest(key, value), f"--set {key}", origins=origins)
     source = str(path) if path is not None else "configuration"
-    validate(cfg, source)
+    validate(cfg, source, origins)
     return resolve(cfg)
 
 
@@ -199,13 +220,31 @@ def _get(cfg: dict, path: str) -> Any:
     return node
 
 
-def validate(cfg: dict, source: str = "configuration") -> None:
+def validate(cfg: dict, source: str = "configuration", origins: dict | None = None) -> None:
     """Types against the defaults, ranges and choices against CONSTRAINTS, then the rules
-    that tie keys together. Raises ConfigError naming the file and the key."""
-    _walk(defaults(), cfg, source)
-    for path, rule in CONSTRAINTS.items():
-        _check_constraint(path, _get(cfg, path), rule, source)
-    _cross_checks(cfg, source)
+    that tie keys together. Raises ConfigError naming the key and the file (or the
+    ``--set`` override) that gave it its value."""
+    try:
+        _walk(defaults(), cfg, source)
+        for path, rule in CONSTRAINTS.items():
+            _check_constraint(path, _get(cfg, path), rule, source)
+        _cross_checks(cfg, source)
+    except ConfigError as exc:
+        message = str(exc)
+        key = message.split("key '", 1)[1].split("'", 1)[0] if "key '" in message else ""
+        key = key.split("[", 1)[0]
+        origin = _origin(origins or {}, key)
+        if origin and message.startswith(source + ": "):
+            message = origin + ": " + message[len(source) + 2:]
+        raise ConfigError(message) from None
+
+
+def _origin(origins: dict, key: str) -> str | None:
+    while key:
+        if key in origins:
+            return origins[key]
+        key = key.rpartition(".")[0]
+    return None
 
 
 def _cross_checks(cfg: dict, source: str) -> None:

@@ -16,6 +16,12 @@ def task_dir(run_dir: Path, task: str, variant: str = "") -> Path:
     return Path(run_dir) / "eval" / (f"{task}-{variant}" if variant else task)
 
 
+def features_cache_dir(run_dir: Path) -> Path:
+    """One feature cache per run, shared by k-NN, linear probe and few-shot regression, so a
+    backbone runs over each dataset once."""
+    return Path(run_dir) / "eval" / "features"
+
+
 def is_done(out_dir: Path) -> bool:
     return (Path(out_dir) / "metrics.json").is_file()
 

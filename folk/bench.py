@@ -1,0 +1,172 @@
+"""``folk bench``: throughput of pre-training steps, with a plain DINO step as the baseline
+measured in the same process. Prints one JSON line per (variant, backbone).
+
+Data are random tensors already on the device, so the figure is the model's step cost, the
+same convention as the reference numbers in shared/spec/REFERENCE_NUMBERS.md.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from folk.cli import add_config_arguments
+
+BASELINE = "dino_2view"
+
+
+def add_arguments(parser) -> None:
+    add_config_arguments(parser, required=False)
+    parser.add_argument("--variants", default="folk", help="comma-separated variant names")
+    parser.add_argument("--archs", default="", help="comma-separated timm names "
+                                                    "(default: the config's model.arch)")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per step")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the DINO baseline")
+    parser.add_argument("--peak-tflops", type=float, default=0.0,
+                        help="device peak, to report MFU (e.g. 989 for H100 dense bf16)")
+    parser.add_argument("--out", help="append the JSON lines to this file too")
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _step_flops(step, device) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    _sync(device)
+    return float(counter.get_total_flops())
+
+
+def measure(cfg: dict, batch: int, steps: int, warmup: int, compile_: bool) -> dict:
+    import torch
+
+    from folk.engine.pretrain import param_groups, peak_memory_mb
+    from folk.engine.step import FolkObjective
+    from folk.filters import apply_filter
+    from folk.models import build_student_teacher, ema_update
+    from folk.utils.provenance import device_name
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    student, teacher = build_student_teacher(cfg)
+    student.to(device)
+    if teacher is not None:
+        teacher.to(device)
+    objective = FolkObjective(cfg, student, teacher, device)
+    if compile_:
+        objective.student = torch.compile(student)
+        if teacher is not None:
+            objective.teacher = torch.compile(teacher)
+    opt = torch.optim.AdamW(param_groups(student), lr=1e-4, fused=device.type == "cuda" or None)
+    c, size = cfg["data"]["in_chans"], cfg["model"]["img_size"]
+    views = [torch.rand(batch, c, size, size, device=device) for _ in range(2)]
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def step() -> None:
+        loss, _ = objective(views, 0.04, gen)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 3.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if teacher is not None:
+            ema_update(teacher, student, 0.996)
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    step_s = (time.perf_counter() - t0) / steps
+    # the counter cannot see into compiled graphs: count on an eager copy of the same step
+    flops = _step_flops(step, device) if not compile_ else measure_flops_only(cfg, batch)
+
+    n_masked = cfg["method"]["num_views"] * batch
+    masked = torch.cat(views)[:n_masked]
+    for _ in range(3):
+        apply_filter(objective.filter_name, masked, generator=gen, **objective.filter_kwargs)
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        apply_filter(objective.filter_name, masked, generator=gen, **objective.filter_kwargs)
+    _sync(device)
+    filter_s = (time.perf_counter() - t0) / steps
+    return {"images_per_s": round(batch / step_s, 2), "step_time_ms": round(step_s * 1e3, 3),
+            "tflops": round(flops / step_s / 1e12, 3), "gflop_per_image": round(flops / batch / 1e9, 2),
+            "peak_memory_mb": round(peak_memory_mb(device), 1),
+            "filter_ms": round(filter_s * 1e3, 3),
+            "filter_fraction": round(filter_s / step_s, 4), "device": device_name(),
+            "dtype": str(objective.amp_dtype or "float32").replace("torch.", "")}
+
+
+def measure_flops_only(cfg: dict, batch: int) -> float:
+    import torch
+
+    from folk.engine.step import FolkObjective
+    from folk.models import build_student_teacher
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    student, teacher = build_student_teacher(cfg)
+    student.to(device)
+    if teacher is not None:
+        teacher.to(device)
+    objective = FolkObjective(cfg, student, teacher, device)
+    c, size = cfg["data"]["in_chans"], cfg["model"]["img_size"]
+    views = [torch.rand(batch, c, size, size, device=device) for _ in range(2)]
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def step() -> None:
+        loss, _ = objective(views, 0.04, gen)
+        loss.backward()
+
+    return _step_flops(step, device)
+
+
+def run(args) -> int:
+    from folk.config import load_config
+
+    base_overrides = list(args.overrides)
+    archs = [a for a in args.archs.split(",") if a] or [None]
+    variants = [v for v in args.variants.split(",") if v]
+    jobs = [(v, a, False) for a in archs for v in variants]
+    if not args.no_baseline:
+        jobs = [(BASELINE, a, True) for a in archs] + jobs
+    # validate every configuration before the first (slow) measurement
+    configs = []
+    for variant, arch, baseline in jobs:
+        overrides = base_overrides + [f"pretrain.variant={variant}"]
+        if arch:
+            overrides.append(f"model.arch={arch}")
+        configs.append((variant, baseline, load_config(args.config, overrides)))
+    out = Path(args.out) if args.out else None
+    for variant, baseline, cfg in configs:
+        record = {"type": "bench", "variant": variant, "arch": cfg["model"]["arch"],
+                  "img_size": cfg["model"]["img_size"], "batch_size": args.batch_size,
+                  "compile": args.compile, "baseline": baseline}
+        record.update(measure(cfg, args.batch_size, args.steps, args.warmup, args.compile))
+        if args.peak_tflops:
+            record["mfu"] = round(record["tflops"] / args.peak_tflops, 4)
+        line = json.dumps(record)
+        print(line, flush=True)
+        if out:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with open(out, "a") as f:
+                f.write(line + "\n")
+        print(f"{variant:>22s} {record['arch']}: {record['images_per_s']:.1f} img/s, "
+              f"{record['step_time_ms']:.1f} ms/step, {record['tflops']:.2f} TFLOP/s, "
+              f"filter {100 * record['filter_fraction']:.2f} % of the step", file=sys.stderr)
+    return 0

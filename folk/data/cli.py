@@ -1,0 +1,331 @@
+"""``folk prepare DATASET --config F [--set ..]``: put a dataset where the config says,
+check it, and write its ``manifest.json``; or write the few-shot label lists.
+
+Everything written stays under the dataset root the config names (``data.root``, or
+``eval.segmentation.root`` for segmentation sets).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from folk.cli import add_config_arguments
+
+DATASETS = ("fashion_mnist", "imagefolder", "imagenet", "ade20k", "composite", "fewshot")
+FASHION_MNIST_DEFAULT_SOURCE = "/usr/share/datasets/fashion-mnist"
+APT_HINT = "apt-get install -y dataset-fashion-mnist"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("dataset", choices=DATASETS, help="what to prepare")
+    add_config_arguments(parser)
+    parser.add_argument("--full", action="store_true",
+                        help="image folders: decode every image (default: a seeded sample)")
+    parser.add_argument("--sample-per-class", type=int, default=10, metavar="N",
+                        help="image folders: images decoded per class without --full "
+                             "(default 10)")
+    parser.add_argument("--force", action="store_true",
+                        help="redo the work even when the manifest matches the data")
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _warn(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def checked_root(value: str, key: str) -> Path:
+    """``value`` as a directory path; a relative one must not climb out of the working
+    directory (the project), so nothing is written outside it by accident."""
+    from folk.errors import ConfigError
+
+    if not value:
+        raise ConfigError(f"key '{key}' is empty")
+    p = Path(value)
+    if not p.is_absolute():
+        norm = os.path.normpath(value)
+        if norm == ".." or norm.startswith(".." + os.sep):
+            raise ConfigError(f"key '{key}' = '{value}' leaves the working directory; give a "
+                              "path inside the project or an absolute path")
+        if norm == ".":
+            raise ConfigError(f"key '{key}' = '{value}' is the working directory itself; "
+                              "give a dataset directory")
+    return p
+
+
+def _inside(root: Path, *parts: str) -> Path:
+    """``root/parts``, refused if it resolves outside ``root`` (a symlink out of it)."""
+    target = root.joinpath(*parts)
+    if not target.resolve().is_relative_to(root.resolve()):
+        from folk.errors import DataError
+
+        raise DataError(f"'{target}' resolves to '{target.resolve()}', outside the dataset "
+                        f"root '{root}'; refusing to write there")
+    return target
+
+
+def _require_dataset(cfg: dict, want: str) -> None:
+    from folk.errors import ConfigError
+
+    if cfg["data"]["dataset"] != want:
+        raise ConfigError(f"`folk prepare {want}` but the config has data.dataset = "
+                          f"'{cfg['data']['dataset']}' (data.root '{cfg['data']['root']}'); "
+                          f"set data.dataset: {want}")
+
+
+def _guard_other_dataset(root: Path, dataset: str) -> dict | None:
+    """The manifest already in ``root``; a DataError when it belongs to another dataset
+    (so that preparing one dataset never overwrites another's manifest)."""
+    from folk.data.manifest import read_manifest
+    from folk.errors import DataError
+
+    old = read_manifest(root)
+    if old and old.get("dataset") != dataset:
+        raise DataError(f"'{root / 'manifest.json'}' belongs to dataset "
+                        f"'{old.get('dataset')}', not '{dataset}'; use another root for "
+                        f"{dataset} or remove that directory")
+    return old
+
+
+# ------------------------------------------------------------------ fashion_mnist
+
+def _copy_files(src: Path, names, dst_root: Path) -> None:
+    from folk.utils.io import atomic_write_bytes
+
+    for name in names:
+        atomic_write_bytes(_inside(dst_root, name), (src / name).read_bytes())
+
+
+def _download_fashion_mnist(root: Path, names) -> str:
+    """torchvision's own download into ``<root>/.download`` (removed afterwards); returns
+    the source description. Raises what torchvision raises."""
+    import shutil
+
+    from torchvision.datasets import FashionMNIST
+
+    tmp = _inside(root, ".download")
+    try:
+        FashionMNIST(str(tmp), train=True, download=True)
+        FashionMNIST(str(tmp), train=False, download=True)
+        raw = tmp / "FashionMNIST" / "raw"
+        _copy_files(raw, names, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return f"torchvision download ({', '.join(FashionMNIST.mirrors)})"
+
+
+def prepare_fashion_mnist(cfg: dict, force: bool = False) -> Path:
+    from folk.data.classification import (FASHION_MNIST_CLASSES, FASHION_MNIST_COUNTS,
+                                          FASHION_MNIST_FILES, FashionMNIST)
+    from folk.data.manifest import raw_files_info, raw_files_intact, write_manifest
+    from folk.errors import DataError
+
+    _require_dataset(cfg, "fashion_mnist")
+    root = checked_root(cfg["data"]["root"], "data.root")
+    names = [f for pair in FASHION_MNIST_FILES.values() for f in pair]
+    old = _guard_other_dataset(root, "fashion_mnist")
+    if not force and old and raw_files_intact(root, old.get("raw_files", {})):
+        _say(f"fashion_mnist: '{root}' already prepared (manifest intact); nothing to do")
+        return root / "manifest.json"
+
+    source_dir = Path(cfg["data"]["source"] or FASHION_MNIST_DEFAULT_SOURCE)
+    root.mkdir(parents=True, exist_ok=True)
+    missing = [n for n in names if not (source_dir / n).is_file()]
+    if not missing:
+        _say(f"fashion_mnist: copying {len(names)} IDX files from '{source_dir}' to '{root}'")
+        _copy_files(source_dir, names, root)
+        source = str(source_dir)
+    else:
+        _warn(f"fashion_mnist: '{source_dir}' lacks {', '.join(missing)} "
+              f"(data.source = '{cfg['data']['source']}'; the Debian/Ubuntu package installs "
+              f"them with `{APT_HINT}`); trying torchvision's download instead")
+        try:
+            source = _download_fashion_mnist(root, names)
+        except Exception as exc:  # network errors come in many types
+            raise DataError(
+                f"cannot get Fashion-MNIST: tried '{source_dir}' (missing {', '.join(missing)}) "
+                f"and torchvision's download ({type(exc).__name__}: {exc}); install the files "
+                f"with `{APT_HINT}` or set data.source to a directory holding {', '.join(names)}"
+            ) from None
+        _say(f"fashion_mnist: downloaded with torchvision into '{root}'")
+
+    splits, class_counts = {}, {}
+    for split, expected in FASHION_MNIST_COUNTS.items():
+        ds = FashionMNIST(root, split)
+        if len(ds) != expected or ds.images.shape[1:] != (28, 28):
+            raise DataError(f"'{root / FASHION_MNIST_FILES[split][0]}' holds "
+                            f"{len(ds)} images of {ds.images.shape[1:]}, expected {expected} "
+                            "of 28x28")
+        splits[split] = len(ds)
+        counts = [int((ds.targets == c).sum()) for c in range(len(FASHION_MNIST_CLASSES))]
+        class_counts[split] = dict(zip(FASHION_MNIST_CLASSES, counts))
+    path = write_manifest(root, {
+        "dataset": "fashion_mnist", "root": str(root), "source": source,
+        "splits": splits, "classes": FASHION_MNIST_CLASSES, "class_counts": class_counts,
+        "image_size": [28, 28], "raw_files": raw_files_info(root, names),
+    })
+    _say(f"fashion_mnist: {splits['train']} train + {splits['test']} test images; wrote '{path}'")
+    return path
+
+
+# ------------------------------------------------------------------ image folders
+
+def _link_source_splits(root: Path, source: Path, splits) -> None:
+    """Make ``<root>/<split>`` a link to ``<source>/<split>`` so the data stays where it is
+    and only the manifest is written under the root."""
+    from folk.errors import DataError
+
+    root.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        link, target = root / split, (source / split).resolve()
+        if link.is_symlink():
+            if link.resolve() != target:
+                raise DataError(f"'{link}' links to '{link.resolve()}', not to data.source's "
+                                f"'{target}'; remove the link or fix data.source")
+        elif link.exists():
+            _say(f"  '{link}' exists; using it rather than data.source's '{target}'")
+        elif target.is_dir():
+            link.symlink_to(target, target_is_directory=True)
+            _say(f"  linked '{link}' -> '{target}'")
+
+
+def _folder_digests(root: Path, splits) -> dict | None:
+    from folk.data.classification import scan_split
+    from folk.data.manifest import listing_digest
+
+    out = {}
+    for split in splits:
+        if not (root / split).is_dir():
+            return None
+        _, samples = scan_split(root, split)
+        out[split] = listing_digest(root, [p for p, _ in samples])
+    return out
+
+
+def prepare_image_folder(cfg: dict, dataset: str, *, full: bool = False,
+                         sample_per_class: int = 10, force: bool = False) -> Path:
+    from folk.data.manifest import check_layout, write_manifest
+
+    _require_dataset(cfg, dataset)
+    d = cfg["data"]
+    root = checked_root(d["root"], "data.root")
+    splits = [d["train_split"], d["test_split"]]
+    if d["source"]:
+        _link_source_splits(root, Path(d["source"]), splits)
+    old = _guard_other_dataset(root, dataset)
+    if not force and old:
+        check = old.get("decode_check", {})
+        covers = check.get("mode") == "full" or (
+            not full and (check.get("per_class") or 0) >= sample_per_class)
+        if covers and old.get("files_digest") == _folder_digests(root, splits):
+            _say(f"{dataset}: '{root}' already prepared (manifest matches the files); "
+                 "nothing to do")
+            return root / "manifest.json"
+    _say(f"{dataset}: checking '{root}' (splits {', '.join(splits)})")
+    info = check_layout(root, splits, num_classes=d["num_classes"],
+                        sample_per_class=sample_per_class, full=full,
+                        seed=cfg["experiment"]["seed"], progress=_say)
+    _inside(root, "manifest.json")
+    path = write_manifest(root, {"dataset": dataset, "root": str(root),
+                                 "source": d["source"] or str(root), **info})
+    _say(f"{dataset}: " + ", ".join(f"{s} {n} images" for s, n in info["splits"].items())
+         + f"; wrote '{path}'")
+    return path
+
+
+# ------------------------------------------------------------------ segmentation
+
+def prepare_ade20k(cfg: dict) -> Path:
+    from folk.data.manifest import write_manifest
+    from folk.data.segmentation import check_ade20k_layout
+
+    root = checked_root(cfg["eval"]["segmentation"]["root"], "eval.segmentation.root")
+    _guard_other_dataset(root, "ade20k")
+    _say(f"ade20k: checking '{root}'")
+    info = check_ade20k_layout(root, num_classes=cfg["eval"]["segmentation"]["num_classes"])
+    _inside(root, "manifest.json")
+    path = write_manifest(root, {"dataset": "ade20k", "root": str(root), **(info or {})})
+    _say(f"ade20k: wrote '{path}'")
+    return path
+
+
+def prepare_composite(cfg: dict):
+    from folk.data.segmentation import build_composite
+
+    checked_root(cfg["eval"]["segmentation"]["root"], "eval.segmentation.root")
+    _say(f"composite: building the Fashion-MNIST segmentation set in "
+         f"'{cfg['eval']['segmentation']['root']}'")
+    result = build_composite(cfg)
+    counts = {s: v.get("images") if isinstance(v, dict) else v
+              for s, v in (result or {}).get("splits", {}).items()}
+    _say(f"composite: done ({', '.join(f'{s} {n} images' for s, n in counts.items())})")
+    return result
+
+
+# ------------------------------------------------------------------ few-shot lists
+
+def prepare_fewshot(cfg: dict) -> Path:
+    """The label-subset lists of ``eval.fewshot``: for each seed, one per fraction and one
+    per shot count, drawn from the whole training split with ``class_balanced_indices``;
+    ``data.fewshot_file``, when set, is checked against the training split. An index of the
+    lists goes to ``<data.root>/fewshot/lists.json``."""
+    from folk.data.classification import build_base_dataset
+    from folk.data.subsets import (FEWSHOT_DIR, class_balanced_indices, fewshot_list_name,
+                                   read_file_list, write_file_list)
+    from folk.utils.io import atomic_write_json
+
+    root = checked_root(cfg["data"]["root"], "data.root")
+    fs = cfg["eval"]["fewshot"]
+    ds = build_base_dataset(cfg, "train")
+    _say(f"fewshot: drawing lists from {len(ds)} training images of '{ds.name}' into "
+         f"'{root / FEWSHOT_DIR}'")
+    out_dir = _inside(root, FEWSHOT_DIR)
+    index = {}
+    jobs = [("fraction", f) for f in fs["fractions"]] + [("shot", k) for k in fs["shots"]]
+    for seed in fs["seeds"]:
+        for kind, value in jobs:
+            args = {"fraction": value} if kind == "fraction" else {"shot": value}
+            name = fewshot_list_name(seed=seed, **args)
+            idx = class_balanced_indices(ds.targets, seed=seed, class_names=ds.classes,
+                                         **({"fraction": value} if kind == "fraction"
+                                            else {"per_class": value}))
+            write_file_list(_inside(out_dir, name), ds, idx,
+                            header=f"folk few-shot list: {ds.name} train, {kind} {value}, "
+                                   f"seed {seed}, {len(idx)} images")
+            index[name] = {"kind": kind, "value": value, "seed": seed, "images": len(idx)}
+            _say(f"  {name}: {len(idx)} images")
+    user = cfg["data"]["fewshot_file"]
+    if user:  # a user's own list: check now that every path is in the training set
+        idx = read_file_list(user, ds)
+        index["user"] = {"kind": "file", "value": str(user), "images": len(idx),
+                         "classes": int(len(set(ds.targets[idx].tolist())))}
+        _say(f"  data.fewshot_file '{user}': {len(idx)} images, all found")
+    atomic_write_json(_inside(out_dir, "lists.json"),
+                      {"dataset": ds.name, "train_images": len(ds), "lists": index})
+    return out_dir
+
+
+# ------------------------------------------------------------------ entry point
+
+def run(args) -> int:
+    from folk.config import load_config
+    from folk.errors import ConfigError
+
+    cfg = load_config(args.config, args.overrides)
+    if args.sample_per_class < 1:
+        raise ConfigError(f"--sample-per-class must be >= 1, got {args.sample_per_class}")
+    if args.dataset == "fashion_mnist":
+        prepare_fashion_mnist(cfg, force=args.force)
+    elif args.dataset in ("imagefolder", "imagenet"):
+        prepare_image_folder(cfg, args.dataset, full=args.full,
+                             sample_per_class=args.sample_per_class, force=args.force)
+    elif args.dataset == "ade20k":
+        prepare_ade20k(cfg)
+    elif args.dataset == "composite":
+        prepare_composite(cfg)
+    else:
+        prepare_fewshot(cfg)
+    return 0

@@ -1,0 +1,1 @@
+"""Pre-training engine: loop, step, checkpoints, distributed set-up."""

@@ -1,0 +1,59 @@
+"""Pre-training input: a resumable epoch sampler and augmentation seeded per sample.
+
+A sample's views are a pure function of (seed, epoch, index), whatever worker or process
+made them, so a resumed run sees exactly the views an uninterrupted one would have seen.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    # large odd multipliers keep (epoch, index) pairs from colliding for any realistic size
+    return (seed * 1_000_003 + epoch * 2_654_435_761 + index * 97_531) % (2 ** 63 - 1)
+
+
+class SeededViews(Dataset):
+    """Wraps a dataset of ``(PIL, label)``; indexed by ``(epoch, index)`` pairs."""
+
+    def __init__(self, base: Dataset, transform, seed: int):
+        self.base, self.transform, self.seed = base, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        item = self.base[index]
+        if item is None:
+            return None
+        image, label = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            views = self.transform(image)
+        return views, label
+
+
+class EpochSampler(Sampler):
+    """Seeded permutation per epoch, sharded over ranks, whole iterations only, able to
+    start part-way through an epoch (``set_epoch(epoch, start)``, start in samples)."""
+
+    def __init__(self, n: int, samples_per_epoch_per_rank: int, rank: int, world_size: int,
+                 seed: int):
+        self.n, self.per_rank = n, samples_per_epoch_per_rank
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g)
+        used = perm[: self.per_rank * self.world_size]
+        shard = used[self.rank:: self.world_size][self.start:]
+        return iter([(self.epoch, int(i)) for i in shard])

@@ -1,0 +1,430 @@
+"""The pre-training loop: resumable, signal-safe, bitwise reproducible on CPU.
+
+Run-directory contract: docs/DESIGN.md. Rank 0 writes every file.
+"""
+from __future__ import annotations
+
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from folk.config import save_config
+from folk.engine import checkpoint as ckpt
+from folk.engine.data import EpochSampler, SeededViews
+from folk.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from folk.engine.step import FolkObjective
+from folk.errors import NonFiniteLossError, RunDirError
+from folk.utils.io import append_jsonl, atomic_torch_save, atomic_write_json, read_jsonl
+
+# keys that may differ when a run directory is resumed: they do not change what is trained
+RESUMABLE_CHANGES = ("data.root", "data.num_workers", "pretrain.checkpoint_every",
+                     "pretrain.log_every", "launch.", "slurm.", "eval.", "workflow.",
+                     "experiment.dataset_note")
+
+
+class StopRequested(Exception):
+    """A signal asked the run to stop after checkpointing."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
+class SignalCheckpointer:
+    """SIGTERM/SIGUSR1 set a flag; the loop checkpoints at the next step boundary, then the
+    previous handler (submitit's, say) runs or the process exits. Never saves mid-step."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        for sig in self.SIGNALS:
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals to the host
+                pass
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def uninstall(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def chain(self) -> None:
+        """After the checkpoint: hand the signal to whoever had it before us."""
+        signum = self.received
+        previous = self.previous.get(signum)
+        self.uninstall()
+        if callable(previous):
+            previous(signum, None)
+        raise StopRequested(signum)
+
+
+def _flatten(cfg: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_same_run(saved: dict, cfg: dict, run_dir: Path) -> None:
+    a, b = _flatten(saved), _flatten(cfg)
+    changed = sorted(k for k in set(a) | set(b)
+                     if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES))
+    if changed:
+        details = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:6])
+        raise RunDirError(f"{run_dir} holds a run with a different configuration ({details}); "
+                          f"use another --out, or delete the directory to start over")
+
+
+def param_groups(module: nn.Module) -> list[dict]:
+    """Weight decay on weights only, not on biases, norms or 1-d embeddings (DINO)."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False}]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _progress(total: int, initial: int, enabled: bool, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="it", dynamic_ncols=True,
+                desc=desc,
+                mininterval=1.0 if sys.stderr.isatty() else 15.0, file=sys.stderr)
+
+
+class Pretrainer:
+    def __init__(self, cfg: dict, run_dir: Path, stop_after: int | None = None):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.p = cfg["pretrain"]
+        self.stop_after = stop_after  # tests: behave as if killed after this iteration
+        self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        from folk.data import build_dataset, collate_skip_none
+        from folk.data.transforms import PretrainViews
+        from folk.models import build_student_teacher
+
+        cfg, p = self.cfg, self.p
+        self.dist, self.device = init_distributed()
+        if p["deterministic"]:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        seed = cfg["experiment"]["seed"]
+        torch.manual_seed(seed + self.dist.rank)
+        np.random.seed(seed + self.dist.rank)
+        import random
+        random.seed(seed + self.dist.rank)
+
+        dataset = build_dataset(cfg, "train")  # fails at once, naming the path, if absent
+        world = self.dist.world_size
+        self.micro_batch = p["batch_size"] // (world * p["accum_steps"])
+        if self.micro_batch < 1:
+            raise RunDirError(f"pretrain.batch_size = {p['batch_size']} is smaller than "
+                              f"world size {world} x accum_steps {p['accum_steps']}")
+        per_iter = self.micro_batch * world * p["accum_steps"]
+        self.iters_per_epoch = len(dataset) // per_iter
+        if self.iters_per_epoch == 0:
+            raise RunDirError(f"dataset {cfg['data']['root']} has {len(dataset)} training images,"
+                              f" fewer than one global batch of {per_iter}")
+        self.total_iters = p["epochs"] * self.iters_per_epoch
+        if p["max_iterations"]:
+            self.total_iters = min(self.total_iters, p["max_iterations"])
+        self.images_per_iter = per_iter
+        views = SeededViews(dataset, PretrainViews(cfg), seed)
+        self.sampler = EpochSampler(len(dataset), self.iters_per_epoch * self.micro_batch *
+                                    p["accum_steps"], self.dist.rank, world, seed)
+        workers = cfg["data"]["num_workers"]
+        self.loader = DataLoader(views, batch_size=self.micro_batch, sampler=self.sampler,
+                                 num_workers=workers, collate_fn=collate_skip_none,
+                                 pin_memory=self.device.type == "cuda", drop_last=False,
+                                 persistent_workers=workers > 0,
+                                 # its own generator: iterator creation must not draw from the
+                                 # global RNG, or a resumed run's RNG stream would shift
+                                 generator=torch.Generator().manual_seed(seed),
+                                 prefetch_factor=4 if workers > 0 else None)
+
+        self.student, self.teacher = build_student_teacher(cfg)
+        self.student.to(self.device)
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+        self.objective = FolkObjective(cfg, self.student, self.teacher, self.device)
+        self.student_ddp = self.student
+        if self.dist.enabled:
+            self.student_ddp = nn.parallel.DistributedDataParallel(
+                self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.objective.student = self.student_ddp
+        if p["compile"]:
+            self.objective.student = torch.compile(self.objective.student)
+            if self.teacher is not None:
+                self.objective.teacher = torch.compile(self.teacher)
+
+        from folk.schedules import pretrain_schedules
+        self.schedules = pretrain_schedules(cfg, self.iters_per_epoch, p["batch_size"])
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(param_groups(self.student), lr=0.0,
+                                           betas=tuple(p["betas"]), fused=fused or None)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=p["amp"] == "fp16")
+        self.filter_gen = torch.Generator(device=self.device)
+        self.filter_gen.manual_seed(seed * 7919 + self.dist.rank)
+        self.iteration, self.skipped, self.elapsed = 0, 0, 0.0
+        self.last_layer = [] if self.student.dino_head is None else \
+            self.student.dino_head.last_layer_parameters()
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict:
+        teacher = self.teacher.state_dict() if self.teacher is not None else {}
+        return {
+            "iteration": self.iteration,
+            "student": self.student.state_dict(),
+            "teacher": teacher,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "objective": self.objective.distill.state_dict() if self.objective.distill else {},
+            "filter_generator": self.filter_gen.get_state(),
+            "rng": ckpt.rng_state(),
+            "sampler": {"seed": self.sampler.seed, "epoch": self.iteration // self.iters_per_epoch,
+                        "position": (self.iteration % self.iters_per_epoch)},
+            "skipped_images": self.skipped,
+            "elapsed_s": self.elapsed + (time.time() - self.t_start),
+        }
+
+    def save(self) -> None:
+        if self.dist.is_main:
+            ckpt.save_checkpoint(self.ckpt_path, self.state())
+        barrier()
+
+    def restore(self) -> None:
+        state = ckpt.load_checkpoint(self.ckpt_path)
+        self.student.load_state_dict(state["student"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.objective.distill is not None:
+            self.objective.distill.load_state_dict(state["objective"])
+        self.filter_gen.set_state(state["filter_generator"])
+        ckpt.set_rng_state(state["rng"])
+        self.iteration = int(state["iteration"])
+        self.skipped = int(state["skipped_images"])
+        self.elapsed = float(state["elapsed_s"])
+        if self.dist.is_main:  # drop records logged after the checkpoint: they are redone
+            kept = [r for r in read_jsonl(self.metrics_path) if r.get("iteration", 0) <= self.iteration]
+            from folk.utils.io import atomic_write_text
+            import json
+            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+            print(f"resumed from {self.ckpt_path} at iteration {self.iteration}", file=sys.stderr)
+
+    # ------------------------------------------------------------------ loop
+    def _set_schedules(self, it: int) -> None:
+        # python floats: numpy scalars in the optimiser state would not load weights-only
+        lr, wd = float(self.schedules["lr"][it]), float(self.schedules["wd"][it])
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            group["weight_decay"] = wd if group["apply_wd"] else 0.0
+
+    def _train_iteration(self, micro_batches: list[list[torch.Tensor]], epoch: int) -> torch.Tensor:
+        it = self.iteration
+        self._set_schedules(it)
+        temp = float(self.schedules["teacher_temp"][it])
+        accum = len(micro_batches)
+        terms_sum: dict[str, torch.Tensor] = {}
+        for i, views in enumerate(micro_batches):
+            sync = self.dist.enabled and i < accum - 1
+            ctx = self.student_ddp.no_sync() if sync else torch.enable_grad()
+            with ctx:
+                loss, terms = self.objective(views, temp, self.filter_gen)
+                self.scaler.scale(loss / accum).backward()
+            for k, v in terms.items():
+                terms_sum[k] = terms_sum.get(k, 0) + v.detach() / accum
+        self.scaler.unscale_(self.optimizer)
+        if self.p["clip_grad"] > 0:
+            nn.utils.clip_grad_norm_(self.student.parameters(), self.p["clip_grad"])
+        if epoch < self.p["freeze_last_layer_epochs"]:
+            for param in self.last_layer:
+                param.grad = None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.teacher is not None:
+            from folk.models import ema_update
+            ema_update(self.teacher, self.student, float(self.schedules["momentum"][it]))
+        names = sorted(terms_sum)
+        self.term_names = names
+        return torch.stack([terms_sum[k].float() for k in names])
+
+    def _check_finite(self, buffer: list[tuple[int, torch.Tensor]]) -> None:
+        """One device sync per check, not per step; names the first bad step and term."""
+        if not buffer:
+            return
+        values = torch.stack([v for _, v in buffer])
+        finite = torch.isfinite(values)
+        if bool(finite.all()):
+            return
+        row, col = (~finite).nonzero()[0].tolist()
+        step = buffer[row][0]
+        raise NonFiniteLossError(
+            f"{self.term_names[col]} = {values[row, col].item()} at iteration {step} "
+            f"(epoch {step // self.iters_per_epoch}); the last good checkpoint "
+            f"{self.ckpt_path} is left as it was")
+
+    def _log(self, buffer, epoch: int, images: int, seconds: float) -> dict:
+        values = torch.stack([v for _, v in buffer]).mean(0)
+        values = all_reduce_mean(values).tolist()
+        it = self.iteration - 1
+        record = {"type": "train", "epoch": epoch, "iteration": self.iteration}
+        record.update({k: round(v, 6) for k, v in zip(self.term_names, values)})
+        record.update({"lr": float(self.schedules["lr"][it]), "wd": float(self.schedules["wd"][it]),
+                       "momentum": float(self.schedules["momentum"][it]),
+                       "teacher_temp": float(self.schedules["teacher_temp"][it]),
+                       "images_per_s": round(images / max(seconds, 1e-9), 2),
+                       "time": round(time.time(), 3)})
+        if self.dist.is_main:
+            append_jsonl(self.metrics_path, record)
+        return record
+
+    def _knn_monitor(self, epoch: int) -> None:
+        from folk.engine.monitor import knn_monitor
+
+        if self.dist.is_main:
+            backbone = (self.teacher or self.student).backbone
+            record = knn_monitor(self.cfg, backbone, self.device)
+            record.update({"type": "knn", "epoch": epoch, "iteration": self.iteration})
+            append_jsonl(self.metrics_path, record)
+        barrier()
+
+    def train(self) -> dict:
+        self.t_start = time.time()
+        handler = SignalCheckpointer()
+        handler.install()
+        try:
+            while self.iteration < self.total_iters:
+                epoch = self.iteration // self.iters_per_epoch
+                position = self.iteration % self.iters_per_epoch
+                self.sampler.set_epoch(epoch, position * self.micro_batch * self.p["accum_steps"])
+                end = min((epoch + 1) * self.iters_per_epoch, self.total_iters)
+                bar = _progress(end - epoch * self.iters_per_epoch, position, self.dist.is_main,
+                                f"epoch {epoch + 1}/{self.p['epochs']}")
+                buffer, window_images, window_t = [], 0, time.time()
+                batches = iter(self.loader)
+                while self.iteration < end:
+                    micro = []
+                    while len(micro) < self.p["accum_steps"]:
+                        views, labels, n_skipped = next(batches)
+                        self.skipped += n_skipped
+                        if len(labels) == 0:  # every image of the batch failed to decode
+                            continue
+                        micro.append([v.to(self.device, non_blocking=True) for v in views])
+                    values = self._train_iteration(micro, epoch)
+                    self.iteration += 1
+                    buffer.append((self.iteration - 1, values))
+                    window_images += self.images_per_iter
+                    bar.update(1)
+                    at_log = self.iteration % self.p["log_every"] == 0 or self.iteration == end
+                    at_ckpt = self.iteration % self.p["checkpoint_every"] == 0
+                    if at_log or at_ckpt or handler.received:
+                        self._check_finite(buffer)
+                        rec = self._log(buffer, epoch, window_images, time.time() - window_t)
+                        bar.set_postfix(loss=f"{rec['loss']:.4f}", ips=f"{rec['images_per_s']:.0f}")
+                        buffer, window_images, window_t = [], 0, time.time()
+                    if at_ckpt or handler.received or self.iteration == end:
+                        self.save()
+                    if handler.received:
+                        bar.close()
+                        handler.chain()
+                    if self.stop_after is not None and self.iteration >= self.stop_after:
+                        bar.close()
+                        raise StopRequested(0)
+                bar.close()
+                del batches
+                if self.iteration % self.iters_per_epoch == 0:
+                    self._epoch_summary(epoch)
+                    if self.p["knn_every"] and (epoch + 1) % self.p["knn_every"] == 0:
+                        self._knn_monitor(epoch + 1)
+        finally:
+            handler.uninstall()
+        return self.finish()
+
+    def _epoch_summary(self, epoch: int) -> None:
+        """Mean of the epoch's logged windows, read back from metrics.jsonl so that a resumed
+        epoch summarises the same records as an uninterrupted one."""
+        if not self.dist.is_main:
+            return
+        rows = [r for r in read_jsonl(self.metrics_path)
+                if r.get("type") == "train" and r["epoch"] == epoch]
+        if not rows:
+            return
+        record = {"type": "epoch", "epoch": epoch + 1, "iteration": self.iteration}
+        for key in self.term_names:
+            record[key] = round(float(np.mean([r[key] for r in rows])), 6)
+        append_jsonl(self.metrics_path, record)
+
+    def finish(self) -> dict:
+        from folk.utils.provenance import now_iso, provenance
+
+        wall = self.elapsed + (time.time() - self.t_start)
+        done = {}
+        if self.dist.is_main:
+            teacher_bb = (self.teacher or self.student).backbone
+            atomic_torch_save(teacher_bb.state_dict(), self.run_dir / "backbone.pt")
+            atomic_torch_save(self.student.backbone.state_dict(),
+                              self.run_dir / "student_backbone.pt")
+            train = [r for r in read_jsonl(self.metrics_path) if r.get("type") == "train"]
+            speeds = [r["images_per_s"] for r in train[1:]] or [r["images_per_s"] for r in train]
+            done = {**provenance(), "world_size": self.dist.world_size,
+                    "wall_time_s": round(wall, 2),
+                    "images_per_s": round(float(np.median(speeds)), 2) if speeds else None,
+                    "peak_memory_mb": round(peak_memory_mb(self.device), 1),
+                    "skipped_images": self.skipped, "iterations": self.iteration,
+                    "epochs": self.iteration / self.iters_per_epoch,
+                    "final_loss": train[-1]["loss"] if train else None,
+                    "finished_at": now_iso()}
+            atomic_write_json(self.run_dir / "DONE.json", done)
+        barrier()
+        return done
+
+
+def pretrain(cfg: dict, run_dir: str | Path, stop_after: int | None = None) -> dict:
+    """Train ``cfg`` into ``run_dir``; resume from its checkpoint; no-op when DONE.json exists."""
+    from folk.config import load_run_config
+
+    run_dir = Path(run_dir)
+    if (run_dir / "DONE.json").is_file():
+        print(f"{run_dir / 'DONE.json'} exists: run already finished", file=sys.stderr)
+        return {}
+    if (run_dir / "config.yaml").is_file():
+        check_same_run(load_run_config(run_dir), cfg, run_dir)
+    trainer = Pretrainer(cfg, run_dir, stop_after)
+    trainer.setup()
+    if trainer.dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    if trainer.ckpt_path.is_file():
+        trainer.restore()
+    elif trainer.dist.is_main and trainer.metrics_path.exists():
+        trainer.metrics_path.unlink()  # records of a run that never reached a checkpoint
+    return trainer.train()

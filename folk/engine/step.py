@@ -1,0 +1,88 @@
+"""One FOLK pre-training step: filter the views, run student and teacher, combine losses.
+
+Shared by the training loop and ``folk bench`` so that what is benchmarked is what trains.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+import torch.nn as nn
+
+from folk.config import scaled_patch, scaled_radius
+
+
+def autocast_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
+    amp = cfg["pretrain"]["amp"]
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[amp]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class FolkObjective(nn.Module):
+    """Spec section 3: L = lambda_rec * mean_views L_rec + lambda_kd * L_kd."""
+
+    def __init__(self, cfg: dict, student: nn.Module, teacher: nn.Module | None,
+                 device: torch.device):
+        super().__init__()
+        from folk.losses import DistillationLoss
+
+        method, p, f = cfg["method"], cfg["pretrain"], cfg["filter"]
+        self.student, self.teacher = student, teacher
+        self.num_views = method["num_views"]
+        self.reconstruction, self.distillation = method["reconstruction"], method["distillation"]
+        self.lambda_rec, self.lambda_kd = p["lambda_rec"], p["lambda_kd"]
+        self.filter_name = method["filter"]
+        self.filter_kwargs = dict(portions=list(f["portions"]), p_com=method["p_com"],
+                                  radius=scaled_radius(cfg), rho=f["random_rho"],
+                                  patch_ratio=f["patch_mask_ratio"],
+                                  patch_size=scaled_patch(cfg), per_channel=f["per_channel"])
+        c = cfg["data"]["in_chans"]
+        self.register_buffer("mean", torch.tensor(cfg["data"]["mean"], device=device).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(cfg["data"]["std"], device=device).view(1, c, 1, 1))
+        self.distill = DistillationLoss(cfg["model"]["head_out_dim"], p["student_temp"],
+                                        p["center_momentum"]).to(device) \
+            if self.distillation else None
+        self.amp_dtype = autocast_dtype(cfg, device)
+        self.device = device
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def forward(self, views: list[torch.Tensor], teacher_temp: float,
+                generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``views``: global views first (in [0, 1], on the device), then local crops."""
+        from folk.filters import apply_filter
+        from folk.losses import frequency_loss
+
+        n = self.num_views
+        globals_ = torch.cat(views[:n])
+        masked, mask = apply_filter(self.filter_name, globals_, generator=generator,
+                                    **self.filter_kwargs)
+        terms: dict[str, torch.Tensor] = {}
+        with autocast(self.device, self.amp_dtype):
+            logits, recon = self.student(self.normalize(masked))
+            total = torch.zeros((), device=self.device)
+            if self.reconstruction:
+                targets = self.normalize(globals_).chunk(n)
+                rec = sum(frequency_loss(r, t, m) for r, t, m in
+                          zip(recon.chunk(n), targets, mask.chunk(n))) / n
+                terms["loss_rec"] = rec
+                total = total + self.lambda_rec * rec
+            if self.distillation:
+                with torch.no_grad():
+                    teacher_out = self.teacher(self.normalize(torch.cat(views[:2]))).chunk(2)
+                student_out = list(logits.chunk(n))
+                for local in views[2:]:
+                    student_out.append(self.student(self.normalize(local), reconstruct=False)[0])
+                kd = self.distill(student_out, list(teacher_out), teacher_temp)
+                terms["loss_kd"] = kd
+                total = total + self.lambda_kd * kd
+        terms["loss"] = total
+        return total, terms

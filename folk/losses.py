@@ -1,0 +1,130 @@
+"""FOLK's two losses (spec, section 3): frequency reconstruction and DINO distillation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+REDUCTIONS = ("global", "per_image")
+
+
+def frequency_loss(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, reduction: str = "global"
+) -> torch.Tensor:
+    """Masked-frequency reconstruction loss: MFM's ``FrequencyLoss`` (gamma 1, no spectrum
+    weighting) with the "masked" recovery target.
+
+    ``pred``, ``target``: (B, C, H, W); ``target`` is the normalised *unfiltered* view.
+    ``mask``: (B, 1, H, W) or (B, C, H, W) in the centred layout (zero frequency at
+    (H//2, W//2)), 1 = kept (visible to the student), 0 = masked, as the filters return it.
+
+    The distance is the complex modulus |F(pred)(k) - F(target)(k)| under the orthonormal
+    FFT, averaged over channels and over the frequencies with mask == 0.
+
+    ``reduction``:
+    - ``"global"`` (default, MFM's reference): one masked mean over the whole batch, i.e.
+      sum over images, channels and masked frequencies divided by the number of such
+      (image, channel, frequency) terms. Images with more masked frequencies weigh more.
+    - ``"per_image"``: masked mean per image, then the plain mean over the batch.
+    In both, an image whose mask has no masked frequency contributes zero (and a batch with
+    none at all gives 0 with zero gradients, never NaN).
+
+    Computed in fp32 under autocast. The FFT is taken once, of the difference (linearity).
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"frequency_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if pred.shape != target.shape or pred.dim() != 4:
+        raise ValueError(
+            f"frequency_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} must be "
+            "the same (B, C, H, W) shape"
+        )
+    b, c, h, w = pred.shape
+    if mask.dim() != 4 or mask.shape[0] != b or mask.shape[1] not in (1, c) or mask.shape[-2:] != (h, w):
+        raise ValueError(
+            f"frequency_loss: mask {tuple(mask.shape)} does not match (B, 1 or C, H, W) = "
+            f"({b}, 1 or {c}, {h}, {w})"
+        )
+    with torch.autocast(device_type=pred.device.type, enabled=False):
+        difference = torch.fft.fft2(pred.float() - target.float(), norm="ortho")
+        distance = difference.abs()  # autograd gives 0 (not NaN) at a zero difference
+        # The mask is small next to the spectrum: move it to the unshifted layout instead.
+        weight = (1.0 - torch.fft.ifftshift(mask.float(), dim=(-2, -1))).expand(b, c, h, w)
+        if reduction == "global":
+            return (distance * weight).sum() / weight.sum().clamp_min(torch.finfo(torch.float32).tiny)
+        per_image = (distance * weight).flatten(1).sum(1)
+        terms = weight.flatten(1).sum(1).clamp_min(torch.finfo(torch.float32).tiny)
+        return (per_image / terms).mean()
+
+
+class DistillationLoss(nn.Module):
+    """DINO's cross-entropy between a centred, sharpened teacher and the student.
+
+    ``forward(student_out, teacher_out, teacher_temp)``: ``teacher_out[j]`` holds the teacher
+    logits (B, out_dim) of original global view j, ``student_out[i]`` the student logits of
+    view i. Student view i is paired with every teacher view j != i: with two global views the
+    masked u is matched to the teacher's v and the masked v to u (cross-view), and student views
+    beyond the teacher's count (multi-crop local views) meet every teacher view.
+
+    Per pair, ``-sum(P_t * log_softmax(s / student_temp))`` averaged over the batch, with
+    ``P_t = softmax((t - center) / teacher_temp)`` detached; the loss is the mean over pairs.
+    Afterwards the centre moves: ``center = m * center + (1 - m) * mean of all teacher rows``
+    (summed over processes when torch.distributed is initialised).
+    """
+
+    center: torch.Tensor
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
+        super().__init__()
+        if out_dim < 1:
+            raise ValueError(f"DistillationLoss: out_dim must be >= 1, got {out_dim}")
+        if not student_temp > 0:
+            raise ValueError(f"DistillationLoss: student_temp must be > 0, got {student_temp}")
+        if not 0.0 <= center_momentum <= 1.0:
+            raise ValueError(f"DistillationLoss: center_momentum must be in [0, 1], got {center_momentum}")
+        self.out_dim = out_dim
+        self.student_temp = float(student_temp)
+        self.center_momentum = float(center_momentum)
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def forward(
+        self,
+        student_out: Sequence[torch.Tensor],
+        teacher_out: Sequence[torch.Tensor],
+        teacher_temp: float,
+    ) -> torch.Tensor:
+        if not teacher_temp > 0:
+            raise ValueError(f"DistillationLoss: teacher_temp must be > 0, got {teacher_temp}")
+        pairs = [(i, j) for j in range(len(teacher_out)) for i in range(len(student_out)) if i != j]
+        if not pairs:
+            raise ValueError(
+                f"DistillationLoss: {len(student_out)} student and {len(teacher_out)} teacher views "
+                "give no cross-view pair (one-view variants have no distillation)"
+            )
+        for t in (*student_out, *teacher_out):
+            if t.dim() != 2 or t.shape[1] != self.out_dim:
+                raise ValueError(
+                    f"DistillationLoss: expected logits of shape (B, {self.out_dim}), got {tuple(t.shape)}"
+                )
+        device_type = teacher_out[0].device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            teacher = [t.detach().float() for t in teacher_out]
+            targets = [F.softmax((t - self.center) / teacher_temp, dim=-1) for t in teacher]
+            log_probs = [F.log_softmax(s.float() / self.student_temp, dim=-1) for s in student_out]
+            total = sum(-(targets[j] * log_probs[i]).sum(dim=-1).mean() for i, j in pairs)
+            loss = total / len(pairs)
+            self.update_center(torch.cat(teacher))
+        return loss
+
+    @torch.no_grad()
+    def update_center(self, teacher_rows: torch.Tensor) -> None:
+        """EMA of the mean teacher logit over every row of every process."""
+        batch_sum = teacher_rows.float().sum(dim=0, keepdim=True)
+        rows = teacher_rows.shape[0]
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(batch_sum)
+            rows *= dist.get_world_size()
+        self.center.mul_(self.center_momentum).add_(batch_sum / rows, alpha=1.0 - self.center_momentum)

@@ -1,0 +1,58 @@
+"""Networks: shapes, EMA update against an explicit formula, DINO head details."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from folk.config import load_config
+from folk.models import DINOHead, build_student_teacher, ema_update
+
+TINY = ["model.arch=vit_tiny_patch16_224", "model.img_size=32", "model.patch_size=4",
+        "model.depth=2", "model.embed_dim=48", "model.num_heads=3", "model.head_out_dim=64",
+        "model.head_hidden_dim=32", "model.head_bottleneck_dim=16", "filter.mfm_radius=16"]
+
+
+@pytest.mark.parametrize("arch, size", [("vit_tiny_patch16_224", 32), ("resnet50", 64)])
+def test_student_outputs(arch, size):
+    cfg = load_config(None, TINY + [f"model.arch={arch}", f"model.img_size={size}"])
+    student, teacher = build_student_teacher(cfg)
+    x = torch.rand(2, 3, size, size)
+    logits, recon = student(x)
+    assert logits.shape == (2, 64)
+    assert recon.shape == x.shape  # the MFM head predicts the whole image
+    assert teacher(x).shape == (2, 64)
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_ema_update_matches_formula():
+    torch.manual_seed(0)
+    cfg = load_config(None, TINY)
+    student, teacher = build_student_teacher(cfg)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p))
+    before_t = {k: v.clone() for k, v in teacher.state_dict().items()}
+    s_state = student.state_dict()
+    ema_update(teacher, student, 0.9)
+    for key, value in teacher.state_dict().items():
+        skey = key  # same module names: backbone.*, dino_head.*
+        want = 0.9 * before_t[key] + 0.1 * s_state[skey]
+        torch.testing.assert_close(value, want, rtol=0, atol=1e-6)
+
+
+def test_dino_head_is_l2_normalised_and_last_layer_fixed_norm():
+    head = DINOHead(16, 32, hidden_dim=8, bottleneck_dim=4, nlayers=3, norm_last_layer=True)
+    weight = head.last_layer.weight
+    torch.testing.assert_close(weight.norm(dim=1), torch.ones(32))
+    g = head.last_layer.parametrizations.weight.original0
+    assert not g.requires_grad
+    out = head(torch.randn(5, 16))
+    assert out.shape == (5, 32)
+    # inputs to the prototypes are unit vectors, so each logit is bounded by 1
+    assert out.abs().max() <= 1.0 + 1e-5
+
+
+def test_mode_without_distillation_has_no_teacher():
+    cfg = load_config(None, TINY + ["pretrain.variant=mfm"])
+    student, teacher = build_student_teacher(cfg)
+    assert teacher is None and student.dino_head is None and student.mfm_head is not None
