@@ -433,7 +433,7 @@ def test_cli_knn_end_to_end(tmp_path, fmnist_root, capsys):
 
     # the reported accuracy re-derived from the cached features with the explicit loop
     cached = {}
-    for f in out.glob("features-*.pt"):
+    for f in (run_dir / "eval" / "features").glob("features-*.pt"):
         blob = torch.load(f, weights_only=True)
         cached[f.name.split("-")[1]] = blob
     assert set(cached) == {"train", "test"}
@@ -467,7 +467,8 @@ def test_cli_linear_end_to_end(tmp_path, fmnist_root):
     assert record["metrics"]["best_lr"] in (0.01, 0.1)
     assert (out / "grid.pt").is_file()
     # features of the last 2 blocks: 2 x 192
-    blob = torch.load(next(out.glob("features-train-*.pt")), weights_only=True)
+    blob = torch.load(next((run_dir / "eval" / "features").glob("features-train-*.pt")),
+                      weights_only=True)
     assert blob["features"].shape == (200, 384)
 
 

@@ -145,6 +145,7 @@ CONSTRAINTS: dict[str, dict] = {
     "workflow.threads.eval": {"minimum": 1},
     "workflow.threads.report": {"minimum": 1},
     "launch.executor": {"enum": ["none", "local", "slurm"]},
+    "launch.poll_s": {"minimum": 1},
     "slurm.nodes": {"minimum": 1},
     "slurm.gpus_per_node": _NONNEG,
     "slurm.cpus_per_gpu": {"minimum": 1},

@@ -38,10 +38,12 @@ class StopRequested(Exception):
 
 
 class SignalCheckpointer:
-    """SIGTERM/SIGUSR1 set a flag; the loop checkpoints at the next step boundary, then the
-    previous handler (submitit's, say) runs or the process exits. Never saves mid-step."""
+    """SIGTERM/SIGUSR1/SIGUSR2 set a flag; the loop checkpoints at the next step boundary,
+    then the previous handler (submitit's, say) runs or the process exits. Never saves
+    mid-step. SIGUSR2 is submitit's time-out/pre-emption signal (``--signal=USR2@delay``):
+    its handler, chained after the checkpoint, requeues the job (folk.launch)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self):
         self.received: int | None = None

@@ -121,8 +121,9 @@ def run(cfg: dict, run_dir: Path, out_dir: Path, log) -> dict:
 
     kcfg = cfg["eval"]["knn"]
     backbone = load_eval_backbone(run_dir, cfg)
-    train_x, train_y = extract_features(backbone, cfg, "train", features_cache_dir(run_dir), log=log)
-    test_x, test_y = extract_features(backbone, cfg, "test", features_cache_dir(run_dir), log=log)
+    cache = features_cache_dir(run_dir)
+    train_x, train_y = extract_features(backbone, cfg, "train", cache, log=log)
+    test_x, test_y = extract_features(backbone, cfg, "test", cache, log=log)
     check_labels(cfg, train_y, "train")
     check_labels(cfg, test_y, "test")
     device = eval_device()

@@ -189,10 +189,11 @@ def run(cfg: dict, run_dir: Path, out_dir: Path, log) -> dict:
     layout = dict(n_last_blocks=lcfg["n_last_blocks"],
                   avgpool_patchtokens=lcfg["avgpool_patchtokens"])
     backbone = load_eval_backbone(run_dir, cfg)
+    cache = features_cache_dir(run_dir)
     # both splits are extracted before training so that a missing split fails early;
     # the test features are used only after the learning rate has been chosen
-    train_x, train_y = extract_features(backbone, cfg, "train", features_cache_dir(run_dir), log=log, **layout)
-    test_x, test_y = extract_features(backbone, cfg, "test", features_cache_dir(run_dir), log=log, **layout)
+    train_x, train_y = extract_features(backbone, cfg, "train", cache, log=log, **layout)
+    test_x, test_y = extract_features(backbone, cfg, "test", cache, log=log, **layout)
     del backbone
     check_labels(cfg, train_y, "train")
     check_labels(cfg, test_y, "test")
