@@ -1,0 +1,175 @@
+"""Figures drawn from run results: Fig. 5 (reconstruction loss of ``mfm`` against
+``mfm_comrcom``), k-NN accuracy over pre-training epochs, and bench throughput. A figure
+whose data is missing is still written, with a "no results" panel, so the set of files is
+the same on every run of the report."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from folk.report.collect import BenchRecord, Run
+from folk.report.naming import backbone_label, variant_rank
+from folk.report.plotting import FigureInfo, new_figure, no_results, save_figure
+
+FIG5_VARIANTS = ("mfm", "mfm_comrcom")
+
+
+def _series_label(run: Run) -> str:
+    return f"{run.dataset}, {run.backbone}, {run.epochs} ep ({run.experiment})"
+
+
+def _themed(draw):
+    """Run ``draw`` under seaborn's style in a local rc context (no global side effects, so
+    the figures look the same whatever ran before)."""
+    import functools
+
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+        import seaborn as sns
+
+        matplotlib.use("Agg", force=True)
+        with matplotlib.rc_context():
+            sns.set_theme(style="whitegrid", context="talk", font_scale=0.8)
+            return draw(*args, **kwargs)
+
+    return wrapper
+
+
+@_themed
+def figure_reconstruction_loss(runs: list[Run], out_dir: Path) -> FigureInfo:
+    """Fig. 5: ``loss_rec`` of the main-grid ``mfm`` and ``mfm_comrcom`` runs, per logged
+    iteration (train records) and per epoch (epoch means)."""
+    import pandas as pd
+    from matplotlib.ticker import MaxNLocator
+
+    import seaborn as sns
+
+    members = [r for r in runs if not r.ablation and r.variant in FIG5_VARIANTS]
+    steps, epochs, used = [], [], []
+    for run in sorted(members, key=lambda r: (variant_rank(r.variant), r.rel)):
+        n0 = len(steps) + len(epochs)
+        for rec in run.records:
+            if rec.get("loss_rec") is None:
+                continue
+            row = {"variant": run.variant, "setting": _series_label(run), "loss_rec": rec["loss_rec"]}
+            if rec.get("type") == "train":
+                steps.append({**row, "iteration": rec["iteration"]})
+            elif rec.get("type") == "epoch":
+                epochs.append({**row, "epoch": rec["epoch"]})
+        if len(steps) + len(epochs) > n0:
+            used.append(run)
+    fig, axes = new_figure(1, 2)
+    for ax, data, x, title in ((axes[0, 0], steps, "iteration", "per logged iteration"),
+                               (axes[0, 1], epochs, "epoch", "epoch mean")):
+        if not data:
+            no_results(ax, f"no {'train' if x == 'iteration' else 'epoch'} records with loss_rec\n"
+                           f"in metrics.jsonl of runs of variant {' / '.join(FIG5_VARIANTS)}")
+            continue
+        df = pd.DataFrame(data)
+        sns.lineplot(data=df, x=x, y="loss_rec", hue="variant", style="setting",
+                     hue_order=[v for v in FIG5_VARIANTS if v in set(df["variant"])],
+                     marker="o" if x == "epoch" else None, ax=ax)
+        ax.set_title(f"reconstruction loss, {title}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("frequency reconstruction loss (loss_rec)")
+        ax.legend(fontsize=9)
+    fig.suptitle("Fig. 5: reconstruction loss during pre-training, MFM against MFM + Com/RCom")
+    files = save_figure(fig, out_dir, "fig5_reconstruction_loss")
+    return FigureInfo(
+        name="fig5_reconstruction_loss",
+        title="Fig. 5: reconstruction loss of mfm against mfm_comrcom",
+        description="Frequency reconstruction loss (`loss_rec` of metrics.jsonl) over "
+                    "pre-training for the main-grid `mfm` (MFM's fixed filters) and "
+                    "`mfm_comrcom` (MFM with Com/RCom) runs: left per logged iteration, right "
+                    "the epoch means.",
+        runs=[r.rel for r in used], datasets=sorted({r.dataset for r in used}),
+        has_data=bool(used), note="" if used else "no loss_rec records yet",
+        files=[p.name for p in files])
+
+
+@_themed
+def figure_knn_epochs(runs: list[Run], out_dir: Path) -> FigureInfo:
+    """k-NN top-1 of the monitoring records (type "knn") against the pre-training epoch."""
+    import pandas as pd
+    from matplotlib.ticker import MaxNLocator
+
+    import seaborn as sns
+
+    data, used = [], []
+    for run in sorted((r for r in runs if not r.ablation),
+                      key=lambda r: (variant_rank(r.variant), r.rel)):
+        recs = [r for r in run.records if r.get("type") == "knn" and r.get("knn_top1") is not None]
+        if recs:
+            used.append(run)
+        data += [{"variant": run.variant, "setting": _series_label(run), "epoch": r["epoch"],
+                  "knn_top1": r["knn_top1"]} for r in recs]
+    fig, axes = new_figure(1, 1)
+    ax = axes[0, 0]
+    if data:
+        df = pd.DataFrame(data)
+        order = sorted(set(df["variant"]), key=variant_rank)
+        sns.lineplot(data=df, x="epoch", y="knn_top1", hue="variant", hue_order=order,
+                     style="setting", marker="o", ax=ax)
+        ax.set_ylabel("k-NN top-1 (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("pre-training epoch")
+        ax.legend(fontsize=9)
+    else:
+        no_results(ax, "no k-NN monitoring records (type \"knn\") in any run's metrics.jsonl;\n"
+                       "set pretrain.knn_every > 0 to record them")
+    ax.set_title("k-NN accuracy during pre-training, per variant")
+    files = save_figure(fig, out_dir, "knn_epochs")
+    return FigureInfo(
+        name="knn_epochs", title="k-NN accuracy over pre-training epochs",
+        description="Weighted k-NN top-1 (%) measured during pre-training every "
+                    "`pretrain.knn_every` epochs (records of type \"knn\" in metrics.jsonl, on "
+                    "`pretrain.knn_train_images`/`knn_test_images` images), one line per "
+                    "main-grid variant.",
+        runs=[r.rel for r in used], datasets=sorted({r.dataset for r in used}),
+        has_data=bool(used), note="" if used else "no k-NN monitoring records yet",
+        files=[p.name for p in files])
+
+
+@_themed
+def figure_throughput(bench: list[BenchRecord], out_dir: Path) -> FigureInfo:
+    """Images/s per variant and backbone from ``folk bench``, one panel per device."""
+    import pandas as pd
+
+    import seaborn as sns
+
+    rows = []
+    for b in bench:
+        r = b.record
+        rows.append({"variant": r["variant"] + (" (baseline)" if r.get("baseline") else ""),
+                     "backbone": backbone_label(r["arch"], None, r.get("img_size")),
+                     "device": f"{r['device']}, {r.get('dtype', '?')}"
+                               + (", compiled" if r.get("compile") else ""),
+                     "images_per_s": float(r["images_per_s"])})
+    devices = sorted({r["device"] for r in rows})[:4]
+    fig, axes = new_figure(1, max(1, len(devices)))
+    if not rows:
+        no_results(axes[0, 0], "no bench.jsonl under the runs directory\n"
+                               "(`folk bench ... --out runs/<experiment>/bench.jsonl`)")
+    for ax, device in zip(axes[0], devices):
+        df = pd.DataFrame([r for r in rows if r["device"] == device])
+        order = sorted(set(df["variant"]), key=lambda v: variant_rank(v.split(" ")[0]))
+        sns.barplot(data=df, x="variant", y="images_per_s", hue="backbone", order=order,
+                    errorbar=None, ax=ax)
+        ax.set_title(device, fontsize=11)
+        ax.set_ylabel("images/s (source images)")
+        ax.tick_params(axis="x", labelrotation=30, labelsize=9)
+        for container in ax.containers:
+            ax.bar_label(container, fmt="%.0f", fontsize=8)
+    fig.suptitle("Pre-training step throughput per variant and backbone (folk bench)")
+    files = save_figure(fig, out_dir, "throughput")
+    note = ""
+    if len({r["device"] for r in rows}) > 4:
+        note = "more than four devices: only the first four are drawn"
+    return FigureInfo(
+        name="throughput", title="Throughput per variant and backbone",
+        description="Images per second of one pre-training step (`folk bench`, records of type "
+                    "\"bench\"), per variant and backbone, with the plain two-view DINO step "
+                    "measured in the same run as the baseline; one panel per device and dtype.",
+        runs=sorted({b.path for b in bench}), datasets=["random tensors (no data loading)"] if rows else [],
+        has_data=bool(rows), note=note or ("" if rows else "no bench results yet"),
+        files=[p.name for p in files])

@@ -1,0 +1,349 @@
+"""`folk report` on fixture run directories: every table in three formats with the fixtures'
+values, missing results kept missing, LaTeX escaped, figures of the promised size, README."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from report_fixtures import DEMO, build_runs, write_run  # noqa: E402
+
+from folk.cli import main  # noqa: E402
+
+TABLES = ["finetune", "fewshot", "segmentation", "resnet50", "knn_linear", "robustness",
+          "compute", "ablation_filter", "ablation_portions", "ablation_p_com",
+          "ablation_loss_weights", "ablation_distillation", "ablation_reconstruction",
+          "ablation_epochs"]
+FIGURES = ["fig1_filters", "fig4_masking", "fig5_reconstruction_loss", "knn_epochs", "throughput"]
+DEMO_BACKBONE = "ViT-T/4 @32px"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("report")
+    runs = build_runs(root / "runs")
+    out = root / "results"
+    assert main(["report", "--runs", str(runs), "--out", str(out)]) == 0
+    return out
+
+
+def read_csv(out: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(out / "tables" / f"{name}.csv", comment="#")
+
+
+def md_rows(out: Path, name: str) -> list[list[str]]:
+    """The Markdown table as lists of cell texts (header first, separator dropped)."""
+    lines = [l for l in (out / "tables" / f"{name}.md").read_text().splitlines()
+             if l.startswith("|")]
+    rows = [[c.strip() for c in l.strip("|").split(" | ")] for l in lines]
+    return [rows[0]] + rows[2:]
+
+
+def md_cell(out: Path, name: str, first: str, column: str, **where) -> str:
+    """Cell ``column`` of the row whose first cell starts with ``first`` and whose other
+    cells match ``where`` (column -> text)."""
+    header, *rows = md_rows(out, name)
+    for row in rows:
+        d = dict(zip(header, row))
+        if row[0].startswith(first + " [") and all(d[k] == v for k, v in where.items()):
+            return d[column]
+    raise AssertionError(f"no row {first} {where} in {name}.md")
+
+
+def ours(df: pd.DataFrame, **where) -> pd.Series:
+    sel = df[df["results"] == "ours"]
+    for k, v in where.items():
+        sel = sel[sel[k].astype(str) == str(v)]
+    assert len(sel) == 1, f"{where}: {len(sel)} rows"
+    return sel.iloc[0]
+
+
+def test_every_table_in_three_formats_and_every_figure(report):
+    for name in TABLES + ["ablation_augment"]:
+        for ext in ("md", "tex", "csv"):
+            path = report / "tables" / f"{name}.{ext}"
+            assert path.is_file() and path.stat().st_size > 0, path
+    for name in FIGURES:
+        png, pdf = report / "figures" / f"{name}.png", report / "figures" / f"{name}.pdf"
+        with Image.open(png) as im:
+            assert im.size == (1600, 900)
+            assert im.format == "PNG"
+            # not blank: a drawn figure has many distinct colours
+            assert len(im.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50
+        assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 1000
+
+
+def test_cell_values_equal_the_fixtures(report):
+    ft = read_csv(report, "finetune")
+    folk_demo = ours(ft, method="folk", dataset="Fashion-MNIST")
+    assert folk_demo[DEMO_BACKBONE] == 80.125
+    assert folk_demo["source"] == "demo/folk/eval/finetune/metrics.json"
+    assert folk_demo["run_dir"] == "demo/folk"
+    assert ours(ft, method="folk", dataset="ImageNet-1K")["ViT-S/16"] == 82.5
+
+    kl = read_csv(report, "knn_linear")
+    row = ours(kl, method="folk", dataset="Fashion-MNIST")
+    assert (row["k-NN top-1"], row["linear top-1"]) == (71.25, 75.5)
+    assert row["source"].split(";") == ["demo/folk/eval/knn/metrics.json",
+                                        "demo/folk/eval/linear/metrics.json"]
+    assert ours(kl, method="folk_no_rec")["linear top-1"] == 66.0
+
+    fs = read_csv(report, "fewshot")
+    row = ours(fs, method="folk", dataset="Fashion-MNIST")
+    assert (row["1% labels"], row["1% labels std"]) == (40.0, 1.5)
+    assert (row["10% labels"], row["10% labels std"]) == (55.25, 0.75)
+    assert (row["5-shot"], row["5-shot std"]) == (50.0, 1.0)
+    assert md_cell(report, "fewshot", "folk", "1-shot", dataset="Fashion-MNIST") == "30.0 ± 2.0"
+
+    seg = ours(read_csv(report, "segmentation"), method="folk", **{"pre-train data": "Fashion-MNIST"})
+    assert (seg["mIoU"], seg["pixel acc."], seg["eval data"]) == \
+        (33.375, 80.5, "Fashion-MNIST composite")
+    assert ours(fs, method="folk", dataset="Fashion-MNIST")["user list (logreg)"] == 45.0
+
+    rob_df = read_csv(report, "robustness")
+    rob = ours(rob_df, method="folk", dataset="Fashion-MNIST")
+    assert (rob["mean under corruption"], rob["clean"], rob["gaussian noise"], rob["jpeg"]) == \
+        (60.5, 79.0, 65.0, 56.0)
+    assert (rob["low-pass r=4"], rob["low-pass r=16"], rob["high-pass r=4"]) == (50.0, 75.0, 20.0)
+    assert pd.isna(rob["high-pass r=16"])            # not measured: missing, not a number
+    partial = ours(rob_df, method="folk_no_rec")
+    assert partial["high-pass r=16"] == 10.0 and pd.isna(partial["jpeg"])
+    assert md_cell(report, "robustness", "folk_no_rec", "jpeg") == "–"
+    # per-severity numbers stay in metrics.json when the per-corruption mean is there
+    assert not any(" s1" in c or " s3" in c for c in rob_df.columns)
+
+    r50 = ours(read_csv(report, "resnet50"), method="folk")
+    assert (r50["fine-tune top-1"], r50["k-NN top-1"], r50["fine-tune epochs"]) == (79.0, 60.0, 100)
+    assert pd.isna(r50["linear top-1"])
+
+
+def test_published_numbers_beside_ours_with_source_and_dataset(report):
+    ft = read_csv(report, "finetune")
+    mfm = ft[(ft["results"] == "published") & (ft["method"] == "MFM")].iloc[0]
+    assert mfm["ViT-B/16"] == 83.1 and mfm["dataset"] == "ImageNet-1K"
+    assert "Jiahao000/MFM README" in mfm["notes"]
+    md = (report / "tables" / "finetune.md").read_text()
+    assert "*published*" in md and "Jiahao000/MFM README" in md
+    # the demo's dataset and its note are visible next to its numbers
+    assert "Fashion-MNIST demo, 2000 images" in md
+    assert md_cell(report, "finetune", "folk", "dataset", **{"pre-train epochs": "5"}) == \
+        "Fashion-MNIST"
+    kl = read_csv(report, "knn_linear")
+    dino = kl[(kl["method"] == "DINO") & (kl["pre-train epochs"] == 100)].iloc[0]
+    assert (dino["k-NN top-1"], dino["linear top-1"]) == (69.3, 74.0)
+
+
+def test_missing_results_stay_missing(report):
+    kl = read_csv(report, "knn_linear")
+    assert pd.isna(ours(kl, method="mfm")["linear top-1"])          # knn but no linear
+    assert ours(kl, method="mfm")["k-NN top-1"] == 62.0
+    assert md_cell(report, "knn_linear", "mfm", "linear top-1") == "–"
+    assert md_cell(report, "knn_linear", "dino_2view", "k-NN top-1") == "–"
+    comp = read_csv(report, "compute")
+    unfinished = ours(comp, run="mfm_comrcom")                       # no DONE.json
+    for col in ("images/s", "wall time (h)", "GPU-hours", "CPU-hours", "peak memory (MB)"):
+        assert pd.isna(unfinished[col])
+    assert "no DONE.json" in unfinished["notes"]
+    for name in TABLES:
+        for ext in ("md", "tex"):
+            text = (report / "tables" / f"{name}.{ext}").read_text()
+            assert not re.search(r"\bnan\b", text, re.I), (name, ext)
+
+
+def test_compute_hours_are_wall_time_times_devices(report):
+    comp = read_csv(report, "compute")
+    demo = ours(comp, experiment="demo", run="folk")
+    # DONE.json: wall_time_s 7200, world_size 2, cpu device -> 2 h wall, 4 CPU-hours
+    assert (demo["wall time (h)"], demo["CPU-hours"], demo["images/s"]) == (2.0, 4.0, 250.5)
+    assert pd.isna(demo["GPU-hours"]) and demo["device"].startswith("cpu")
+    assert demo["source"].split(";")[0] == "demo/folk/DONE.json"
+    assert "demo/folk/eval/knn/metrics.json" in demo["source"].split(";")
+    gpu = ours(comp, experiment="in1k", run="folk")
+    assert gpu["GPU-hours"] == pytest.approx(36000 * 16 / 3600) and pd.isna(gpu["CPU-hours"])
+    assert demo["eval time (h)"] == pytest.approx(6 * 360 / 3600)
+
+
+def test_ablations_grouped_by_config_not_by_name(report):
+    pc = read_csv(report, "ablation_p_com")
+    got = {float(r["p_com"]): r["k-NN top-1"] for _, r in pc.iterrows()}
+    assert got == {0.25: 68.0, 0.5: 71.25, 0.75: 69.5}   # 0.5: the main-grid folk run
+    assert ours(pc, p_com=0.75)["linear top-1"] == 70.0
+    por = read_csv(report, "ablation_portions")
+    assert set(por["portion set Q"]) == {"{0.01}", "{0.005, 0.01, 0.05}"}
+    lw = ours(read_csv(report, "ablation_loss_weights"), run="sweep_d")
+    assert (lw["λ_rec"], lw["λ_kd"], lw["k-NN top-1"]) == (1, 0.5, 67.0)
+    ep = read_csv(report, "ablation_epochs")
+    assert {int(r["pre-train epochs"]): r["k-NN top-1"] for _, r in ep.iterrows()} == \
+        {2: 55.0, 5: 71.25}
+    dist = read_csv(report, "ablation_distillation")
+    assert {r["method"]: r["distillation"] for _, r in dist.iterrows()} == \
+        {"folk": "yes", "mfm_comrcom": "no"}
+    rec = read_csv(report, "ablation_reconstruction")
+    assert set(zip(rec["method"], rec["reconstruction"])) == {("folk", "yes"), ("folk_no_rec", "no")}
+    filt = read_csv(report, "ablation_filter")
+    demo = filt[filt["dataset"] == "Fashion-MNIST"]
+    assert set(demo["method"]) == {"folk", "folk_mfm_filters", "dino_2view"}
+    # an ablation the report does not know: the varied key is found in the configs
+    aug = read_csv(report, "ablation_augment")
+    assert {float(r["augment.flip_prob"]): r["k-NN top-1"] for _, r in aug.iterrows()} == \
+        {0.0: 64.0, 0.5: 71.25}
+
+
+def test_latex_escapes_special_characters(report):
+    fewshot = (report / "tables" / "fewshot.tex").read_text()
+    assert r"1\% labels" in fewshot and r"40.0 $\pm$ 1.5" in fewshot
+    rec = (report / "tables" / "ablation_reconstruction.tex").read_text()
+    assert r"folk\_no\_rec" in rec
+    for name in TABLES:
+        for line in (report / "tables" / f"{name}.tex").read_text().splitlines():
+            if line.startswith("%"):
+                continue
+            # every _ % # is escaped; & only separates cells
+            assert not re.search(r"(?<!\\)[_%#]", line), (name, line)
+            for cell in line.split(" & "):
+                assert not re.search(r"(?<!\\)&", cell), (name, line)
+        assert "\\toprule" in (report / "tables" / f"{name}.tex").read_text()
+
+
+def test_provenance_stamp_in_every_file(report):
+    for name in TABLES:
+        for ext in ("md", "tex", "csv"):
+            text = (report / "tables" / f"{name}.{ext}").read_text()
+            assert "Generated by" in text and re.search(r"\d{4}-\d\d-\d\d", text), (name, ext)
+    kl = (report / "tables" / "knn_linear.md").read_text()
+    assert "aaaaaaaaaaaa" in kl and "bbbbbbbbbbbb" in kl     # DONE.json and metrics.json SHAs
+    assert "demo/folk/eval/knn/metrics.json" in kl
+
+
+def test_readme_lists_every_file_and_its_runs(report):
+    readme = (report / "README.md").read_text()
+    for name in TABLES:
+        for ext in ("md", "tex", "csv"):
+            assert f"tables/{name}.{ext}" in readme
+    for name in FIGURES:
+        assert f"figures/{name}.png" in readme and f"figures/{name}.pdf" in readme
+    assert "folk report --runs" in readme and "snakemake results" in readme
+    fig5 = readme.split("### Fig. 5")[1].split("###")[0]
+    assert "demo/mfm`" in fig5 and "demo/mfm_comrcom`" in fig5 and "demo/folk`" not in fig5
+    bench = readme.split("### Throughput")[1]
+    assert "demo/bench.jsonl" in bench
+
+
+def test_empty_runs_directory_writes_every_layout(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    out = tmp_path / "results"
+    assert main(["report", "--runs", str(runs), "--out", str(out)]) == 0
+    for name in TABLES:
+        df = read_csv(out, name)
+        assert (df["results"] != "ours").all()
+        assert len(df.columns) > 4
+        md = (out / "tables" / f"{name}.md").read_text()
+        assert "|" in md and ("No " in md)
+    # the few-shot layout is the configured protocol even without results
+    assert {"1% labels", "10% labels", "1-shot", "13-shot"} <= set(read_csv(out, "fewshot").columns)
+    assert {"mean under corruption", "clean", "jpeg", "low-pass r=4", "high-pass r=32"} <= \
+        set(read_csv(out, "robustness").columns)
+    for name in FIGURES:
+        with Image.open(out / "figures" / f"{name}.png") as im:
+            assert im.size == (1600, 900)
+    assert "no results yet" in (out / "README.md").read_text()
+
+
+def test_bad_inputs_are_named(tmp_path, capsys):
+    assert main(["report", "--runs", str(tmp_path / "absent"), "--out", str(tmp_path / "o")]) == 2
+    assert "absent" in capsys.readouterr().err
+    runs = tmp_path / "runs"
+    run = write_run(runs, "demo", "folk", "folk", DEMO,
+                    evals={"knn": ({"top1_k20": 70.0}, "top1_k20")})
+    bad = run / "eval" / "knn" / "metrics.json"
+    bad.write_text("{not json")
+    assert main(["report", "--runs", str(runs), "--out", str(tmp_path / "o")]) == 2
+    assert str(bad) in capsys.readouterr().err
+    bad.write_text(json.dumps({"schema": "folk.eval/1", "run": "folk", "task": "knn",
+                               "variant": "", "dataset": "x", "metrics": {}, "primary": "top1"}))
+    assert main(["report", "--runs", str(runs), "--out", str(tmp_path / "o")]) == 2
+    assert "primary metric 'top1'" in capsys.readouterr().err
+    shutil.rmtree(run / "eval")
+    ref = tmp_path / "ref.csv"
+    ref.write_text("method,value\nMFM,83.1\n")
+    assert main(["report", "--runs", str(runs), "--out", str(tmp_path / "o"),
+                 "--ref", str(ref)]) == 2
+    assert "missing column(s)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()       # nothing written before the inputs are valid
+
+
+def test_fewshot_metric_names():
+    from folk.report.tables import parse_fewshot_metric
+
+    assert parse_fewshot_metric("frac1pct_top1_mean") == ("fraction", 1.0, "mean")
+    assert parse_fewshot_metric("frac0.5pct_top1_std") == ("fraction", 0.5, "std")
+    assert parse_fewshot_metric("file_logreg_top1_mean") == ("file", 1.0, "mean")
+    assert parse_fewshot_metric("file_top1_mean") == ("file", 0.0, "mean")
+    assert parse_fewshot_metric("frac1_top1_mean") == ("fraction", 1.0, "mean")
+    assert parse_fewshot_metric("fraction0.1_top1_std") == ("fraction", 10.0, "std")
+    assert parse_fewshot_metric("10pct_top1") == ("fraction", 10.0, "")
+    assert parse_fewshot_metric("shot13_top1_mean") == ("shots", 13.0, "mean")
+    assert parse_fewshot_metric("5shot_top1_mean") == ("shots", 5.0, "mean")
+    assert parse_fewshot_metric("shot5_top5_mean") is None
+    assert parse_fewshot_metric("best_c") is None
+
+
+def test_reference_file_matches_the_spec_table():
+    """Every number of REFERENCE_NUMBERS.md's published table is in the packaged CSV."""
+    from folk.report.collect import load_reference
+
+    spec = Path(__file__).resolve().parents[2] / "shared" / "spec" / "REFERENCE_NUMBERS.md"
+    if not spec.is_file():
+        pytest.skip(f"{spec} not available")
+    text = spec.read_text().split("## Throughput")[0]
+    expected = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 6 and re.match(r"[\d.]+( / [\d.]+)*$", cells[4]):
+            expected += [(cells[0], cells[1], float(v)) for v in cells[4].split(" / ")]
+    ref = load_reference()
+    got = {(r["method"], r["backbone"], r["value"]) for _, r in ref.iterrows()
+           if r["task"] != "compute"}
+    assert len(expected) == 16 and set(expected) == got
+
+
+@pytest.mark.slow
+def test_report_on_real_pretraining_runs(tmp_path, fashion_root):
+    """The producers' real files (folk pretrain, folk eval knn) read by the report."""
+    import torch
+    from conftest import REPO, tiny_overrides
+
+    torch.set_num_threads(1)
+    runs = tmp_path / "runs"
+    sets = [f"--set={o}" for o in tiny_overrides(fashion_root)] + \
+           ["--set=experiment.name=tiny", "--set=pretrain.knn_every=1",
+            "--set=pretrain.knn_train_images=64", "--set=pretrain.knn_test_images=40",
+            "--set=experiment.dataset_note=tiny test run"]
+    for variant in ("mfm", "mfm_comrcom"):
+        run_dir = runs / "tiny" / variant
+        assert main(["pretrain", "--config", str(REPO / "params" / "test_tiny.yaml"), *sets,
+                     f"--set=pretrain.variant={variant}", f"--set=experiment.run_name={variant}",
+                     "--out", str(run_dir)]) == 0
+    assert main(["eval", "knn", "--run", str(runs / "tiny" / "mfm")]) == 0
+    out = tmp_path / "results"
+    assert main(["report", "--runs", str(runs), "--out", str(out)]) == 0
+    knn = json.loads((runs / "tiny" / "mfm" / "eval" / "knn" / "metrics.json").read_text())
+    row = ours(read_csv(out, "knn_linear"), method="mfm")
+    assert row["k-NN top-1"] == pytest.approx(knn["metrics"][knn["primary"]])
+    assert pd.isna(row["linear top-1"])
+    done = json.loads((runs / "tiny" / "mfm" / "DONE.json").read_text())
+    comp = ours(read_csv(out, "compute"), run="mfm")
+    assert comp["wall time (h)"] == pytest.approx(done["wall_time_s"] / 3600)
+    readme = (out / "README.md").read_text()
+    fig5 = readme.split("### Fig. 5")[1].split("###")[0]
+    assert "tiny/mfm`" in fig5 and "tiny/mfm_comrcom`" in fig5
+    knn_fig = readme.split("### k-NN accuracy")[1].split("###")[0]
+    assert "tiny/mfm`" in knn_fig
