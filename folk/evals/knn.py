@@ -122,8 +122,9 @@ def run(cfg: dict, run_dir: Path, out_dir: Path, log) -> dict:
     kcfg = cfg["eval"]["knn"]
     backbone = load_eval_backbone(run_dir, cfg)
     cache = features_cache_dir(run_dir)
-    train_x, train_y = extract_features(backbone, cfg, "train", cache, log=log)
-    test_x, test_y = extract_features(backbone, cfg, "test", cache, log=log)
+    layout = dict(avgpool_patchtokens=kcfg["avgpool_patchtokens"])
+    train_x, train_y = extract_features(backbone, cfg, "train", cache, log=log, **layout)
+    test_x, test_y = extract_features(backbone, cfg, "test", cache, log=log, **layout)
     check_labels(cfg, train_y, "train")
     check_labels(cfg, test_y, "test")
     device = eval_device()

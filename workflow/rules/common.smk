@@ -1,0 +1,346 @@
+# Shared helpers of the workflow: which params file drives it, the list of pre-training runs
+# (main grid and ablations), the paths of every rule's files, the per-rule parameter hashes
+# that make Snakemake rerun only the jobs whose parameters changed, and threads/resources.
+# No rules here (Snakemake's linter wants functions and rules apart); the checks at the end
+# run when the Snakefile includes this file, before any job.
+
+import copy
+import hashlib
+import json
+import os
+import re
+import shlex
+import sys
+
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+# The conda environment of every rule (used with --software-deployment-method conda);
+# environment.post-deploy.sh installs the folk package into it.
+FOLK_ENV = "../../environment.yml"
+
+DEFAULT_PARAMS = "params/demo.yaml"
+EVAL_TASKS = ("knn", "linear", "finetune", "fewshot", "segmentation", "robustness")
+# the keys each `folk prepare` reads (prefixes): a change reruns that preparation only
+PREPARE_KEYS = {
+    "data": ("data.dataset", "data.root", "data.source", "data.train_split",
+             "data.test_split", "data.num_classes", "experiment.seed"),
+    "fewshot": ("data.dataset", "data.root", "data.train_split", "data.num_classes",
+                "eval.fewshot.fractions", "eval.fewshot.shots", "eval.fewshot.seeds"),
+    "segmentation": ("eval.segmentation.dataset", "eval.segmentation.root",
+                     "eval.segmentation.composite_", "data.root", "experiment.seed"),
+}
+# the keys a pre-training run may change without being another run; mirrors
+# folk.engine.pretrain.RESUMABLE_CHANGES (tests/test_workflow.py checks they agree)
+RESUMABLE_CHANGES = ("data.root", "data.num_workers", "pretrain.checkpoint_every",
+                     "pretrain.log_every", "launch.", "slurm.", "eval.", "workflow.",
+                     "experiment.dataset_note")
+
+
+# ------------------------------------------------------------------ the params file
+
+def params_file():
+    """The one params file this invocation reads: the last --configfile, else the default.
+    A path inside the working directory is given relative, so shell commands stay short."""
+    files = [str(f) for f in workflow.overwrite_configfiles] or [DEFAULT_PARAMS]
+    if len(files) > 1:
+        raise WorkflowError(
+            "give one params file with --configfile (it is passed to every `folk` command "
+            f"as --config), got {len(files)}: {', '.join(files)}")
+    path = files[0]
+    rel = os.path.relpath(path)
+    return rel if not rel.startswith("..") else os.path.abspath(path)
+
+
+def _flatten(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and f"{prefix}{key}" != "slurm.extra_sbatch":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def cli_overrides():
+    """Snakemake's own --config KEY=VALUE items, as folk `--set` items (dotted keys).
+    Snakemake keeps nested values as strings; folk reads each value as YAML."""
+    given = workflow.config_settings.config or {}
+    return [f"{k}={v if isinstance(v, str) else json.dumps(v)}"
+            for k, v in sorted(_flatten(given).items())]
+
+
+def check_with_folk(path, overrides):
+    """folk's own validation of the params file (its messages name the file and the key),
+    before Snakemake's schema check and before any job."""
+    try:
+        from folk.config import load_config
+        from folk.errors import ConfigError
+    except ImportError:  # folk not importable by this Snakemake: the schema still checks
+        return
+    try:
+        load_config(path, overrides)
+    except ConfigError as exc:
+        raise WorkflowError(f"invalid params: {exc}") from None
+
+
+def check_workflow_keys(cfg, source):
+    """The workflow keys that folk itself does not read."""
+    from folk.variants import VARIANTS
+
+    name = cfg["experiment"]["name"]
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise WorkflowError(f"invalid params: {source}: key 'experiment.name' = {name!r} must "
+                            "be a plain directory name (letters, digits, '_', '.', '-')")
+    wf = cfg["workflow"]
+    for key, names in (("workflow.ablation_variant", [wf["ablation_variant"]]),
+                       ("workflow.eval_variants", wf["eval_variants"])):
+        for name in names:
+            if name not in VARIANTS:
+                raise WorkflowError(f"invalid params: {source}: key '{key}' has unknown "
+                                    f"variant {name!r}; known: {sorted(VARIANTS)}")
+
+
+# ------------------------------------------------------------------ runs
+
+def _value_label(value):
+    """`[0.005, 0.01]` -> `0.005_0.01`; `100` -> `100` (run names are directory names)."""
+    items = value if isinstance(value, list) else [value]
+    return "_".join(format(v, "g") if isinstance(v, float) else str(v) for v in items)
+
+
+def _ablation_sets(name, value):
+    """The `--set` items of one ablation value (workflow.ablations.<name>)."""
+    if name == "portions":
+        return [f"filter.portions={json.dumps(value)}"]
+    if name == "p_com":
+        return [f"filter.p_com={json.dumps(value)}"]
+    if name == "loss_weights":
+        return [f"pretrain.lambda_rec={json.dumps(value[0])}",
+                f"pretrain.lambda_kd={json.dumps(value[1])}"]
+    if name == "epochs":
+        return [f"pretrain.epochs={json.dumps(value)}"]
+    raise WorkflowError(f"unknown ablation 'workflow.ablations.{name}'")
+
+
+def build_runs(cfg):
+    """run name -> {variant, ablation, sets (the run's --set items), evals}, in order:
+    the main grid (workflow.variants), then each ablation grid applied to
+    workflow.ablation_variant. Every run's name and ablation go into its config so that
+    the report reads them rather than parsing directory names."""
+    wf = cfg["workflow"]
+    full = set(wf["eval_variants"] or wf["variants"])
+    runs = {}
+
+    def add(name, variant, ablation, sets, evals):
+        if name in runs:
+            raise WorkflowError(f"two runs would share the directory name '{name}'; "
+                                "remove the duplicate from workflow.variants/ablations")
+        runs[name] = {
+            "variant": variant, "ablation": ablation, "evals": list(evals),
+            "sets": [f"pretrain.variant={variant}", f"experiment.run_name={name}",
+                     f"experiment.ablation={ablation}"] + sets,
+        }
+
+    for variant in wf["variants"]:
+        add(variant, variant, "", [],
+            wf["evals"] if variant in full else wf["ablation_evals"])
+    base = wf["ablation_variant"]
+    for ablation, values in wf["ablations"].items():
+        for value in values:
+            add(f"{base}-{ablation}{_value_label(value)}", base, ablation,
+                _ablation_sets(ablation, value), wf["ablation_evals"])
+    return runs
+
+
+def _apply_sets(cfg, sets):
+    out = copy.deepcopy(cfg)
+    for item in sets:
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node[part]
+        node[parts[-1]] = yaml.safe_load(raw) if raw else ""  # as folk's --set reads it
+    return out
+
+
+def _digest(obj):
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_hash(run):
+    """Digest of what defines a run (its configuration without RESUMABLE_CHANGES keys):
+    a rule parameter, so that Snakemake's params trigger reruns exactly the runs whose
+    configuration changed."""
+    flat = _flatten(_apply_sets(config, RUNS[run]["sets"]))
+    return _digest({k: v for k, v in flat.items() if not k.startswith(RESUMABLE_CHANGES)})
+
+
+def eval_hash(task):
+    """Digest of the eval keys one task reads (robustness and few-shot also fine-tune)."""
+    ev = config["eval"]
+    used = {"batch_size": ev["batch_size"], "feature_source": ev["feature_source"],
+            task: ev[task]}
+    if task in ("robustness", "fewshot"):
+        used["finetune"] = ev["finetune"]
+    return _digest(used)
+
+
+def section_hash(*keys):
+    """Digest of some config keys (dotted), for the data preparation rules."""
+    flat = _flatten(config)
+    return _digest({k: v for k, v in flat.items() if k.startswith(keys)})
+
+
+def shell_sets(sets):
+    """`--set k=v ...`, quoted for the shell."""
+    return " ".join(f"--set {shlex.quote(s)}" for s in sets)
+
+
+# ------------------------------------------------------------------ paths
+
+def data_manifest():
+    return os.path.join(config["data"]["root"], "manifest.json")
+
+
+def fewshot_index():
+    # written by `folk prepare fewshot` (folk.data.subsets.FEWSHOT_DIR)
+    return os.path.join(config["data"]["root"], "fewshot", "lists.json")
+
+
+def segmentation_dataset():
+    """`folk prepare` name of the segmentation set: composite (built) or ade20k (checked)."""
+    return {"fashion_mnist_composite": "composite"}.get(
+        config["eval"]["segmentation"]["dataset"], config["eval"]["segmentation"]["dataset"])
+
+
+def segmentation_inputs():
+    """The composite set is cut from the prepared Fashion-MNIST; ADE20K is checked alone."""
+    return [data_manifest()] if segmentation_dataset() == "composite" else []
+
+
+def segmentation_manifest():
+    return os.path.join(config["eval"]["segmentation"]["root"], "manifest.json")
+
+
+def run_file(run, *parts):
+    return os.path.join(RUNS_DIR, run, *parts)
+
+
+def eval_metrics(run, task):
+    return run_file(run, "eval", task, "metrics.json")
+
+
+def all_prepared():
+    """Every manifest the evaluations need (not all: a workflow without few-shot or
+    segmentation does not prepare their data)."""
+    tasks = {t for r in RUNS.values() for t in r["evals"]}
+    out = [data_manifest()]
+    if "fewshot" in tasks:
+        out.append(fewshot_index())
+    if "segmentation" in tasks:
+        out.append(segmentation_manifest())
+    return out
+
+
+def all_pretrained():
+    return [run_file(run, name) for run in RUNS for name in ("DONE.json", "backbone.pt")]
+
+
+def all_evaluated():
+    return [eval_metrics(run, task) for run, r in RUNS.items() for task in r["evals"]]
+
+
+def bench_file():
+    return os.path.join(RUNS_DIR, "bench.jsonl")
+
+
+def report_inputs():
+    out = all_pretrained() + all_evaluated()
+    if config["workflow"]["bench"]:
+        out.append(bench_file())
+    return out
+
+
+def eval_inputs(wildcards):
+    """What `folk eval TASK` reads besides the run: its dataset, the few-shot lists or the
+    segmentation set, and for robustness the fine-tuned classifier."""
+    run, task = wildcards.run, wildcards.task
+    out = {"done": run_file(run, "DONE.json"), "backbone": run_file(run, "backbone.pt"),
+           "data": data_manifest()}
+    if task == "fewshot":
+        out["lists"] = fewshot_index()
+    elif task == "segmentation":
+        out["segmentation"] = segmentation_manifest()
+    elif task == "robustness":
+        out["finetune"] = eval_metrics(run, "finetune")
+    return out
+
+
+def eval_sets():
+    """CLI overrides an evaluation may take (folk eval accepts eval.* keys only)."""
+    return [s for s in CLI_SETS if s.startswith("eval.")]
+
+
+# ------------------------------------------------------------------ launch, resources
+
+def put_folk_on_path():
+    """Jobs run `folk`: the one installed beside this Snakemake comes first on PATH, so
+    `.venv/bin/snakemake` works without activating the venv (a conda env of a rule,
+    activated inside the job, still comes before it)."""
+    bindir = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "")
+    if os.path.isfile(os.path.join(bindir, "folk")) and bindir not in path.split(os.pathsep):
+        os.environ.update(PATH=os.pathsep.join([bindir, path]) if path else bindir)
+
+
+
+
+def pretrain_command():
+    """`folk pretrain` trains in the job; with launch.executor local/slurm the job submits
+    through submitit and blocks until the training job ends (`folk launch --wait`)."""
+    return "folk launch --wait" if launched() else "folk pretrain"
+
+
+def launched():
+    """Pre-training goes through submitit (launch.executor local or slurm): the workflow
+    job only submits and waits, on the machine that runs Snakemake, with one thread."""
+    return config["launch"]["executor"] != "none"
+
+
+def pretrain_threads():
+    return 1 if launched() else config["workflow"]["threads"]["pretrain"]
+
+
+def _mem_mb(gb):
+    return {"mem_mb": gb * 1024} if gb > 0 else {}
+
+
+def pretrain_resources():
+    if launched():  # the training job's resources are submitit's (the slurm section)
+        return {}
+    s = config["slurm"]
+    return {"runtime": s["timeout_min"], **_mem_mb(s["mem_gb"])}
+
+
+def eval_resources():
+    s = config["slurm"]
+    return {"runtime": s["eval_runtime_min"], **_mem_mb(s["eval_mem_gb"])}
+
+
+# ------------------------------------------------------------------ checked before any job
+
+put_folk_on_path()
+PARAMS = params_file()
+CLI_SETS = cli_overrides()
+check_with_folk(PARAMS, CLI_SETS)
+config.update(_apply_sets(config, CLI_SETS))  # the --config values, typed as folk reads them
+# the generated schema (`folk schema`) also fills every default into `config`
+validate(config, "../schemas/config.schema.yaml", set_default=True)
+check_workflow_keys(config, PARAMS)
+
+EXP = config["experiment"]["name"]
+RUNS_DIR = os.path.join("runs", EXP)
+RUNS = build_runs(config)
