@@ -31,6 +31,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", help="append the JSON lines to this file too")
 
 
+def _sig(x: float) -> float:
+    """Four significant digits: a CPU's TFLOP/s is small but must not round to zero."""
+    return float(f"{x:.4g}")
+
+
 def _sync(device) -> None:
     import torch
 
@@ -48,14 +53,13 @@ def _step_flops(step, device) -> float:
     return float(counter.get_total_flops())
 
 
-def measure(cfg: dict, batch: int, steps: int, warmup: int, compile_: bool) -> dict:
+def _step_setup(cfg: dict, batch: int, compile_: bool):
+    """Networks, objective, optimiser and random views on the device, as training builds them."""
     import torch
 
-    from folk.engine.pretrain import param_groups, peak_memory_mb
+    from folk.engine.pretrain import param_groups
     from folk.engine.step import FolkObjective
-    from folk.filters import apply_filter
-    from folk.models import build_student_teacher, ema_update
-    from folk.utils.provenance import device_name
+    from folk.models import build_student_teacher
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
@@ -72,6 +76,18 @@ def measure(cfg: dict, batch: int, steps: int, warmup: int, compile_: bool) -> d
     c, size = cfg["data"]["in_chans"], cfg["model"]["img_size"]
     views = [torch.rand(batch, c, size, size, device=device) for _ in range(2)]
     gen = torch.Generator(device=device).manual_seed(0)
+    return device, student, teacher, objective, opt, views, gen
+
+
+def measure(cfg: dict, batch: int, steps: int, warmup: int, compile_: bool) -> dict:
+    import torch
+
+    from folk.engine.pretrain import peak_memory_mb
+    from folk.filters import apply_filter
+    from folk.models import ema_update
+    from folk.utils.provenance import device_name
+
+    device, student, teacher, objective, opt, views, gen = _step_setup(cfg, batch, compile_)
 
     def step() -> None:
         loss, _ = objective(views, 0.04, gen)
@@ -92,8 +108,10 @@ def measure(cfg: dict, batch: int, steps: int, warmup: int, compile_: bool) -> d
         step()
     _sync(device)
     step_s = (time.perf_counter() - t0) / steps
-    # the counter cannot see into compiled graphs: count on an eager copy of the same step
-    flops = _step_flops(step, device) if not compile_ else measure_flops_only(cfg, batch)
+    peak_mb = peak_memory_mb(device)
+    if compile_:  # the counter cannot see into compiled graphs: count an eager copy's step
+        device, student, teacher, objective, opt, views, gen = _step_setup(cfg, batch, False)
+    flops = _step_flops(step, device)
 
     n_masked = cfg["method"]["num_views"] * batch
     masked = torch.cat(views)[:n_masked]
@@ -106,34 +124,11 @@ def measure(cfg: dict, batch: int, steps: int, warmup: int, compile_: bool) -> d
     _sync(device)
     filter_s = (time.perf_counter() - t0) / steps
     return {"images_per_s": round(batch / step_s, 2), "step_time_ms": round(step_s * 1e3, 3),
-            "tflops": round(flops / step_s / 1e12, 3), "gflop_per_image": round(flops / batch / 1e9, 2),
-            "peak_memory_mb": round(peak_memory_mb(device), 1),
+            "tflops": _sig(flops / step_s / 1e12), "gflop_per_image": _sig(flops / batch / 1e9),
+            "peak_memory_mb": round(peak_mb, 1),
             "filter_ms": round(filter_s * 1e3, 3),
             "filter_fraction": round(filter_s / step_s, 4), "device": device_name(),
             "dtype": str(objective.amp_dtype or "float32").replace("torch.", "")}
-
-
-def measure_flops_only(cfg: dict, batch: int) -> float:
-    import torch
-
-    from folk.engine.step import FolkObjective
-    from folk.models import build_student_teacher
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    student, teacher = build_student_teacher(cfg)
-    student.to(device)
-    if teacher is not None:
-        teacher.to(device)
-    objective = FolkObjective(cfg, student, teacher, device)
-    c, size = cfg["data"]["in_chans"], cfg["model"]["img_size"]
-    views = [torch.rand(batch, c, size, size, device=device) for _ in range(2)]
-    gen = torch.Generator(device=device).manual_seed(0)
-
-    def step() -> None:
-        loss, _ = objective(views, 0.04, gen)
-        loss.backward()
-
-    return _step_flops(step, device)
 
 
 def run(args) -> int:
@@ -159,7 +154,7 @@ def run(args) -> int:
                   "compile": args.compile, "baseline": baseline}
         record.update(measure(cfg, args.batch_size, args.steps, args.warmup, args.compile))
         if args.peak_tflops:
-            record["mfu"] = round(record["tflops"] / args.peak_tflops, 4)
+            record["mfu"] = _sig(record["tflops"] / args.peak_tflops)
         line = json.dumps(record)
         print(line, flush=True)
         if out:

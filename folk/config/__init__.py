@@ -213,6 +213,17 @@ def _check_constraint(path: str, value: Any, rule: dict, source: str) -> None:
             raise bad(f"must be < {rule['exclusiveMaximum']}")
 
 
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` for every leaf of a nested configuration."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _get(cfg: dict, path: str) -> Any:
     node = cfg
     for part in path.split("."):

@@ -73,18 +73,10 @@ class SignalCheckpointer:
         raise StopRequested(signum)
 
 
-def _flatten(cfg: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in cfg.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def check_same_run(saved: dict, cfg: dict, run_dir: Path) -> None:
-    a, b = _flatten(saved), _flatten(cfg)
+    from folk.config import flatten
+
+    a, b = flatten(saved), flatten(cfg)
     changed = sorted(k for k in set(a) | set(b)
                      if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES))
     if changed:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Iterable
 
+from folk.config import flatten
 from folk.report.collect import EvalResult, Run
 from folk.report.naming import dataset_label, fmt_number, fmt_value, variant_rank
 from folk.report.table import OURS, PUBLISHED, Cell, Column, Row, Table
@@ -462,19 +463,9 @@ _IGNORED_SECTIONS = ("experiment.", "workflow.", "launch.", "slurm.", "data.root
                      "data.num_workers", "eval.")
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _varied_keys(runs: list[Run]) -> list[str]:
     """Configuration keys whose values differ among ``runs`` (what a generic ablation varies)."""
-    flat = [_flatten(r.cfg) for r in runs]
+    flat = [flatten(r.cfg) for r in runs]
     keys = sorted({k for f in flat for k in f if not k.startswith(_IGNORED_SECTIONS)})
     return [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
 
@@ -524,11 +515,11 @@ def ablation_tables(runs: list[Run]) -> list[Table]:
         sweep = [r for r in runs if r.ablation == name]
         members = _with_baseline(sweep, main)
         keys = _varied_keys(members)
-        varied = {k: (lambda r, k=k: fmt_value(_flatten(r.cfg).get(k))) for k in keys} or \
+        varied = {k: (lambda r, k=k: fmt_value(flatten(r.cfg).get(k))) for k in keys} or \
                  {"setting": lambda r: r.name}
         tables.append(_ablation_table(
             name, f"Ablation: {name}", members, varied,
-            lambda r: tuple(repr(_flatten(r.cfg).get(k)) for k in keys),
+            lambda r: tuple(repr(flatten(r.cfg).get(k)) for k in keys),
             f"Runs with experiment.ablation = '{name}' (and the matching main-grid run); the "
             f"columns before 'method' are the configuration keys that differ among them."))
     return tables
