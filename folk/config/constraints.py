@@ -66,6 +66,7 @@ CONSTRAINTS: dict[str, dict] = {
     "pretrain.freeze_last_layer_epochs": _NONNEG,
     "pretrain.lambda_rec": _NONNEG,
     "pretrain.lambda_kd": _NONNEG,
+    "pretrain.rec_reduction": {"enum": ["global", "per_image"]},
     "pretrain.amp": {"enum": ["auto", "bf16", "fp16", "fp32"]},
     "pretrain.checkpoint_every": {"minimum": 1},
     "pretrain.log_every": {"minimum": 1},

@@ -38,6 +38,7 @@ class FolkObjective(nn.Module):
         self.num_views = method["num_views"]
         self.reconstruction, self.distillation = method["reconstruction"], method["distillation"]
         self.lambda_rec, self.lambda_kd = p["lambda_rec"], p["lambda_kd"]
+        self.rec_reduction = p["rec_reduction"]
         self.filter_name = method["filter"]
         self.filter_kwargs = dict(portions=list(f["portions"]), p_com=method["p_com"],
                                   radius=scaled_radius(cfg), rho=f["random_rho"],
@@ -71,7 +72,7 @@ class FolkObjective(nn.Module):
             total = torch.zeros((), device=self.device)
             if self.reconstruction:
                 targets = self.normalize(globals_).chunk(n)
-                rec = sum(frequency_loss(r, t, m) for r, t, m in
+                rec = sum(frequency_loss(r, t, m, self.rec_reduction) for r, t, m in
                           zip(recon.chunk(n), targets, mask.chunk(n))) / n
                 terms["loss_rec"] = rec
                 total = total + self.lambda_rec * rec

@@ -23,7 +23,7 @@ def render_readme(tables: list[Table], figures: list[FigureInfo], stamp: Stamp, 
         f"Written by `{cmd}` at git {stamp.report_sha[:12]}{dirty} on {stamp.date}, from "
         f"{n_runs} run director{'y' if n_runs == 1 else 'ies'} under `{stamp.runs_dir}`. "
         "Do not edit: every file here is overwritten by the next report.", "",
-        "Regenerate with", "", "```", cmd, "snakemake results   # the workflow's last rule", "```", "",
+        "Regenerate with", "", "```", cmd, "snakemake --cores 2 report   # the workflow's last rule", "```", "",
         "How to read them:",
         "- Every table exists as Markdown (`.md`), LaTeX (`.tex`, needs `\\usepackage{booktabs}`) "
         "and CSV (`.csv`; the first lines start with `#`, so read it with "

@@ -16,6 +16,9 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from folk.errors import FolkError
+from folk.launch.resources import check_workflow_slurm, rule_resources
+
 # The conda environment of every rule (used with --software-deployment-method conda);
 # environment.post-deploy.sh installs the folk package into it.
 FOLK_ENV = "../../environment.yml"
@@ -314,20 +317,16 @@ def pretrain_threads():
     return 1 if launched() else config["workflow"]["threads"]["pretrain"]
 
 
-def _mem_mb(gb):
-    return {"mem_mb": gb * 1024} if gb > 0 else {}
-
-
 def pretrain_resources():
     if launched():  # the training job's resources are submitit's (the slurm section)
         return {}
-    s = config["slurm"]
-    return {"runtime": s["timeout_min"], **_mem_mb(s["mem_gb"])}
+    return rule_resources(config, "pretrain")
 
 
 def eval_resources():
-    s = config["slurm"]
-    return {"runtime": s["eval_runtime_min"], **_mem_mb(s["eval_mem_gb"])}
+    """Partition, GPUs (one process: tasks=0, see folk.launch.resources), CPUs, memory and
+    time limit of a `folk eval` job, from the slurm section."""
+    return rule_resources(config, "eval")
 
 
 # ------------------------------------------------------------------ checked before any job
@@ -340,6 +339,11 @@ config.update(_apply_sets(config, CLI_SETS))  # the --config values, typed as fo
 # the generated schema (`folk schema`) also fills every default into `config`
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 check_workflow_keys(config, PARAMS)
+if launched():
+    try:  # bad executor options fail here, before anything is submitted
+        check_workflow_slurm(config)
+    except FolkError as exc:
+        raise WorkflowError(f"{PARAMS}: {exc}") from None
 
 EXP = config["experiment"]["name"]
 RUNS_DIR = os.path.join("runs", EXP)
