@@ -83,6 +83,8 @@ CONSTRAINTS: dict[str, dict] = {
     "eval.linear.n_last_blocks": {"minimum": 1},
     "eval.linear.val_fraction": {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
     "eval.finetune.epochs": {"minimum": 1},
+    "eval.finetune.crop_scale": {"minItems": 2, "maxItems": 2,
+                                 "items": {"exclusiveMinimum": 0, "maximum": 1}},
     "eval.finetune.layer_decay": {"exclusiveMinimum": 0, "maximum": 1},
     "eval.finetune.mixup": _NONNEG,
     "eval.finetune.cutmix": _NONNEG,

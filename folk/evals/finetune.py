@@ -170,6 +170,7 @@ def train_transform(cfg: dict):
     ft = cfg["eval"]["finetune"]
     transform = create_transform(
         input_size=cfg["model"]["img_size"], is_training=True, color_jitter=None,
+        scale=tuple(ft["crop_scale"]),
         auto_augment=ft["auto_augment"] or None, interpolation="bicubic",
         re_prob=ft["reprob"], re_mode="pixel", re_count=1,
         mean=tuple(cfg["data"]["mean"]), std=tuple(cfg["data"]["std"]))

@@ -270,7 +270,8 @@ def test_snakemake_profile_slurm_end_to_end(cluster, tmp_path):
     `slurm` section (partition, one GPU, one task) -> tables."""
     gpus = _cluster_gpus() >= 2
     slurm = {"partition": "gpu", "cpus_per_gpu": 1, "mem_gb": 0, "eval_mem_gb": 0,
-             "timeout_min": 10, "eval_runtime_min": 10, "gpus_per_node": 2, "eval_gpus": 1}
+             "timeout_min": 10, "eval_runtime_min": 10, "gpus_per_node": 2, "eval_gpus": 1,
+             "cpu_only": False}
     if not gpus:
         slurm.update(cpu_only=True, gpus_per_node=0, eval_gpus=0)
     params = _merge(yaml.safe_load((REPO / "params/test_tiny.yaml").read_text()), {
