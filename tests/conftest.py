@@ -11,6 +11,21 @@ FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 REPO = Path(__file__).resolve().parents[1]
+# Fashion-MNIST replicated to three channels, and a two-block ViT at 32 px with patch 4
+RGB_STATS = ["data.in_chans=3", "data.mean=[0.286, 0.286, 0.286]",
+             "data.std=[0.353, 0.353, 0.353]"]
+TINY_VIT = ["model.patch_size=4", "model.depth=2"]
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: the evaluation tests share two cores with CI."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_overrides(root: Path) -> list[str]:

@@ -14,22 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FASHION_FILES, tiny_overrides
+from conftest import FASHION_FILES, RGB_STATS, TINY_VIT, tiny_overrides
 
 LOG = logging.getLogger("test.evals.fewshot")
-RGB_STATS = ["data.in_chans=3", "data.mean=[0.286, 0.286, 0.286]",
-             "data.std=[0.353, 0.353, 0.353]"]
-TINY_VIT = ["model.patch_size=4", "model.depth=2"]
 FAST_FT = ["eval.finetune.epochs=1", "eval.finetune.batch_size=16",
            "eval.finetune.warmup_epochs=0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sets(items) -> list[str]:

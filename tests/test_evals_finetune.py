@@ -13,23 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from conftest import RGB_STATS, TINY_VIT, tiny_overrides
 
 LOG = logging.getLogger("test.evals.finetune")
-RGB_STATS = ["data.in_chans=3", "data.mean=[0.286, 0.286, 0.286]",
-             "data.std=[0.353, 0.353, 0.353]"]
-TINY_VIT = ["model.patch_size=4", "model.depth=2"]
 # 64 training images, batch 16: 4 optimiser steps per epoch
 FAST = ["eval.finetune.batch_size=16", "eval.finetune.warmup_epochs=1",
         "eval.finetune.checkpoint_every=3"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_run_dir(path: Path, root: Path, *extra: str) -> Path:

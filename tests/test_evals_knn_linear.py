@@ -25,12 +25,7 @@ def as_set(key, value) -> str:
     return f"{key}={text.replace(chr(10) + '...' + chr(10), '').strip()}"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- k-NN

@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
+from folk.engine.checkpoint import rng_state, set_rng_state
 from folk.errors import ConfigError, DataError, NonFiniteLossError, RunDirError
 from folk.utils.io import atomic_torch_save, atomic_write_json
 
@@ -182,30 +183,6 @@ def train_transform(cfg: dict):
 
 
 # ------------------------------------------------------------------ checkpoint helpers
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached_gaussian"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
 
 def _suffix(tag: str) -> str:
     return f"-{tag}" if tag else ""
@@ -393,7 +370,7 @@ def train_classifier(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logge
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, start_step, step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["step"]
         sampler_gen.set_state(ckpt["sampler"])
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         log.info("resumed %s at epoch %d, step %d of %d", ckpt_path, start_epoch, step,
                  total_steps)
     else:
@@ -408,7 +385,7 @@ def train_classifier(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logge
             "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch,
             "step_in_epoch": step_in_epoch, "step": step, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": {"num_updates": step},
-            "sampler": sampler_state, "rng": _rng_state(),
+            "sampler": sampler_state, "rng": rng_state(),
         }, ckpt_path)
 
     steps_this_process = 0

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from folk.data.segmentation import (COMPOSITE_NUM_CLASSES, ADE20KSegmentation, SegEvalTransform,
                                     SegTrainTransform, check_ade20k_layout)
+from folk.engine.checkpoint import rng_state, set_rng_state
 from folk.errors import ConfigError, DataError, NonFiniteLossError
 from folk.models import is_resnet, load_backbone
 from folk.utils.io import atomic_torch_save
@@ -262,19 +263,6 @@ def _fingerprint(cfg: dict) -> dict:
             "feature_source": cfg["eval"]["feature_source"], "seed": cfg["experiment"]["seed"]}
 
 
-def _rng_state(device) -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def _load_checkpoint(path: Path, cfg: dict, log) -> dict | None:
     if not path.is_file():
         return None
@@ -306,7 +294,7 @@ def train(model, cfg: dict, train_set, out_dir: Path, device, amp_dtype, log) ->
             return
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"], device)
+        set_rng_state(ckpt["rng"])
         start = ckpt["iteration"]
         log.info("resuming from %s at iteration %d", path, start)
 
@@ -315,7 +303,7 @@ def train(model, cfg: dict, train_set, out_dir: Path, device, amp_dtype, log) ->
                  "fingerprint": _fingerprint(cfg)}
         if not finished:
             state.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                         rng=_rng_state(device))
+                         rng=rng_state())
         atomic_torch_save(state, path)
 
     sampler = BatchStream(len(train_set), seg["batch_size"], seed, start, total)
