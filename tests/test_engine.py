@@ -169,3 +169,14 @@ def test_resume_with_a_different_configuration_is_refused(tiny_cfg, tmp_path):
         pretrain(tiny_cfg(), tmp_path, stop_after=2)
     with pytest.raises(RunDirError, match=r"pretrain.base_lr"):
         pretrain(tiny_cfg("pretrain.base_lr=0.1"), tmp_path)
+
+
+def test_knn_monitor_logs_initialisation_and_each_epoch(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("pretrain.knn_every=1", "pretrain.knn_train_images=30",
+                   "pretrain.knn_test_images=20")
+    pretrain(cfg, tmp_path)
+    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    knn = [r for r in records if r["type"] == "knn"]
+    assert [r["epoch"] for r in knn] == [0, 1, 2]
+    assert [r["iteration"] for r in knn] == [0, 4, 8]
+    assert all(0 <= r["knn_top1"] <= 100 and r["k"] == 20 for r in knn)

@@ -315,6 +315,8 @@ class Pretrainer:
         self.t_start = time.time()
         handler = SignalCheckpointer()
         handler.install()
+        if self.p["knn_every"] and self.iteration == 0:
+            self._knn_monitor(0)  # the initialisation: the baseline every later point beats
         try:
             while self.iteration < self.total_iters:
                 epoch = self.iteration // self.iters_per_epoch
