@@ -5,13 +5,13 @@
 #
 #   bash tests/slurm/run_slurm_tests.sh [pytest args ...]
 #
-# FOLK_SLURM_TEST_TIMEOUT (seconds, default 480) bounds the pytest run; PYTHON picks the
+# FOLK_SLURM_TEST_TIMEOUT (seconds, default 720) bounds the pytest run; PYTHON picks the
 # interpreter (default .venv/bin/python). Exit status: pytest's (124: timed out).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$(pwd)
 PY=${PYTHON:-$REPO/.venv/bin/python}
-LIMIT=${FOLK_SLURM_TEST_TIMEOUT:-480}
+LIMIT=${FOLK_SLURM_TEST_TIMEOUT:-720}
 CLUSTER="bash $REPO/tests/slurm/cluster.sh"
 
 cleanup() {
