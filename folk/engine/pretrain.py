@@ -271,6 +271,22 @@ class Pretrainer:
         self.term_names = names
         return torch.stack([terms_sum[k].float() for k in names])
 
+    def _agreed_stop(self, handler: SignalCheckpointer, at_log: bool) -> bool:
+        """Whether to checkpoint and stop now. Alone, as soon as a signal came; with several
+        processes, all decide together at logging steps (a collective), so that no rank
+        stops a step before the others (the signal gives minutes of warning)."""
+        if not self.dist.enabled:
+            return handler.received is not None
+        if not at_log:
+            return False
+        import torch.distributed as dist
+
+        flag = torch.tensor([handler.received or 0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if int(flag.item()) and handler.received is None:
+            handler.received = int(flag.item())  # another rank got it first
+        return handler.received is not None
+
     def _check_finite(self, buffer: list[tuple[int, torch.Tensor]]) -> None:
         """One device sync per check, not per step; names the first bad step and term."""
         if not buffer:
@@ -342,14 +358,15 @@ class Pretrainer:
                     bar.update(1)
                     at_log = self.iteration % self.p["log_every"] == 0 or self.iteration == end
                     at_ckpt = self.iteration % self.p["checkpoint_every"] == 0
-                    if at_log or at_ckpt or handler.received:
+                    stop = self._agreed_stop(handler, at_log)
+                    if at_log or at_ckpt or stop:
                         self._check_finite(buffer)
                         rec = self._log(buffer, epoch, window_images, time.time() - window_t)
                         bar.set_postfix(loss=f"{rec['loss']:.4f}", ips=f"{rec['images_per_s']:.0f}")
                         buffer, window_images, window_t = [], 0, time.time()
-                    if at_ckpt or handler.received or self.iteration == end:
+                    if at_ckpt or stop or self.iteration == end:
                         self.save()
-                    if handler.received:
+                    if stop:
                         bar.close()
                         handler.chain()
                     if self.stop_after is not None and self.iteration >= self.stop_after:
