@@ -229,7 +229,7 @@ def test_readme_lists_every_file_and_its_runs(report):
             assert f"tables/{name}.{ext}" in readme
     for name in FIGURES:
         assert f"figures/{name}.png" in readme and f"figures/{name}.pdf" in readme
-    assert "folk report --runs" in readme and "snakemake results" in readme
+    assert "folk report --runs" in readme and "snakemake --cores 2 report" in readme
     fig5 = readme.split("### Fig. 5")[1].split("###")[0]
     assert "demo/mfm`" in fig5 and "demo/mfm_comrcom`" in fig5 and "demo/folk`" not in fig5
     bench = readme.split("### Throughput")[1]
