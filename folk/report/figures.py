@@ -124,7 +124,8 @@ def figure_knn_epochs(runs: list[Run], out_dir: Path) -> FigureInfo:
         description="Weighted k-NN top-1 (%) measured during pre-training every "
                     "`pretrain.knn_every` epochs (records of type \"knn\" in metrics.jsonl, on "
                     "`pretrain.knn_train_images`/`knn_test_images` images), one line per "
-                    "main-grid variant.",
+                    "main-grid variant; epoch 0 is the initialisation, the baseline a trained "
+                    "backbone has to beat.",
         runs=[r.rel for r in used], datasets=sorted({r.dataset for r in used}),
         has_data=bool(used), note="" if used else "no k-NN monitoring records yet",
         files=[p.name for p in files])
