@@ -322,7 +322,7 @@ class Pretrainer:
 
         if self.dist.is_main:
             backbone = (self.teacher or self.student).backbone
-            record = knn_monitor(self.cfg, backbone, self.device)
+            record = knn_monitor(self.cfg, backbone)
             record.update({"type": "knn", "epoch": epoch, "iteration": self.iteration})
             append_jsonl(self.metrics_path, record)
         barrier()

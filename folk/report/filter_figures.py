@@ -130,11 +130,7 @@ def figure_masking(out_dir: Path, q: float = 0.05, rho: float = 0.5, patch_ratio
     import folk.filters as F
 
     def patch(x, g):
-        if hasattr(F, "random_patch_with_pixel_mask"):
-            filtered, freq_mask, pixel = F.random_patch_with_pixel_mask(x, patch_ratio, patch_size, g)
-        else:  # the pixel mask is where the masked image lost its content
-            filtered, freq_mask = F.random_patch(x, patch_ratio, patch_size, g)
-            pixel = (filtered.sum(1, keepdim=True) > 0).float()
+        filtered, _, pixel = F.random_patch_with_pixel_mask(x, patch_ratio, patch_size, g)
         return filtered, None, pixel
 
     x = load_photos(names, size)
