@@ -4,6 +4,7 @@ Run-directory contract: docs/DESIGN.md. Rank 0 writes every file.
 """
 from __future__ import annotations
 
+import json
 import resource
 import signal
 import sys
@@ -18,10 +19,11 @@ from torch.utils.data import DataLoader
 from folk.config import save_config
 from folk.engine import checkpoint as ckpt
 from folk.engine.data import EpochSampler, SeededViews
-from folk.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from folk.engine.distributed import all_reduce_mean, barrier, init_distributed
 from folk.engine.step import FolkObjective
 from folk.errors import NonFiniteLossError, RunDirError
-from folk.utils.io import append_jsonl, atomic_torch_save, atomic_write_json, read_jsonl
+from folk.utils.io import (append_jsonl, atomic_torch_save, atomic_write_json,
+                           atomic_write_text, read_jsonl)
 
 # keys that may differ when a run directory is resumed: they do not change what is trained
 RESUMABLE_CHANGES = ("data.root", "data.num_workers", "pretrain.checkpoint_every",
@@ -228,8 +230,6 @@ class Pretrainer:
         self.elapsed = float(state["elapsed_s"])
         if self.dist.is_main:  # drop records logged after the checkpoint: they are redone
             kept = [r for r in read_jsonl(self.metrics_path) if r.get("iteration", 0) <= self.iteration]
-            from folk.utils.io import atomic_write_text
-            import json
             atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
             print(f"resumed from {self.ckpt_path} at iteration {self.iteration}", file=sys.stderr)
 
