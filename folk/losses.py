@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 REDUCTIONS = ("global", "per_image")
+CENTERINGS = ("center", "sinkhorn_knopp")
 
 
 def frequency_loss(
@@ -73,12 +74,26 @@ class DistillationLoss(nn.Module):
     ``P_t = softmax((t - center) / teacher_temp)`` detached; the loss is the mean over pairs.
     Afterwards the centre moves: ``center = m * center + (1 - m) * mean of all teacher rows``
     (summed over processes when torch.distributed is initialised).
+
+    ``centering="sinkhorn_knopp"`` (DINOv2's alternative, an option here): ``P_t`` is instead
+    the Sinkhorn-Knopp normalisation of ``exp(t / teacher_temp)`` over all teacher rows of
+    all processes (each row sums to 1, each prototype receives an equal share of the batch),
+    and the centre is not used. Equal shares rule out the one-prototype solution within
+    every batch, without the lag of an EMA centre.
     """
 
     center: torch.Tensor
+    diagnostics: dict[str, torch.Tensor]
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 centering: str = "center", sinkhorn_iterations: int = 3) -> None:
         super().__init__()
+        if centering not in CENTERINGS:
+            raise ValueError(f"DistillationLoss: centering must be one of {CENTERINGS}, got {centering!r}")
+        if sinkhorn_iterations < 1:
+            raise ValueError(f"DistillationLoss: sinkhorn_iterations must be >= 1, got {sinkhorn_iterations}")
+        self.centering = centering
+        self.sinkhorn_iterations = int(sinkhorn_iterations)
         if out_dim < 1:
             raise ValueError(f"DistillationLoss: out_dim must be >= 1, got {out_dim}")
         if not student_temp > 0:
@@ -88,6 +103,7 @@ class DistillationLoss(nn.Module):
         self.out_dim = out_dim
         self.student_temp = float(student_temp)
         self.center_momentum = float(center_momentum)
+        self.diagnostics = {}  # of the last call: teacher_entropy, kl (detached)
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def forward(
@@ -112,11 +128,24 @@ class DistillationLoss(nn.Module):
         device_type = teacher_out[0].device.type
         with torch.autocast(device_type=device_type, enabled=False):
             teacher = [t.detach().float() for t in teacher_out]
-            targets = [F.softmax((t - self.center) / teacher_temp, dim=-1) for t in teacher]
+            if self.centering == "sinkhorn_knopp":
+                targets = list(sinkhorn_knopp(torch.cat(teacher), teacher_temp,
+                                              self.sinkhorn_iterations).split(
+                                                  [t.shape[0] for t in teacher]))
+            else:
+                targets = [F.softmax((t - self.center) / teacher_temp, dim=-1) for t in teacher]
             log_probs = [F.log_softmax(s.float() / self.student_temp, dim=-1) for s in student_out]
             total = sum(-(targets[j] * log_probs[i]).sum(dim=-1).mean() for i, j in pairs)
             loss = total / len(pairs)
-            self.update_center(torch.cat(teacher))
+            with torch.no_grad():
+                entropy = [torch.special.entr(p).sum(dim=-1).mean() for p in targets]
+                pair_entropy = sum(entropy[j] for _, j in pairs) / len(pairs)
+            # cross-entropy = H(P_t) + KL(P_t || P_s): a teacher entropy near log K with a
+            # small KL is the uniform collapse, an entropy near 0 the one-prototype collapse
+            self.diagnostics = {"teacher_entropy": pair_entropy,
+                                "kl": loss.detach() - pair_entropy}
+            if self.centering == "center":
+                self.update_center(torch.cat(teacher))
         return loss
 
     @torch.no_grad()
@@ -128,3 +157,33 @@ class DistillationLoss(nn.Module):
             dist.all_reduce(batch_sum)
             rows *= dist.get_world_size()
         self.center.mul_(self.center_momentum).add_(batch_sum / rows, alpha=1.0 - self.center_momentum)
+
+
+def _logsumexp_over_rows(x: torch.Tensor) -> torch.Tensor:
+    """log(sum over dim 0 of exp(x)), the rows of every process included."""
+    peak = x.max(dim=0, keepdim=True).values
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed:
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    total = torch.exp(x - peak).sum(dim=0, keepdim=True)
+    if distributed:
+        dist.all_reduce(total)
+    return peak + torch.log(total)
+
+
+@torch.no_grad()
+def sinkhorn_knopp(teacher_logits: torch.Tensor, teacher_temp: float, iterations: int = 3
+                   ) -> torch.Tensor:
+    """Targets (B, K) whose rows sum to 1 and whose columns approach equal mass B / K.
+
+    ``exp(logits / temp)`` is alternately rescaled so that every prototype holds 1/K of the
+    total mass and every row 1/B of it (DINOv2's ``sinkhorn_knopp_teacher``; SwAV), ``B``
+    counting the rows of every process; the rows are then scaled to sum to 1. Computed in
+    the log domain: a sharp teacher (logit range / temperature in the hundreds) would
+    underflow ``exp`` in fp32.
+    """
+    log_q = teacher_logits.float() / teacher_temp
+    for _ in range(iterations):
+        log_q = log_q - _logsumexp_over_rows(log_q)          # each prototype: the same mass
+        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)  # each row: the same mass
+    return torch.exp(log_q)

@@ -30,6 +30,10 @@ def backbone_kwargs(cfg: dict) -> dict:
         for key in ("depth", "embed_dim", "num_heads"):
             if m[key]:
                 kwargs[key] = m[key]
+        if cfg["augment"]["local_crops_number"] > 0:
+            # multi-crop: local views are smaller than img_size (position embeddings are
+            # interpolated); the weights are the same, so a plain model still loads them
+            kwargs["dynamic_img_size"] = True
     return kwargs
 
 
@@ -71,17 +75,27 @@ def load_backbone(run_dir: str | Path, source: str = "teacher", drop_path: float
 
 
 class DINOHead(nn.Module):
-    """MLP (GELU) -> bottleneck -> L2 normalise -> weight-normalised prototypes (DINO)."""
+    """MLP (GELU) -> bottleneck -> L2 normalise -> weight-normalised prototypes (DINO).
+
+    ``use_bn``: batch normalisation after each hidden linear layer (DINO's
+    ``use_bn_in_head``). Off for ViTs in DINO; it keeps per-image differences in the head's
+    output when the backbone's features of different images are still nearly equal, which is
+    what a short run from scratch starts with.
+    """
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048,
-                 bottleneck_dim: int = 256, nlayers: int = 3, norm_last_layer: bool = True):
+                 bottleneck_dim: int = 256, nlayers: int = 3, norm_last_layer: bool = True,
+                 use_bn: bool = False):
         super().__init__()
         if nlayers == 1:
             self.mlp = nn.Linear(in_dim, bottleneck_dim)
         else:
-            layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim), nn.GELU()]
-            for _ in range(nlayers - 2):
-                layers += [nn.Linear(hidden_dim, hidden_dim), nn.GELU()]
+            layers: list[nn.Module] = []
+            for layer in range(nlayers - 1):
+                layers.append(nn.Linear(in_dim if layer == 0 else hidden_dim, hidden_dim))
+                if use_bn:
+                    layers.append(nn.BatchNorm1d(hidden_dim))
+                layers.append(nn.GELU())
             layers.append(nn.Linear(hidden_dim, bottleneck_dim))
             self.mlp = nn.Sequential(*layers)
         self.apply(self._init_weights)
@@ -146,7 +160,8 @@ class Student(nn.Module):
         dim = self.backbone.num_features
         self.dino_head = DINOHead(dim, m["head_out_dim"], m["head_hidden_dim"],
                                   m["head_bottleneck_dim"], m["head_nlayers"],
-                                  m["head_norm_last_layer"]) if method["distillation"] else None
+                                  m["head_norm_last_layer"], m["head_use_bn"]) \
+            if method["distillation"] else None
         self.mfm_head = MFMHead(dim, output_stride(cfg), cfg["data"]["in_chans"]) \
             if method["reconstruction"] else None
 

@@ -13,6 +13,7 @@ import torch
 
 from folk.engine.pretrain import StopRequested, pretrain
 from folk.errors import DataError, NonFiniteLossError, RunDirError
+from folk.models import backbone_kwargs
 from folk.variants import VARIANTS
 
 from conftest import REPO, tiny_overrides
@@ -39,6 +40,20 @@ def test_each_variant_trains_one_step(tiny_cfg, tmp_path, variant):
     assert ("loss_kd" in rec) == method["distillation"]
     assert all(torch.isfinite(torch.tensor(v)).item() for k, v in rec.items()
                if k.startswith("loss"))
+
+
+@pytest.mark.parametrize("arch", ["vit_tiny_patch16_224", "resnet50"])
+def test_multi_crop_trains_with_local_views_smaller_than_the_model(tiny_cfg, tmp_path, arch):
+    import timm
+
+    cfg = tiny_cfg(f"model.arch={arch}", "augment.local_crops_number=2",
+                   "augment.local_crops_size=16", "pretrain.max_iterations=1")
+    done = pretrain(cfg, tmp_path)
+    assert done["iterations"] == 1
+    rec = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert torch.isfinite(torch.tensor(rec["loss_kd"]))
+    plain = {k: v for k, v in backbone_kwargs(cfg).items() if k != "dynamic_img_size"}
+    timm.create_model(arch, **plain).load_state_dict(backbone_state(tmp_path))
 
 
 def test_run_directory_contract(tiny_cfg, tmp_path):

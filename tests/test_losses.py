@@ -159,6 +159,23 @@ def numpy_dino(students, teachers, center, teacher_temp, student_temp=0.1, momen
     return total / pairs, new_center
 
 
+def numpy_teacher_entropy(teachers, center, teacher_temp, n_students):
+    """Entropy of the centred, sharpened teacher, averaged over rows and cross-view pairs."""
+    values = []
+    for j, t in enumerate(teachers):
+        for i in range(n_students):
+            if i == j:
+                continue
+            rows = []
+            for r in range(t.shape[0]):
+                z = (np.asarray(t[r], dtype=np.float64) - center[0]) / teacher_temp
+                p = np.exp(z - z.max())
+                p /= p.sum()
+                rows.append(-sum(pk * np.log(pk) for pk in p if pk > 0))
+            values.append(np.mean(rows))
+    return float(np.mean(values))
+
+
 def logits(n_views, batch, dim, seed, scale=3.0):
     gen = torch.Generator().manual_seed(seed)
     return [(scale * torch.randn((batch, dim), generator=gen)).requires_grad_(True) for _ in range(n_views)]
@@ -174,10 +191,14 @@ def test_distillation_matches_numpy_over_two_steps(n_students):
         students = logits(n_students, batch, dim, seed=10 + step)
         teachers = logits(2, batch, dim, seed=20 + step)
         loss = criterion(students, teachers, temp)
+        previous = center
         expected, center = numpy_dino(
             [s.detach().numpy() for s in students], [t.detach().numpy() for t in teachers], center, temp
         )
         assert loss.item() == pytest.approx(expected, rel=1e-5)
+        entropy = numpy_teacher_entropy([t.detach().numpy() for t in teachers], previous, temp, n_students)
+        assert criterion.diagnostics["teacher_entropy"].item() == pytest.approx(entropy, rel=1e-5)
+        assert criterion.diagnostics["kl"].item() == pytest.approx(expected - entropy, rel=1e-4, abs=1e-5)
         np.testing.assert_allclose(criterion.center.numpy(), center, rtol=1e-5, atol=1e-6)
     assert not np.allclose(center, 0)  # the second step really used a non-zero centre
 
@@ -248,3 +269,87 @@ def test_distillation_centre_is_averaged_across_processes(tmp_path, monkeypatch)
     expected = 0.5 * everything.mean(dim=0, keepdim=True)
     for rank in range(world_size):
         torch.testing.assert_close(results[rank], expected, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------- Sinkhorn-Knopp centring
+
+
+def numpy_sinkhorn(logits, temp, iterations):
+    """SwAV/DINOv2's algorithm with explicit loops over prototypes and rows (float64)."""
+    q = np.exp(np.asarray(logits, dtype=np.float64) / temp)
+    b, k = q.shape
+    q /= q.sum()
+    for _ in range(iterations):
+        for c in range(k):
+            q[:, c] /= q[:, c].sum() * k
+        for r in range(b):
+            q[r, :] /= q[r, :].sum() * b
+    return q * b
+
+
+@pytest.mark.parametrize("iterations", [1, 3, 10])
+def test_sinkhorn_knopp_matches_numpy(iterations):
+    from folk.losses import sinkhorn_knopp
+
+    gen = torch.Generator().manual_seed(iterations)
+    t = torch.randn((12, 7), generator=gen)
+    q = sinkhorn_knopp(t, 0.2, iterations)
+    np.testing.assert_allclose(q.numpy(), numpy_sinkhorn(t.numpy(), 0.2, iterations), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(12))
+    converged = sinkhorn_knopp(t, 1.0, 100)  # every prototype receives 12 / 7 of the mass
+    torch.testing.assert_close(converged.sum(dim=0), torch.full((7,), 12 / 7), rtol=1e-4, atol=1e-4)
+
+
+def test_sinkhorn_knopp_survives_a_sharp_teacher():
+    from folk.losses import sinkhorn_knopp
+
+    t = torch.tensor([[1.0, -1.0, 0.0], [1.0, -1.0, 0.5]])  # range / temp = 200: exp underflows
+    q = sinkhorn_knopp(t, 0.01, 3)
+    assert torch.isfinite(q).all()
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(2))
+
+
+def test_distillation_with_sinkhorn_knopp_targets_matches_numpy():
+    dim, batch, temp = 9, 6, 0.07
+    criterion = DistillationLoss(dim, student_temp=0.1, centering="sinkhorn_knopp", sinkhorn_iterations=3)
+    students = logits(2, batch, dim, seed=30)
+    teachers = logits(2, batch, dim, seed=31)
+    loss = criterion(students, teachers, temp)
+    targets = numpy_sinkhorn(torch.cat(teachers).detach().numpy(), temp, 3)
+    t_u, t_v = targets[:batch], targets[batch:]
+    total = 0.0
+    for s, p in ((students[0], t_v), (students[1], t_u)):  # cross-view pairs
+        y = s.detach().numpy().astype(np.float64) / 0.1
+        for r in range(batch):
+            log_q = y[r] - y[r].max() - np.log(np.exp(y[r] - y[r].max()).sum())
+            total += -(p[r] * log_q).sum() / batch
+    assert loss.item() == pytest.approx(total / 2, rel=1e-5)
+    assert torch.equal(criterion.center, torch.zeros(1, dim))  # the EMA centre is not used
+    with pytest.raises(ValueError, match="centering"):
+        DistillationLoss(dim, centering="softmax")
+
+
+def _sinkhorn_worker(rank, world_size, init_file, rows, results):
+    from folk.losses import sinkhorn_knopp
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        torch.set_num_threads(1)
+        results[rank] = sinkhorn_knopp(rows[rank], 0.1, 3)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sinkhorn_knopp_normalises_over_all_processes(tmp_path, monkeypatch):
+    from folk.losses import sinkhorn_knopp
+
+    world_size = 2
+    gen = torch.Generator().manual_seed(3)
+    rows = [torch.randn((4, 5), generator=gen) for _ in range(world_size)]
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_sinkhorn_worker, args=(world_size, str(tmp_path / "init"), rows, results), nprocs=world_size)
+        results = dict(results)
+    expected = sinkhorn_knopp(torch.cat(rows), 0.1, 3)
+    torch.testing.assert_close(torch.cat([results[0], results[1]]), expected, rtol=1e-5, atol=1e-7)

@@ -56,3 +56,23 @@ def test_mode_without_distillation_has_no_teacher():
     cfg = load_config(None, TINY + ["pretrain.variant=mfm"])
     student, teacher = build_student_teacher(cfg)
     assert teacher is None and student.dino_head is None and student.mfm_head is not None
+
+
+def test_dino_head_batch_norm_option():
+    plain = DINOHead(16, 32, hidden_dim=8, bottleneck_dim=4, nlayers=3)
+    with_bn = DINOHead(16, 32, hidden_dim=8, bottleneck_dim=4, nlayers=3, use_bn=True)
+    kinds = [type(m).__name__ for m in with_bn.mlp]
+    assert kinds == ["Linear", "BatchNorm1d", "GELU", "Linear", "BatchNorm1d", "GELU", "Linear"]
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.modules())
+    # nearly equal inputs: batch statistics keep their differences in the output
+    x = torch.randn(1, 16) + 1e-3 * torch.randn(8, 16)
+    assert with_bn(x).std(dim=0).mean() > 10 * plain(x).std(dim=0).mean()
+
+
+def test_teacher_copies_head_batch_norm_statistics():
+    cfg = load_config(None, TINY + ["model.head_use_bn=true"])
+    student, teacher = build_student_teacher(cfg)
+    student(torch.rand(4, 3, 32, 32))  # training mode: running statistics move
+    ema_update(teacher, student, 0.99)
+    for (name, t_buf), s_buf in zip(teacher.dino_head.named_buffers(), student.dino_head.buffers()):
+        assert torch.equal(t_buf, s_buf), name

@@ -63,6 +63,8 @@ CONSTRAINTS: dict[str, dict] = {
     "pretrain.final_teacher_temp": _POS,
     "pretrain.warmup_teacher_temp_epochs": _NONNEG,
     "pretrain.center_momentum": _PROB,
+    "pretrain.centering": {"enum": ["center", "sinkhorn_knopp"]},
+    "pretrain.sinkhorn_iterations": {"minimum": 1},
     "pretrain.freeze_last_layer_epochs": _NONNEG,
     "pretrain.lambda_rec": _NONNEG,
     "pretrain.lambda_kd": _NONNEG,

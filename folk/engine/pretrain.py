@@ -165,6 +165,11 @@ class Pretrainer:
                                  prefetch_factor=4 if workers > 0 else None)
 
         self.student, self.teacher = build_student_teacher(cfg)
+        if self.dist.enabled and self.device.type == "cuda":
+            # batch statistics over the global batch (ResNet backbones, model.head_use_bn)
+            self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+            if self.teacher is not None:
+                self.teacher = nn.SyncBatchNorm.convert_sync_batchnorm(self.teacher)
         self.student.to(self.device)
         if self.teacher is not None:
             self.teacher.to(self.device)

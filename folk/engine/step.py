@@ -48,7 +48,8 @@ class FolkObjective(nn.Module):
         self.register_buffer("mean", torch.tensor(cfg["data"]["mean"], device=device).view(1, c, 1, 1))
         self.register_buffer("std", torch.tensor(cfg["data"]["std"], device=device).view(1, c, 1, 1))
         self.distill = DistillationLoss(cfg["model"]["head_out_dim"], p["student_temp"],
-                                        p["center_momentum"]).to(device) \
+                                        p["center_momentum"], p["centering"],
+                                        p["sinkhorn_iterations"]).to(device) \
             if self.distillation else None
         self.amp_dtype = autocast_dtype(cfg, device)
         self.device = device
@@ -84,6 +85,7 @@ class FolkObjective(nn.Module):
                     student_out.append(self.student(self.normalize(local), reconstruct=False)[0])
                 kd = self.distill(student_out, list(teacher_out), teacher_temp)
                 terms["loss_kd"] = kd
+                terms.update({f"kd_{name}": value for name, value in self.distill.diagnostics.items()})
                 total = total + self.lambda_kd * kd
         terms["loss"] = total
         return total, terms
