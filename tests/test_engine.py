@@ -194,3 +194,28 @@ def test_knn_monitor_logs_initialisation_and_each_epoch(tiny_cfg, tmp_path):
     assert [r["epoch"] for r in knn] == [0, 1, 2]
     assert [r["iteration"] for r in knn] == [0, 4, 8]
     assert all(0 <= r["knn_top1"] <= 100 and r["k"] == 20 for r in knn)
+
+
+def test_zero_epochs_writes_the_initialisation_of_the_same_seed(tiny_cfg, tmp_path):
+    knn = ["pretrain.knn_every=1", "pretrain.knn_train_images=30", "pretrain.knn_test_images=20"]
+    init_dir, trained_dir = tmp_path / "init", tmp_path / "trained"
+    done = pretrain(tiny_cfg(*knn, "pretrain.epochs=0"), init_dir)
+    assert done["iterations"] == 0 and done["final_loss"] is None
+    pretrain(tiny_cfg(*knn, "pretrain.epochs=1"), trained_dir)
+
+    def knn_records(run_dir):
+        return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()
+                if json.loads(l)["type"] == "knn"]
+
+    # the random-init baseline: the weights a training run of that seed starts from
+    from folk.engine.pretrain import Pretrainer
+
+    start = Pretrainer(tiny_cfg(*knn, "pretrain.epochs=1"), tmp_path / "unused")
+    start.setup()
+    assert_same_weights(backbone_state(init_dir), start.teacher.backbone.state_dict())
+    init_records = knn_records(init_dir)
+    assert init_records == knn_records(trained_dir)[:1]
+    init, trained = backbone_state(init_dir), backbone_state(trained_dir)
+    assert init.keys() == trained.keys()
+    assert any(not torch.equal(init[k], trained[k]) for k in init)
+    assert not (init_dir / "checkpoints" / "last.pt").exists()

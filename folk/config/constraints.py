@@ -45,7 +45,7 @@ CONSTRAINTS: dict[str, dict] = {
     "method.reconstruction": {"enum": [True, False], "nullable": True},
     "method.distillation": {"enum": [True, False], "nullable": True},
     "method.p_com": {"minimum": 0, "maximum": 1, "nullable": True},
-    "pretrain.epochs": {"minimum": 1},
+    "pretrain.epochs": _NONNEG,
     "pretrain.batch_size": {"minimum": 1},
     "pretrain.accum_steps": {"minimum": 1},
     "pretrain.base_lr": _POS,
