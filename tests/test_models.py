@@ -59,6 +59,7 @@ def test_mode_without_distillation_has_no_teacher():
 
 
 def test_dino_head_batch_norm_option():
+    torch.manual_seed(0)
     plain = DINOHead(16, 32, hidden_dim=8, bottleneck_dim=4, nlayers=3)
     with_bn = DINOHead(16, 32, hidden_dim=8, bottleneck_dim=4, nlayers=3, use_bn=True)
     kinds = [type(m).__name__ for m in with_bn.mlp]
