@@ -1,8 +1,8 @@
 """``folk bench``: throughput of pre-training steps, with a plain DINO step as the baseline
 measured in the same process. Prints one JSON line per (variant, backbone).
 
-Data are random tensors already on the device, so the figure is the model's step cost, the
-same convention as the reference numbers in shared/spec/REFERENCE_NUMBERS.md.
+Data are random tensors already on the device, so the figure is the step's own cost
+without data loading, measured the same way for the DINO baseline.
 """
 from __future__ import annotations
 
@@ -91,6 +91,7 @@ def measure(cfg: dict, batch: int, steps: int, warmup: int, compile_: bool) -> d
 
     def step() -> None:
         loss, _ = objective(views, 0.04, gen)
+        objective.apply_center_update()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 3.0)
         opt.step()

@@ -3,7 +3,8 @@
 Every filter takes a batch ``x`` of shape (B, C, H, W) with values in [0, 1] (before
 normalisation) and returns ``(x_filtered, mask)``:
 
-- ``x_filtered``: float32 (B, C, H, W), clamped to [0, 1];
+- ``x_filtered``: float32 (B, C, H, W), clamped to [0, 1] (``clamp=True``, the default, as
+  MFM does), or ``real(ifft2(F * M))`` as it is with ``clamp=False``;
 - ``mask``: float32 (B, 1, H, W) (or (B, C, H, W) for per-channel Com/RCom) in the *centred*
   layout (zero frequency at ``(H // 2, W // 2)``, as after ``torch.fft.fftshift``), with 1 where
   a frequency is kept (visible to the student) and 0 where it is masked. This is the layout
@@ -98,9 +99,11 @@ def _uncentre(mask: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifftshift(mask, dim=(-2, -1))
 
 
-def _filter_with_mask(spectrum: torch.Tensor, keep_unshifted: torch.Tensor) -> torch.Tensor:
-    """clamp(real(ifft2(F * M)), 0, 1) with M in the unshifted layout."""
-    return torch.fft.ifft2(spectrum * keep_unshifted).real.clamp_(0.0, 1.0)
+def _filter_with_mask(spectrum: torch.Tensor, keep_unshifted: torch.Tensor,
+                      clamp: bool = True) -> torch.Tensor:
+    """real(ifft2(F * M)) with M in the unshifted layout, clamped to [0, 1] if ``clamp``."""
+    filtered = torch.fft.ifft2(spectrum * keep_unshifted).real
+    return filtered.clamp_(0.0, 1.0) if clamp else filtered
 
 
 def _fp32_region(x: torch.Tensor) -> torch.autocast:
@@ -139,6 +142,7 @@ def com_rcom_with_choice(
     p_com: float,
     generator: torch.Generator,
     per_channel: bool = False,
+    clamp: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Com/RCom filter (spec 1.1-1.8), also returning which images got Com.
 
@@ -164,7 +168,7 @@ def com_rcom_with_choice(
         spectrum = torch.fft.fft2(images)
         keep = _top_magnitude_keep(spectrum, table[pick], max(counts_table), per_channel)
         keep = torch.where(is_com.view(b, 1, 1, 1), keep, ~keep).float()
-        filtered = _filter_with_mask(spectrum, keep)
+        filtered = _filter_with_mask(spectrum, keep, clamp)
         return filtered, _centre(keep), is_com
 
 
@@ -174,9 +178,10 @@ def com_rcom(
     p_com: float,
     generator: torch.Generator,
     per_channel: bool = False,
+    clamp: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Com/RCom filter: ``(x_filtered, mask)``; see :func:`com_rcom_with_choice`."""
-    filtered, mask, _ = com_rcom_with_choice(x, portions, p_com, generator, per_channel)
+    filtered, mask, _ = com_rcom_with_choice(x, portions, p_com, generator, per_channel, clamp)
     return filtered, mask
 
 
@@ -229,7 +234,8 @@ def mfm_low_pass_mask(h: int, w: int, radius: float, device: torch.device | str 
 
 
 def mfm_with_choice(
-    x: torch.Tensor, radius: float, generator: torch.Generator, p_low: float = 0.5
+    x: torch.Tensor, radius: float, generator: torch.Generator, p_low: float = 0.5,
+    clamp: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MFM's filters: circular low-pass of ``radius`` (see :func:`mfm_low_pass_mask`) with
     probability ``p_low`` per image, else the high-pass complement. One uniform per image is
@@ -237,7 +243,7 @@ def mfm_with_choice(
     where = "mfm"
     _check_images(x, where)
     _check_generator(generator, x, where)
-    _check_probability(p_low, "p_low")
+    _check_probability(p_low, "filter.mfm_p_low")
     if not _is_real(radius) or not radius > 0:
         raise ConfigError(f"filter.mfm_radius: must be > 0, got {radius!r}")
     b, _, h, w = x.shape
@@ -246,15 +252,16 @@ def mfm_with_choice(
         is_low = torch.rand(b, generator=generator, device=x.device) < p_low
         low = mfm_low_pass_mask(h, w, radius, x.device)
         keep_centred = torch.where(is_low.view(b, 1, 1, 1), low, ~low).float()
-        filtered = _filter_with_mask(torch.fft.fft2(images), _uncentre(keep_centred))
+        filtered = _filter_with_mask(torch.fft.fft2(images), _uncentre(keep_centred), clamp)
         return filtered, keep_centred, is_low
 
 
 def mfm(
-    x: torch.Tensor, radius: float, generator: torch.Generator, p_low: float = 0.5
+    x: torch.Tensor, radius: float, generator: torch.Generator, p_low: float = 0.5,
+    clamp: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MFM low/high-pass filter: ``(x_filtered, mask)``; see :func:`mfm_with_choice`."""
-    filtered, mask, _ = mfm_with_choice(x, radius, generator, p_low)
+    filtered, mask, _ = mfm_with_choice(x, radius, generator, p_low, clamp)
     return filtered, mask
 
 
@@ -262,7 +269,7 @@ def mfm(
 
 
 def random_frequency(
-    x: torch.Tensor, rho: float, generator: torch.Generator
+    x: torch.Tensor, rho: float, generator: torch.Generator, clamp: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop each frequency with probability ``rho``, one mask per image shared by channels.
 
@@ -284,12 +291,12 @@ def random_frequency(
         own_draw = index <= _mirror(index)
         shared = torch.where(own_draw, uniform, _mirror(uniform))
         keep = (shared >= rho).float()
-        filtered = _filter_with_mask(torch.fft.fft2(images), keep)
+        filtered = _filter_with_mask(torch.fft.fft2(images), keep, clamp)
         return filtered, _centre(keep)
 
 
 def random_patch_with_pixel_mask(
-    x: torch.Tensor, ratio: float, patch: int, generator: torch.Generator
+    x: torch.Tensor, ratio: float, patch: int, generator: torch.Generator, clamp: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SimMIM-style pixel-space masking; returns ``(x_masked, freq_mask, pixel_mask)``.
 
@@ -298,7 +305,8 @@ def random_patch_with_pixel_mask(
     (SimMIM's count) are chosen uniformly at random and set to 0. ``pixel_mask`` (B, 1, H, W)
     is 1 on visible pixels and 0 on masked ones; ``freq_mask`` is all zeros because every
     frequency of the image has to be recovered. Draws: one (B, N) uniform tensor whose
-    ``count`` smallest entries pick the masked patches.
+    ``count`` smallest entries pick the masked patches. Zeroing pixels keeps [0, 1] images
+    in [0, 1], so ``clamp`` matters only for inputs outside that range.
     """
     where = "random_patch"
     _check_images(x, where)
@@ -321,16 +329,18 @@ def random_patch_with_pixel_mask(
         masked = masked.view(b, 1, grid_h, grid_w)
         masked = masked.repeat_interleave(patch, dim=2).repeat_interleave(patch, dim=3)[..., :h, :w]
         pixel_mask = (~masked).float()
-        filtered = (images * pixel_mask).clamp_(0.0, 1.0)
+        filtered = images * pixel_mask
+        if clamp:
+            filtered = filtered.clamp_(0.0, 1.0)
         freq_mask = torch.zeros((b, 1, h, w), dtype=torch.float32, device=x.device)
         return filtered, freq_mask, pixel_mask
 
 
 def random_patch(
-    x: torch.Tensor, ratio: float, patch: int, generator: torch.Generator
+    x: torch.Tensor, ratio: float, patch: int, generator: torch.Generator, clamp: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random patch masking: ``(x_masked, freq_mask)``; see :func:`random_patch_with_pixel_mask`."""
-    filtered, freq_mask, _ = random_patch_with_pixel_mask(x, ratio, patch, generator)
+    filtered, freq_mask, _ = random_patch_with_pixel_mask(x, ratio, patch, generator, clamp)
     return filtered, freq_mask
 
 
@@ -349,18 +359,21 @@ def apply_filter(
     patch_ratio: float = 0.6,
     patch_size: int = 32,
     per_channel: bool = False,
+    p_low: float = 0.5,
+    clamp: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the filter ``name`` (one of :data:`FILTER_NAMES`); ``none`` returns the images
-    unchanged (as float32) with an all-ones mask. Size scaling of ``radius`` and
-    ``patch_size`` is the caller's job."""
+    unchanged (as float32) with an all-ones mask. ``p_low``: MFM's low-pass probability;
+    ``clamp``: see the module docstring (``none`` ignores it). Size scaling of ``radius``
+    and ``patch_size`` is the caller's job."""
     if name == "com_rcom":
-        return com_rcom(x, portions, p_com, generator, per_channel=per_channel)
+        return com_rcom(x, portions, p_com, generator, per_channel=per_channel, clamp=clamp)
     if name == "mfm":
-        return mfm(x, radius, generator)
+        return mfm(x, radius, generator, p_low=p_low, clamp=clamp)
     if name == "random_frequency":
-        return random_frequency(x, rho, generator)
+        return random_frequency(x, rho, generator, clamp=clamp)
     if name == "random_patch":
-        return random_patch(x, patch_ratio, patch_size, generator)
+        return random_patch(x, patch_ratio, patch_size, generator, clamp=clamp)
     if name == "none":
         _check_images(x, "none")
         b, _, h, w = x.shape

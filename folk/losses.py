@@ -72,8 +72,13 @@ class DistillationLoss(nn.Module):
 
     Per pair, ``-sum(P_t * log_softmax(s / student_temp))`` averaged over the batch, with
     ``P_t = softmax((t - center) / teacher_temp)`` detached; the loss is the mean over pairs.
-    Afterwards the centre moves: ``center = m * center + (1 - m) * mean of all teacher rows``
-    (summed over processes when torch.distributed is initialised).
+    The centre moves once per optimiser step: ``center = m * center + (1 - m) * mean of the
+    teacher rows`` (of every process when torch.distributed is initialised). Each forward adds
+    its teacher rows to an accumulator; :meth:`apply_center_update` applies the EMA with their
+    mean and empties it. With ``defer_center_update=False`` (the default) every forward is its
+    own step and calls it at once; the training loop defers it so that gradient accumulation
+    over micro-batches moves the centre as one large batch would (DINO: once per step).
+    The accumulator is not part of ``state_dict``: it is empty at every step boundary.
 
     ``centering="sinkhorn_knopp"`` (DINOv2's alternative, an option here): ``P_t`` is instead
     the Sinkhorn-Knopp normalisation of ``exp(t / teacher_temp)`` over all teacher rows of
@@ -86,7 +91,8 @@ class DistillationLoss(nn.Module):
     diagnostics: dict[str, torch.Tensor]
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
-                 centering: str = "center", sinkhorn_iterations: int = 3) -> None:
+                 centering: str = "center", sinkhorn_iterations: int = 3,
+                 defer_center_update: bool = False) -> None:
         super().__init__()
         if centering not in CENTERINGS:
             raise ValueError(f"DistillationLoss: centering must be one of {CENTERINGS}, got {centering!r}")
@@ -105,6 +111,11 @@ class DistillationLoss(nn.Module):
         self.center_momentum = float(center_momentum)
         self.diagnostics = {}  # of the last call: teacher_entropy, kl (detached)
         self.register_buffer("center", torch.zeros(1, out_dim))
+        self.defer_center_update = bool(defer_center_update)
+        # sum of the teacher rows since the last update and their count, in one tensor so
+        # that one all-reduce serves both; not persistent (empty at checkpoints)
+        self.register_buffer("_center_accumulator", torch.zeros(1, out_dim + 1), persistent=False)
+        self._accumulated_calls = 0
 
     def forward(
         self,
@@ -145,18 +156,34 @@ class DistillationLoss(nn.Module):
             self.diagnostics = {"teacher_entropy": pair_entropy,
                                 "kl": loss.detach() - pair_entropy}
             if self.centering == "center":
-                self.update_center(torch.cat(teacher))
+                self.accumulate_center(torch.cat(teacher))
+                if not self.defer_center_update:
+                    self.apply_center_update()
         return loss
 
     @torch.no_grad()
-    def update_center(self, teacher_rows: torch.Tensor) -> None:
-        """EMA of the mean teacher logit over every row of every process."""
-        batch_sum = teacher_rows.float().sum(dim=0, keepdim=True)
-        rows = teacher_rows.shape[0]
+    def accumulate_center(self, teacher_rows: torch.Tensor) -> None:
+        """Add (detached) teacher rows to the next centre update."""
+        rows = teacher_rows.detach().float()
+        self._center_accumulator[:, :-1] += rows.sum(dim=0, keepdim=True)
+        self._center_accumulator[:, -1] += rows.shape[0]
+        self._accumulated_calls += 1
+
+    @torch.no_grad()
+    def apply_center_update(self) -> None:
+        """One EMA step of the centre with the mean of every row accumulated since the last
+        call, over every process; then empty the accumulator. Call it once per optimiser
+        step on every process (it all-reduces). A no-op when nothing was accumulated, and
+        with Sinkhorn-Knopp centring (no centre)."""
+        if self.centering != "center" or self._accumulated_calls == 0:
+            return
+        total = self._center_accumulator
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(batch_sum)
-            rows *= dist.get_world_size()
-        self.center.mul_(self.center_momentum).add_(batch_sum / rows, alpha=1.0 - self.center_momentum)
+            dist.all_reduce(total)
+        mean = total[:, :-1] / total[:, -1:]
+        self.center.mul_(self.center_momentum).add_(mean, alpha=1.0 - self.center_momentum)
+        total.zero_()
+        self._accumulated_calls = 0
 
 
 def _logsumexp_over_rows(x: torch.Tensor) -> torch.Tensor:

@@ -37,12 +37,19 @@ def backbone_kwargs(cfg: dict) -> dict:
     return kwargs
 
 
-def build_backbone(cfg: dict, drop_path: float | None = None) -> nn.Module:
+def build_backbone(cfg: dict, drop_path: float | None = None, deterministic: bool = False
+                   ) -> nn.Module:
+    """``deterministic``: no stochastic depth and every dropout rate 0 (the teacher's)."""
     import timm
 
     kwargs = backbone_kwargs(cfg)
     if drop_path is not None:
         kwargs["drop_path_rate"] = drop_path
+    if deterministic:
+        kwargs.update(drop_path_rate=0.0, drop_rate=0.0)
+        if not is_resnet(cfg["model"]["arch"]):
+            kwargs.update(pos_drop_rate=0.0, patch_drop_rate=0.0, proj_drop_rate=0.0,
+                          attn_drop_rate=0.0)
     return timm.create_model(cfg["model"]["arch"], **kwargs)
 
 
@@ -178,11 +185,20 @@ class Student(nn.Module):
 
 
 class Teacher(nn.Module):
-    """EMA copy of the student's backbone and DINO head; never receives gradients."""
+    """EMA copy of the student's backbone and DINO head; never receives gradients.
 
-    def __init__(self, student: Student):
+    The backbone is built afresh without stochastic depth or dropout, whatever the
+    student's ``model.drop_path`` (DINO's teacher has none), then given the student's
+    weights: the teacher's targets are a deterministic function of its input.
+    """
+
+    def __init__(self, cfg: dict, student: Student):
         super().__init__()
-        self.backbone = copy.deepcopy(student.backbone)
+        # its own RNG fork: building the teacher must not shift the training random stream
+        with torch.random.fork_rng(devices=[]):
+            self.backbone = build_backbone(cfg, deterministic=True)
+        self.backbone.load_state_dict(student.backbone.state_dict(), strict=True)
+        self.backbone.to(next(student.backbone.parameters()).device)
         self.dino_head = copy.deepcopy(student.dino_head)
         for p in self.parameters():
             p.requires_grad = False
@@ -194,19 +210,22 @@ class Teacher(nn.Module):
 
 @torch.no_grad()
 def ema_update(teacher: Teacher, student: Student, momentum: float) -> None:
-    """teacher <- m * teacher + (1 - m) * student for parameters; buffers copied."""
+    """teacher <- m * teacher + (1 - m) * student, for parameters only (DINO).
+
+    Buffers are left alone: the teacher's batch-norm running statistics (ResNet backbones,
+    ``model.head_use_bn``) come from its own forward passes (train mode, no grad) on the
+    unfiltered views, not from the student's statistics of filtered images.
+    """
     t_params, s_params = [], []
     for t_mod, s_mod in ((teacher.backbone, student.backbone),
                          (teacher.dino_head, student.dino_head)):
         t_params += list(t_mod.parameters())
         s_params += list(s_mod.parameters())
-        for t_buf, s_buf in zip(t_mod.buffers(), s_mod.buffers()):
-            t_buf.copy_(s_buf)
     torch._foreach_mul_(t_params, momentum)
     torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
 
 
 def build_student_teacher(cfg: dict) -> tuple[Student, Teacher | None]:
     student = Student(cfg)
-    teacher = Teacher(student) if cfg["method"]["distillation"] else None
+    teacher = Teacher(cfg, student) if cfg["method"]["distillation"] else None
     return student, teacher

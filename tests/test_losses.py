@@ -353,3 +353,88 @@ def test_sinkhorn_knopp_normalises_over_all_processes(tmp_path, monkeypatch):
         results = dict(results)
     expected = sinkhorn_knopp(torch.cat(rows), 0.1, 3)
     torch.testing.assert_close(torch.cat([results[0], results[1]]), expected, rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------- centre: one update per optimiser step
+
+
+def test_centre_update_once_per_step_is_independent_of_accumulation():
+    """Accumulation 1 x batch 2N and 2 x batch N give the numpy EMA of all 2N rows' mean."""
+    dim, n, temp = 16, 3, 0.05
+    whole = DistillationLoss(dim, center_momentum=0.9, defer_center_update=True)
+    split = DistillationLoss(dim, center_momentum=0.9, defer_center_update=True)
+    center, per_micro = np.zeros((1, dim)), np.zeros((1, dim))
+    for step in range(3):
+        students = [s.detach() for s in logits(2, 2 * n, dim, seed=40 + step)]
+        teachers = [t.detach() for t in logits(2, 2 * n, dim, seed=50 + step, scale=3.0 + step)]
+        before = whole.center.clone()
+        whole(students, teachers, temp)
+        assert torch.equal(whole.center, before)  # the forward only accumulates
+        whole.apply_center_update()
+        for half in (slice(0, n), slice(n, 2 * n)):
+            loss = split([s[half] for s in students], [t[half] for t in teachers], temp)
+            # every micro-batch of the step sees the step's centre
+            expected, _ = numpy_dino([s[half].numpy() for s in students],
+                                     [t[half].numpy() for t in teachers], center, temp)
+            assert loss.item() == pytest.approx(expected, rel=1e-5)
+        split.apply_center_update()
+        rows = np.concatenate([t.numpy().astype(np.float64) for t in teachers])
+        center = 0.9 * center + 0.1 * rows.mean(axis=0, keepdims=True)
+        for half in (slice(0, n), slice(n, 2 * n)):
+            half_rows = np.concatenate([t[half].numpy().astype(np.float64) for t in teachers])
+            per_micro = 0.9 * per_micro + 0.1 * half_rows.mean(axis=0, keepdims=True)
+        np.testing.assert_allclose(whole.center.numpy(), center, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(split.center.numpy(), center, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(per_micro, center, rtol=1e-3)  # 0.9 ** accum per step differs
+    split.apply_center_update()  # nothing accumulated: no move
+    np.testing.assert_allclose(split.center.numpy(), center, rtol=1e-5, atol=1e-6)
+    assert set(split.state_dict()) == {"center"}  # the accumulator is not checkpointed
+
+
+def test_centre_state_dict_round_trip_and_sinkhorn_has_no_centre():
+    dim = 8
+    criterion = DistillationLoss(dim, defer_center_update=True)
+    criterion(logits(2, 4, dim, seed=1), logits(2, 4, dim, seed=2), 0.04)
+    criterion.apply_center_update()
+    fresh = DistillationLoss(dim, defer_center_update=True)
+    fresh.load_state_dict(criterion.state_dict())
+    assert torch.equal(fresh.center, criterion.center)
+    sk = DistillationLoss(dim, centering="sinkhorn_knopp", defer_center_update=True)
+    sk(logits(2, 4, dim, seed=3), logits(2, 4, dim, seed=4), 0.04)
+    sk.apply_center_update()
+    assert torch.equal(sk.center, torch.zeros(1, dim))
+
+
+def _deferred_worker(rank, world_size, init_file, micro_batches, results):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        torch.set_num_threads(1)
+        dim = micro_batches[0][0][0].shape[1]
+        criterion = DistillationLoss(dim, center_momentum=0.5, defer_center_update=True)
+        for teachers in micro_batches[rank]:
+            criterion([torch.zeros_like(t) for t in teachers], teachers, 0.1)
+        criterion.apply_center_update()
+        results[rank] = criterion.center.clone()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_deferred_centre_is_the_mean_over_processes_and_micro_batches(tmp_path, monkeypatch):
+    """Two micro-batches per process and uneven row counts: still the mean of every row."""
+    world_size, dim = 2, 5
+    gen = torch.Generator().manual_seed(4)
+    sizes = {0: (3, 2), 1: (4, 5)}  # rows per micro-batch on each rank
+    micro_batches = [[[torch.randn((b, dim), generator=gen) for _ in range(2)] for b in sizes[r]]
+                     for r in range(world_size)]
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_deferred_worker, args=(world_size, str(tmp_path / "init"), micro_batches, results),
+                 nprocs=world_size)
+        results = dict(results)
+    rows = np.concatenate([t.numpy().astype(np.float64) for rank in micro_batches
+                           for micro in rank for t in micro])
+    assert rows.shape[0] == 2 * (3 + 2 + 4 + 5)
+    expected = 0.5 * rows.mean(axis=0, keepdims=True)
+    for rank in range(world_size):
+        np.testing.assert_allclose(results[rank].numpy(), expected, rtol=1e-5, atol=1e-6)

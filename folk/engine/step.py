@@ -26,7 +26,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 class FolkObjective(nn.Module):
-    """Spec section 3: L = lambda_rec * mean_views L_rec + lambda_kd * L_kd."""
+    """Spec section 3: L = lambda_rec * mean_views L_rec + lambda_kd * L_kd.
+
+    A forward is one micro-batch: the DINO centre only accumulates the teacher rows, and
+    :meth:`apply_center_update` must be called once per optimiser step, after the last
+    micro-batch (the training loop and ``folk bench`` do).
+    """
 
     def __init__(self, cfg: dict, student: nn.Module, teacher: nn.Module | None,
                  device: torch.device):
@@ -43,13 +48,17 @@ class FolkObjective(nn.Module):
         self.filter_kwargs = dict(portions=list(f["portions"]), p_com=method["p_com"],
                                   radius=scaled_radius(cfg), rho=f["random_rho"],
                                   patch_ratio=f["patch_mask_ratio"],
-                                  patch_size=scaled_patch(cfg), per_channel=f["per_channel"])
+                                  patch_size=scaled_patch(cfg), per_channel=f["per_channel"],
+                                  p_low=f["mfm_p_low"], clamp=f["clamp"])
+        self.filter_local_views = f["local_views"] == "same"
+        self.cfg = cfg
         c = cfg["data"]["in_chans"]
         self.register_buffer("mean", torch.tensor(cfg["data"]["mean"], device=device).view(1, c, 1, 1))
         self.register_buffer("std", torch.tensor(cfg["data"]["std"], device=device).view(1, c, 1, 1))
         self.distill = DistillationLoss(cfg["model"]["head_out_dim"], p["student_temp"],
                                         p["center_momentum"], p["centering"],
-                                        p["sinkhorn_iterations"]).to(device) \
+                                        p["sinkhorn_iterations"],
+                                        defer_center_update=True).to(device) \
             if self.distillation else None
         self.amp_dtype = autocast_dtype(cfg, device)
         self.device = device
@@ -57,9 +66,27 @@ class FolkObjective(nn.Module):
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
+    def local_filter_kwargs(self, size: int) -> dict:
+        """The filter's arguments for views of ``size`` px: the radius and patch side scale
+        with the view, as they do with ``model.img_size`` (spectral portions need nothing)."""
+        return dict(self.filter_kwargs, radius=scaled_radius(self.cfg, size),
+                    patch_size=scaled_patch(self.cfg, size))
+
+    @torch.no_grad()
+    def apply_center_update(self) -> None:
+        """Once per optimiser step: move the DINO centre with every micro-batch's teacher rows."""
+        if self.distill is not None:
+            self.distill.apply_center_update()
+
     def forward(self, views: list[torch.Tensor], teacher_temp: float,
                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``views``: global views first (in [0, 1], on the device), then local crops."""
+        """``views``: global views first (in [0, 1], on the device), then local crops.
+
+        With ``filter.local_views: same`` the local crops (all of one size) go through
+        ``method.filter`` too, as one batch drawn from ``generator`` after the global views;
+        reconstruction stays on the global views. With ``none`` they reach the student
+        unfiltered.
+        """
         from folk.filters import apply_filter
         from folk.losses import frequency_loss
 
@@ -81,7 +108,13 @@ class FolkObjective(nn.Module):
                 with torch.no_grad():
                     teacher_out = self.teacher(self.normalize(torch.cat(views[:2]))).chunk(2)
                 student_out = list(logits.chunk(n))
-                for local in views[2:]:
+                locals_ = list(views[2:])
+                if locals_ and self.filter_local_views:
+                    filtered, _ = apply_filter(
+                        self.filter_name, torch.cat(locals_), generator=generator,
+                        **self.local_filter_kwargs(locals_[0].shape[-1]))
+                    locals_ = list(filtered.chunk(len(locals_)))
+                for local in locals_:
                     student_out.append(self.student(self.normalize(local), reconstruct=False)[0])
                 kd = self.distill(student_out, list(teacher_out), teacher_temp)
                 terms["loss_kd"] = kd
