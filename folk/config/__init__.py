@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import math
 import re
 from pathlib import Path
@@ -15,15 +16,27 @@ from typing import Any, Iterable
 
 import yaml
 
+from folk import recipes
 from folk.config.constraints import CONSTRAINTS, ENUM_NULLABLE
 from folk.errors import ConfigError
+from folk.variants import VARIANTS
 
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
 
 
-def defaults() -> dict:
+@functools.lru_cache(maxsize=1)
+def _defaults_cached() -> dict:
     with open(DEFAULTS_PATH) as f:
-        return yaml.safe_load(f)
+        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+def defaults() -> dict:
+    return copy.deepcopy(_defaults_cached())
+
+
+# keys whose default is null and that resolution decides (folk/recipes.py), with a value of
+# their type: a value set by the user is type-checked against it
+NULLABLE = recipes.nullable_examples()
 
 
 def _flat_keys(tree: dict, prefix: str = "") -> list[str]:
@@ -145,6 +158,10 @@ def _type_name(value: Any) -> str:
 def _check_type(path: str, default: Any, value: Any, source: str) -> None:
     if path in ENUM_NULLABLE:
         return
+    if path in NULLABLE:
+        if value is None:
+            return
+        default = NULLABLE[path]
     if isinstance(default, bool):
         ok = isinstance(value, bool)
         want = "a boolean"
@@ -237,9 +254,10 @@ def validate(cfg: dict, source: str = "configuration", origins: dict | None = No
     ``--set`` override) that gave it its value."""
     try:
         _walk(defaults(), cfg, source)
+        _check_variant(cfg, source)
         for path, rule in CONSTRAINTS.items():
             _check_constraint(path, _get(cfg, path), rule, source)
-        _cross_checks(cfg, source)
+        _cross_checks(resolve(cfg), source)
     except ConfigError as exc:
         message = str(exc)
         key = message.split("key '", 1)[1].split("'", 1)[0] if "key '" in message else ""
@@ -258,13 +276,17 @@ def _origin(origins: dict, key: str) -> str | None:
     return None
 
 
-def _cross_checks(cfg: dict, source: str) -> None:
-    from folk.variants import VARIANTS
-
-    m, f, p = cfg["model"], cfg["filter"], cfg["pretrain"]
-    if p["variant"] not in VARIANTS:
-        raise ConfigError(f"{source}: key 'pretrain.variant' = {p['variant']!r} is not one "
+def _check_variant(cfg: dict, source: str) -> None:
+    """The variant first: resolution, which the other checks see, starts from it."""
+    variant = cfg["pretrain"]["variant"]
+    if variant not in VARIANTS:
+        raise ConfigError(f"{source}: key 'pretrain.variant' = {variant!r} is not one "
                           f"of {sorted(VARIANTS)}")
+
+
+def _cross_checks(cfg: dict, source: str) -> None:
+    m, f = cfg["model"], cfg["filter"]
+    p = cfg["pretrain"]
     for v in cfg["workflow"]["variants"]:
         if v not in VARIANTS:
             raise ConfigError(f"{source}: key 'workflow.variants' has unknown variant {v!r}; "
@@ -291,31 +313,56 @@ def _cross_checks(cfg: dict, source: str) -> None:
             raise ConfigError(f"{source}: key '{path}' = {[lo, hi]} must satisfy 0 < lo <= hi <= 1")
 
 
-def scaled_radius(cfg: dict) -> float:
+def scaled_radius(cfg: dict, size: int | None = None) -> float:
+    """MFM's radius for views of ``size`` px (default ``model.img_size``)."""
     f = cfg["filter"]
-    return f["mfm_radius"] * cfg["model"]["img_size"] / f["mfm_radius_ref_size"]
+    return f["mfm_radius"] * (size or cfg["model"]["img_size"]) / f["mfm_radius_ref_size"]
 
 
-def scaled_patch(cfg: dict) -> int:
+def scaled_patch(cfg: dict, size: int | None = None) -> int:
+    """The pixel-masking patch side for views of ``size`` px (default ``model.img_size``)."""
     f = cfg["filter"]
-    return max(1, round(f["patch_mask_size"] * cfg["model"]["img_size"] / f["mfm_radius_ref_size"]))
+    side = f["patch_mask_size"] * (size or cfg["model"]["img_size"]) / f["mfm_radius_ref_size"]
+    return max(1, round(side))
 
 
 # ---------------------------------------------------------------- resolution
 
-def resolve(cfg: dict) -> dict:
-    """Fill what the variant decides (``method.*`` left null) so that the saved
-    ``config.yaml`` says everything the run did."""
-    from folk.variants import VARIANTS
+def _set_if_null(cfg: dict, path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node = _get(cfg, ".".join(parents))
+    if node[leaf] is None:
+        node[leaf] = copy.deepcopy(value)
 
+
+def resolve(cfg: dict) -> dict:
+    """Fill every null key from what decides it, so that the saved ``config.yaml`` says
+    everything the run did: ``method.*`` from the variant, ``augment.*`` from the
+    augmentation preset, the optimisation keys from the optimisation recipe (both the
+    variant's source under ``auto``; folk/recipes.py), and the per-architecture choices.
+    Keys already set are kept, so resolving a resolved configuration changes nothing."""
     cfg = copy.deepcopy(cfg)
     spec = VARIANTS[cfg["pretrain"]["variant"]]
     method = cfg["method"]
-    for key, value in spec.items():
-        if method.get(key) is None:
-            method[key] = value
+    for key in method:
+        if method[key] is None and key in spec:
+            method[key] = spec[key]
     if method["p_com"] is None:
         method["p_com"] = cfg["filter"]["p_com"]
+
+    a = cfg["augment"]
+    if a["preset"] == "auto":
+        a["preset"] = spec["augment"]
+    for key, value in recipes.augment_values(a["preset"], a["local_crops_number"]).items():
+        _set_if_null(cfg, f"augment.{key}", value)
+
+    p = cfg["pretrain"]
+    if p["optim_recipe"] == "auto":
+        p["optim_recipe"] = spec["optim"]
+    for path, value in recipes.OPTIM_RECIPES[p["optim_recipe"]].items():
+        _set_if_null(cfg, path, value)
+    for path, value in recipes.arch_values(cfg["model"]["arch"]).items():
+        _set_if_null(cfg, path, value)
     return cfg
 
 
@@ -341,13 +388,18 @@ def load_run_config(run_dir: str | Path) -> dict:
 def json_schema() -> dict:
     """JSON schema (draft 2020-12) of the whole configuration, with defaults, for Snakemake."""
 
-    def node(path: str, default: Any) -> dict:
+    def node(path: str, default: Any, decided: bool = False) -> dict:
         rule = {k: v for k, v in CONSTRAINTS.get(path, {}).items() if k != "nullable"}
         if path in ENUM_NULLABLE:
             out = {"type": ENUM_NULLABLE[path] + ["null"]}
             if "enum" in rule:
                 out["enum"] = rule["enum"] + [None]
             return {**out, "default": default}
+        if path in NULLABLE and not decided:  # null: resolution decides (folk/recipes.py)
+            out = node(path, NULLABLE[path], decided=True)
+            if "enum" in out:
+                out["enum"] = out["enum"] + [None]
+            return {**out, "type": [out["type"], "null"], "default": None}
         if isinstance(default, dict) and path not in FREE_FORM:
             return {"type": "object", "additionalProperties": False, "default": {},
                     "properties": {k: node(f"{path}.{k}" if path else k, v)

@@ -87,14 +87,35 @@ def check_same_run(saved: dict, cfg: dict, run_dir: Path) -> None:
                           f"use another --out, or delete the directory to start over")
 
 
-def param_groups(module: nn.Module) -> list[dict]:
-    """Weight decay on weights only, not on biases, norms or 1-d embeddings (DINO)."""
+def param_groups(module: nn.Module, no_wd_tokens: bool = False) -> list[dict]:
+    """Weight decay on weights only, not on biases, norms or 1-d embeddings (DINO, MFM);
+    with ``no_wd_tokens`` not on the backbone's ``no_weight_decay()`` set either (MFM:
+    pos_embed, cls_token)."""
+    skip: set[str] = set()
+    backbone = getattr(module, "backbone", None)
+    if no_wd_tokens and hasattr(backbone, "no_weight_decay"):
+        skip = {f"backbone.{name}" for name in backbone.no_weight_decay()}
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        exempt = p.ndim <= 1 or name.endswith(".bias") or name in skip
+        (no_decay if exempt else decay).append(p)
     return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False}]
+
+
+def clip_gradients(parameters, max_norm: float, mode: str) -> None:
+    """``global``: scale every gradient by one factor so that their joint 2-norm is at most
+    ``max_norm`` (MFM; torch's ``clip_grad_norm_``). ``per_param``: each gradient tensor
+    whose own norm exceeds ``max_norm`` is scaled by ``max_norm / (norm + 1e-6)`` (DINO)."""
+    params = [p for p in parameters if p.grad is not None]
+    if mode == "global":
+        nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    grads = [p.grad for p in params]
+    norms = torch._foreach_norm(grads)
+    for grad, norm in zip(grads, norms):
+        grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -187,7 +208,8 @@ class Pretrainer:
         from folk.schedules import pretrain_schedules
         self.schedules = pretrain_schedules(cfg, self.iters_per_epoch, p["batch_size"])
         fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(param_groups(self.student), lr=0.0,
+        self.optimizer = torch.optim.AdamW(param_groups(self.student, p["no_wd_tokens"]),
+                                           lr=0.0,
                                            betas=tuple(p["betas"]), fused=fused or None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=p["amp"] == "fp16")
         self.filter_gen = torch.Generator(device=self.device)
@@ -260,9 +282,11 @@ class Pretrainer:
                 self.scaler.scale(loss / accum).backward()
             for k, v in terms.items():
                 terms_sum[k] = terms_sum.get(k, 0) + v.detach() / accum
+        # one centre update per optimiser step, with every micro-batch's teacher rows
+        self.objective.apply_center_update()
         self.scaler.unscale_(self.optimizer)
         if self.p["clip_grad"] > 0:
-            nn.utils.clip_grad_norm_(self.student.parameters(), self.p["clip_grad"])
+            clip_gradients(self.student.parameters(), self.p["clip_grad"], self.p["clip_mode"])
         if epoch < self.p["freeze_last_layer_epochs"]:
             for param in self.last_layer:
                 param.grad = None
