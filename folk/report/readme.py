@@ -35,7 +35,7 @@ def render_readme(tables: list[Table], figures: list[FigureInfo], stamp: Stamp, 
         "them); Markdown and LaTeX tables have one footnote per row with the run, task and file.",
         "- Rows marked *published* are numbers reported by other projects "
         "(`folk/report/reference_numbers.csv`, transcribed from "
-        "`shared/spec/REFERENCE_NUMBERS.md`), shown beside ours, with their source in the footnote. "
+        "each project's own README), shown beside ours, with their source in the footnote. "
         "The dataset column says what every row was pre-trained on: a Fashion-MNIST demo row is "
         "not an ImageNet number; each experiment's `experiment.dataset_note` is in the footnotes.",
         f"- Figures are {FIG_PIXELS[0]}x{FIG_PIXELS[1]} px PNG plus PDF.", "",
