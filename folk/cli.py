@@ -10,7 +10,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("folk.engine.cli", "pre-train one variant into a run directory"),
     "eval": ("folk.evals.cli", "evaluate a run directory (knn, linear, finetune, fewshot, "
-                               "segmentation, robustness)"),
+                               "segmentation, robustness, pixels)"),
     "bench": ("folk.bench", "measure pre-training step throughput against a DINO baseline"),
     "prepare": ("folk.data.cli", "prepare a dataset and write its manifest"),
     "launch": ("folk.launch.cli", "submit pre-training or fine-tuning through submitit/SLURM"),

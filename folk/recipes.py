@@ -108,15 +108,17 @@ def is_resnet(arch: str) -> bool:
     return arch.startswith("resnet")
 
 
-def arch_values(arch: str) -> dict[str, Any]:
-    """DINO's and MFM's per-architecture choices."""
+def arch_values(arch: str, depth: int = 0) -> dict[str, Any]:
+    """DINO's and MFM's per-architecture choices; ``depth`` (``model.depth``, 0 for the
+    architecture's own) caps the linear probe's blocks of a shortened ViT."""
     large = bool(_LARGE_VIT.match(arch))
+    blocks = 1 if large else 4
     return {
         # DINO: dropping the last layer's weight normalisation is only safe with ViT-S
         "model.head_norm_last_layer": not arch.startswith("vit_small"),
         # DINO's linear protocol: ViT-S the last 4 CLS tokens; ViT-B the last one with the
         # mean patch token
-        "eval.linear.n_last_blocks": 1 if large else 4,
+        "eval.linear.n_last_blocks": min(blocks, depth) if depth else blocks,
         "eval.linear.avgpool_patchtokens": large,
         # MFM's SAMPLE_RATIO (probability of the low-pass filter)
         "filter.mfm_p_low": 0.3 if is_resnet(arch) else 0.5,

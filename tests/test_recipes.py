@@ -273,3 +273,11 @@ def test_recipes_choose_the_clipping_of_their_source():
     assert load_config(None, ["pretrain.variant=mfm"])["pretrain"]["clip_mode"] == "global"
     assert load_config(None, ["pretrain.variant=folk"])["pretrain"]["clip_mode"] == "global"
     assert load_config(None, ["pretrain.variant=dino_2view"])["pretrain"]["clip_mode"] == "per_param"
+
+
+def test_linear_probe_blocks_capped_by_a_shortened_vit():
+    assert load_config(None, ["model.depth=2"])["eval"]["linear"]["n_last_blocks"] == 1  # ViT-B
+    small = load_config(None, ["model.arch=vit_small_patch16_224", "model.depth=2"])
+    assert small["eval"]["linear"]["n_last_blocks"] == 2
+    assert load_config(None, ["model.arch=vit_small_patch16_224", "model.depth=6"]
+                       )["eval"]["linear"]["n_last_blocks"] == 4

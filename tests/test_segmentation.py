@@ -539,8 +539,8 @@ def check_metrics(path: Path, dataset: str, run_dir: Path) -> dict:
     assert record["schema"] == "folk.eval/1" and record["task"] == "segmentation"
     assert record["dataset"] == dataset and record["split"] == "validation"
     assert record["primary"] == "miou" and record["run_dir"] == str(run_dir)
-    assert set(record["metrics"]) == {"miou", "pixel_acc"}
-    assert 0 <= record["metrics"]["miou"] <= 100 and 0 <= record["metrics"]["pixel_acc"] <= 100
+    assert set(record["metrics"]) == {"miou", "pixel_acc", "miou_majority", "pixel_acc_majority"}
+    assert all(0 <= v <= 100 for v in record["metrics"].values())
     assert record["seed"] == 0 and record["epochs"] >= 1
     return record
 
@@ -597,3 +597,82 @@ def test_eval_segmentation_reports_bad_data_before_building_the_model(tmp_path, 
     assert main(eval_args(run_dir, root, "eval.segmentation.dataset=fashion_mnist_composite")) == 2
     assert "eval.segmentation.num_classes" in capsys.readouterr().err
     assert not (run_dir / "eval" / "segmentation" / "metrics.json").exists()
+
+
+# ---------------------------------------------------------------- majority-class reference
+
+def numpy_majority_reference(root: Path, num_classes: int) -> dict:
+    """From the annotation PNGs alone (stored 0 = ignored, k = class k - 1): the training
+    split's most frequent class m, then the constant prediction m on every labelled
+    validation pixel: confusion matrix, IoU of every class with a non-empty union, mean."""
+    def labels(split):
+        for path in sorted((root / "annotations" / split).glob("*.png")):
+            stored = np.asarray(Image.open(path)).astype(np.int64)
+            yield stored[stored > 0] - 1                     # labelled pixels only
+
+    train_hist = sum(np.bincount(l, minlength=num_classes) for l in labels("training"))
+    m = int(np.argmax(train_hist))
+    conf = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for l in labels("validation"):
+        np.add.at(conf, (l, np.full_like(l, m)), 1)
+    inter = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - inter
+    ious = inter[union > 0] / union[union > 0]
+    val_hist = conf.sum(1)
+    return {"majority": m, "miou": 100.0 * ious.mean(),
+            "pixel_acc": 100.0 * np.trace(conf) / conf.sum(),
+            "val_share": val_hist[m] / val_hist.sum(),
+            "n_scored": int((union > 0).sum()), "n_present": int((val_hist > 0).sum())}
+
+
+def test_majority_reference_on_the_composite_matches_numpy(tmp_path, fashion_root):
+    from folk.cli import main
+
+    run_dir = make_run_dir(tmp_path, fashion_root)
+    root = tmp_path / "composite"
+    build_composite(composite_cfg(fashion_root, root))
+    args = eval_args(run_dir, root, "eval.segmentation.dataset=fashion_mnist_composite",
+                     "eval.segmentation.num_classes=11", "eval.segmentation.head=linear")
+    assert main(args) == 0
+    record = check_metrics(run_dir / "eval" / "segmentation" / "metrics.json",
+                           "fashion_mnist_composite", run_dir)
+    assert record["primary"] == "miou"
+    want = numpy_majority_reference(root, 11)
+    assert want["majority"] == 0                             # background dominates canvases
+    got = record["metrics"]
+    assert got["miou_majority"] == pytest.approx(want["miou"], abs=1e-4)
+    assert got["pixel_acc_majority"] == pytest.approx(want["pixel_acc"], abs=1e-4)
+    # the constant background prediction scores only background, whose IoU is its share of
+    # the labelled validation pixels: mIoU = share / (classes present in validation)
+    assert want["n_scored"] == want["n_present"] > 1
+    assert got["miou_majority"] == pytest.approx(
+        100.0 * want["val_share"] / want["n_present"], abs=1e-4)
+    assert got["pixel_acc_majority"] == pytest.approx(100.0 * want["val_share"], abs=1e-4)
+    assert 0 < got["miou_majority"] < got["pixel_acc_majority"] < 100
+
+
+def test_majority_reference_on_ade20k_labels_skips_ignored_pixels(tmp_path, fashion_root):
+    """ADE20K labels (stored 0 = ignored): class 42 is made the training majority; in
+    validation it fills a quarter of each image and another quarter is ignored, so counting
+    ignored pixels would change both numbers."""
+    from folk.cli import main
+
+    run_dir = make_run_dir(tmp_path, fashion_root)
+    root = make_ade_tree(tmp_path / "ade", n_train=2, n_val=2, seed=3)
+    for split in ("training", "validation"):
+        for path in (root / "annotations" / split).glob("*.png"):
+            stored = np.asarray(Image.open(path)).copy()
+            h = stored.shape[0]
+            stored[: h // 2 if split == "training" else h // 4] = 43    # class 42
+            if split == "validation":
+                stored[h // 4: h // 2] = 0                                # ignored
+            Image.fromarray(stored, mode="L").save(path)
+    assert main(eval_args(run_dir, root)) == 0
+    got = json.loads((run_dir / "eval" / "segmentation" / "metrics.json").read_text())
+    want = numpy_majority_reference(root, 150)
+    assert want["majority"] == 42 and 0.3 < want["val_share"] < 0.6
+    assert want["n_scored"] == want["n_present"] > 100
+    assert got["metrics"]["miou_majority"] == pytest.approx(want["miou"], abs=1e-4)
+    assert got["metrics"]["pixel_acc_majority"] == pytest.approx(want["pixel_acc"], abs=1e-4)
+    assert got["metrics"]["pixel_acc_majority"] == pytest.approx(
+        100.0 * want["val_share"], abs=1e-4)

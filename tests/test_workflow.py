@@ -44,10 +44,13 @@ PAPER_ABLATIONS = {  # run name -> (ablation, --set items it must carry)
 }
 
 
-# the demo's evaluations (params/demo.yaml): robustness for folk and mfm only
+# the demo's evaluations (params/demo.yaml): robustness for folk and mfm only; the random
+# initialisation gets every evaluation and the raw-pixel baseline (workflow.random_init)
 DEMO_EVALS = {(r, t) for r in ("folk", "mfm", "mfm_comrcom", "dino_2view")
               for t in ("knn", "linear", "fewshot", "finetune", "segmentation")} | \
-    {("folk", "robustness"), ("mfm", "robustness")}
+    {("folk", "robustness"), ("mfm", "robustness")} | \
+    {("random_init", t) for t in ("knn", "linear", "fewshot", "finetune", "segmentation",
+                                  "robustness", "pixels")}
 
 
 def copy_workflow(dst: Path) -> Path:
@@ -213,16 +216,18 @@ def test_paper_dag_resolves_without_data(wf):
     assert not (wf / "data").exists()
     jobs = dry_run_jobs(res.stdout)
     pre = {j["wildcards"]["run"]: j for j in jobs if j["rule"] == "pretrain"}
-    assert set(pre) == set(PAPER_VARIANTS) | set(PAPER_ABLATIONS)
+    assert set(pre) == set(PAPER_VARIANTS) | set(PAPER_ABLATIONS) | {"random_init"}
     evals = {(j["wildcards"]["run"], j["wildcards"]["task"])
              for j in jobs if j["rule"] == "evaluate"}
-    expected = {(v, t) for v in PAPER_VARIANTS for t in PAPER_EVALS}
+    # the random initialisation: every evaluation, no raw pixels (workflow.pixel_baseline)
+    expected = {(v, t) for v in PAPER_VARIANTS + ["random_init"] for t in PAPER_EVALS}
     expected |= {(r, t) for r in PAPER_ABLATIONS for t in ("knn", "linear")}
     assert evals == expected
     assert job_counts(res.stdout) == {
         "prepare_data": 1, "prepare_fewshot": 1, "prepare_segmentation": 1,
-        "pretrain": 8 + 10, "evaluate": 8 * 6 + 10 * 2, "report": 1, "all": 1,
-        "total": 3 + 18 + 68 + 2}
+        "pretrain": 8 + 10 + 1, "evaluate": 9 * 6 + 10 * 2, "report": 1, "all": 1,
+        "total": 3 + 19 + 74 + 2}
+    assert "--set pretrain.epochs=0 " in pre["random_init"]["shell"]
     # each run gets the same params file plus its own --set items
     for name, (ablation, sets) in PAPER_ABLATIONS.items():
         cmd = pre[name]["shell"]
@@ -242,7 +247,7 @@ def test_demo_dag_and_stage_targets(wf):
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = dry_run_jobs(res.stdout)
     runs = {j["wildcards"]["run"] for j in jobs if j["rule"] == "pretrain"}
-    assert runs == {"folk", "mfm", "mfm_comrcom", "dino_2view"}
+    assert runs == {"folk", "mfm", "mfm_comrcom", "dino_2view", "random_init"}
     evals = {(j["wildcards"]["run"], j["wildcards"]["task"]) for j in jobs
              if j["rule"] == "evaluate"}
     assert evals == DEMO_EVALS
@@ -255,10 +260,10 @@ def test_demo_dag_and_stage_targets(wf):
     # the stage targets that dvc.yaml runs
     prep = {"prepare_data": 1, "prepare_fewshot": 1, "prepare_segmentation": 1}
     for rule, counts in (("prepared", {**prep, "prepared": 1, "total": 4}),
-                         ("pretrained", {"prepare_data": 1, "pretrain": 4, "pretrained": 1,
-                                         "total": 6}),
-                         ("evaluated", {**prep, "pretrain": 4, "evaluate": len(DEMO_EVALS),
-                                        "evaluated": 1, "total": 8 + len(DEMO_EVALS)})):
+                         ("pretrained", {"prepare_data": 1, "pretrain": 5, "pretrained": 1,
+                                         "total": 7}),
+                         ("evaluated", {**prep, "pretrain": 5, "evaluate": len(DEMO_EVALS),
+                                        "evaluated": 1, "total": 9 + len(DEMO_EVALS)})):
         sub = snakemake(wf, "-n", rule)
         assert sub.returncode == 0, sub.stderr[-2000:]
         assert job_counts(sub.stdout) == counts, rule
@@ -269,9 +274,11 @@ def test_snakemake_config_items_reach_folk_typed(wf):
                     "experiment={name: cli}")
     assert res.returncode == 0, res.stderr[-3000:]
     pre = [j for j in dry_run_jobs(res.stdout) if j["rule"] == "pretrain"]
-    assert len(pre) == 4
+    assert len(pre) == 5  # the four variants and the random initialisation
     for j in pre:
         assert "--set pretrain.epochs=3 " in j["shell"]
+        if j["wildcards"]["run"] == "random_init":  # its own epochs=0 comes last and wins
+            assert j["shell"].index("pretrain.epochs=0") > j["shell"].index("pretrain.epochs=3")
         assert "--set experiment.name=cli " in j["shell"]
         assert f"--out runs/cli/{j['wildcards']['run']} " in j["shell"]
     bad = snakemake(wf, "-n", "--config", 'pretrain={"epochs": "x"}')
@@ -286,7 +293,7 @@ def test_submitit_launch_makes_pretraining_a_waiting_local_job(wf, tmp_path):
     res = snakemake(wf, "-n", "-p", "--cores", "2", "--configfile", str(params))
     assert res.returncode == 0, res.stderr[-3000:]
     pre = [j for j in dry_run_jobs(res.stdout) if j["rule"] == "pretrain"]
-    assert len(pre) == 4
+    assert len(pre) == 5  # the four variants and the random initialisation
     for j in pre:
         assert j["shell"].startswith(f"folk launch --wait --config {params} ")
     # one waiting thread per run (threads are printed only when above one)
@@ -404,7 +411,9 @@ def test_missing_imagenet_split_stops_before_training(tmp_path):
 
 TINY_RUNS = {"folk": ["knn", "linear", "fewshot", "finetune", "segmentation", "robustness"],
              "mfm": ["knn", "linear", "fewshot", "finetune", "segmentation", "robustness"],
-             "folk-p_com0.25": ["knn"]}
+             "folk-p_com0.25": ["knn"],
+             "random_init": ["knn", "linear", "fewshot", "finetune", "segmentation",
+                             "robustness", "pixels"]}
 
 
 @pytest.mark.slow
@@ -417,7 +426,8 @@ def test_tiny_end_to_end_then_nothing_then_only_what_changed(tmp_path):
         cfg = yaml.safe_load((rd / "config.yaml").read_text())
         assert cfg["experiment"]["run_name"] == name
         assert cfg["experiment"]["ablation"] == ("p_com" if "-" in name else "")
-        assert cfg["pretrain"]["variant"] == name.split("-")[0]
+        assert cfg["pretrain"]["variant"] == ("folk" if name == "random_init"
+                                              else name.split("-")[0])
         assert (rd / "checkpoints" / "last.pt").is_file()  # kept, never an output
         for task in tasks:
             m = json.loads((rd / "eval" / task / "metrics.json").read_text())

@@ -313,6 +313,32 @@ def _cross_checks(cfg: dict, source: str) -> None:
             raise ConfigError(f"{source}: key '{path}' = {[lo, hi]} must satisfy 0 < lo <= hi <= 1")
 
 
+def check_filter_radii(cfg: dict, source: str = "configuration") -> None:
+    """Each robustness radius must give its own low-pass mask at ``model.img_size``: a radius
+    of 1 px or less keeps only the zero frequency, and two radii with no frequency between
+    them give the same filtered images (two identical columns). Checked by the robustness
+    evaluation and by the workflow when it runs one, not for every configuration: the
+    defaults are stated for 224 px."""
+    size, ref = cfg["model"]["img_size"], cfg["filter"]["mfm_radius_ref_size"]
+    half = [v * v for v in range(-(size // 2), size - size // 2)]
+    distances = sorted({a + b for a in set(half) for b in set(half)})
+    masks: dict[int, float] = {}
+    for r in cfg["eval"]["robustness"]["filter_radii"]:
+        px = r * size / ref
+        if px <= 1:
+            raise ConfigError(
+                f"{source}: key 'eval.robustness.filter_radii' has {r:g} (stated at {ref:g} px), "
+                f"{px:.2f} px at model.img_size = {size}: its low-pass keeps only the zero "
+                f"frequency; give radii above {ref / size:.3g} at {ref:g} px")
+        kept = sum(1 for d in distances if d < px * px)
+        if kept in masks:
+            raise ConfigError(
+                f"{source}: key 'eval.robustness.filter_radii': {masks[kept]:g} and {r:g} (at "
+                f"{ref:g} px) give the same filter at model.img_size = {size} (no frequency "
+                f"lies between {masks[kept] * size / ref:.2f} and {px:.2f} px)")
+        masks[kept] = r
+
+
 def scaled_radius(cfg: dict, size: int | None = None) -> float:
     """MFM's radius for views of ``size`` px (default ``model.img_size``)."""
     f = cfg["filter"]
@@ -361,7 +387,7 @@ def resolve(cfg: dict) -> dict:
         p["optim_recipe"] = spec["optim"]
     for path, value in recipes.OPTIM_RECIPES[p["optim_recipe"]].items():
         _set_if_null(cfg, path, value)
-    for path, value in recipes.arch_values(cfg["model"]["arch"]).items():
+    for path, value in recipes.arch_values(cfg["model"]["arch"], cfg["model"]["depth"]).items():
         _set_if_null(cfg, path, value)
     return cfg
 

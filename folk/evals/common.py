@@ -9,7 +9,7 @@ from folk.utils.io import atomic_write_json
 from folk.utils.provenance import git_sha, now_iso
 
 SCHEMA = "folk.eval/1"
-TASKS = ("knn", "linear", "finetune", "fewshot", "segmentation", "robustness")
+TASKS = ("knn", "linear", "finetune", "fewshot", "segmentation", "robustness", "pixels")
 
 
 def task_dir(run_dir: Path, task: str, variant: str = "") -> Path:

@@ -115,16 +115,13 @@ def primary_k(ks: Sequence[int], preferred: int = 20) -> int:
     return min(ks, key=lambda k: (abs(k - preferred), k))
 
 
-def run(cfg: dict, run_dir: Path, out_dir: Path, log) -> dict:
-    from folk.evals.common import features_cache_dir
-    from folk.evals.features import eval_device, extract_features, load_eval_backbone
+def knn_eval(cfg: dict, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+             test_y: torch.Tensor, log) -> tuple[dict[str, float], str]:
+    """``folk eval knn``'s protocol on given features: (knn_metrics for every k of
+    eval.knn.k, the name of the primary metric)."""
+    from folk.evals.features import eval_device
 
     kcfg = cfg["eval"]["knn"]
-    backbone = load_eval_backbone(run_dir, cfg)
-    cache = features_cache_dir(run_dir)
-    layout = dict(avgpool_patchtokens=kcfg["avgpool_patchtokens"])
-    train_x, train_y = extract_features(backbone, cfg, "train", cache, log=log, **layout)
-    test_x, test_y = extract_features(backbone, cfg, "test", cache, log=log, **layout)
     check_labels(cfg, train_y, "train")
     check_labels(cfg, test_y, "test")
     device = eval_device()
@@ -132,6 +129,19 @@ def run(cfg: dict, run_dir: Path, out_dir: Path, log) -> dict:
                           kcfg["temperature"], cfg["data"]["num_classes"])
     for name, value in metrics.items():
         log.info("knn %s = %.2f", name, value)
-    primary = f"top1_k{primary_k(kcfg['k'])}"
+    return metrics, f"top1_k{primary_k(kcfg['k'])}"
+
+
+def run(cfg: dict, run_dir: Path, out_dir: Path, log) -> dict:
+    from folk.evals.common import features_cache_dir
+    from folk.evals.features import extract_features, load_eval_backbone
+
+    kcfg = cfg["eval"]["knn"]
+    backbone = load_eval_backbone(run_dir, cfg)
+    cache = features_cache_dir(run_dir)
+    layout = dict(avgpool_patchtokens=kcfg["avgpool_patchtokens"])
+    train_x, train_y = extract_features(backbone, cfg, "train", cache, log=log, **layout)
+    test_x, test_y = extract_features(backbone, cfg, "test", cache, log=log, **layout)
+    metrics, primary = knn_eval(cfg, train_x, train_y, test_x, test_y, log)
     return dict(dataset=cfg["data"]["dataset"], split="test", metrics=metrics,
                 primary=primary, seed=cfg["experiment"]["seed"], epochs=0)

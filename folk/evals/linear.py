@@ -177,24 +177,18 @@ def split_indices(labels: torch.Tensor, val_fraction: float, seed: int
             torch.as_tensor(list(val_idx), dtype=torch.int64))
 
 
-def run(cfg: dict, run_dir: Path, out_dir: Path, log) -> dict:
+def probe(cfg: dict, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+          test_y: torch.Tensor, out_dir: Path, log) -> dict[str, float]:
+    """The protocol of the module docstring on given features: ``{"top1", "val_top1",
+    "best_lr"}`` (+ ``"top5"`` when data.num_classes > 5), test accuracies in percent.
+    The grid is checkpointed to ``out_dir/grid.pt``."""
     from folk.errors import DataError
-    from folk.evals.common import features_cache_dir
-    from folk.evals.features import eval_device, extract_features, load_eval_backbone
+    from folk.evals.features import eval_device
     from folk.evals.knn import check_labels
 
     lcfg = cfg["eval"]["linear"]
     seed = cfg["experiment"]["seed"]
     num_classes = cfg["data"]["num_classes"]
-    layout = dict(n_last_blocks=lcfg["n_last_blocks"],
-                  avgpool_patchtokens=lcfg["avgpool_patchtokens"])
-    backbone = load_eval_backbone(run_dir, cfg)
-    cache = features_cache_dir(run_dir)
-    # both splits are extracted before training so that a missing split fails early;
-    # the test features are used only after the learning rate has been chosen
-    train_x, train_y = extract_features(backbone, cfg, "train", cache, log=log, **layout)
-    test_x, test_y = extract_features(backbone, cfg, "test", cache, log=log, **layout)
-    del backbone
     check_labels(cfg, train_y, "train")
     check_labels(cfg, test_y, "test")
 
@@ -224,5 +218,23 @@ def run(cfg: dict, run_dir: Path, out_dir: Path, log) -> dict:
         metrics["top5"] = float(grid_topk(chosen, test_x, test_y, k=5)[0])
     log.info("linear: best lr %g (val top1 %.2f) -> test top1 %.2f", metrics["best_lr"],
              metrics["val_top1"], metrics["top1"])
+    return metrics
+
+
+def run(cfg: dict, run_dir: Path, out_dir: Path, log) -> dict:
+    from folk.evals.common import features_cache_dir
+    from folk.evals.features import extract_features, load_eval_backbone
+
+    lcfg = cfg["eval"]["linear"]
+    layout = dict(n_last_blocks=lcfg["n_last_blocks"],
+                  avgpool_patchtokens=lcfg["avgpool_patchtokens"])
+    backbone = load_eval_backbone(run_dir, cfg)
+    cache = features_cache_dir(run_dir)
+    # both splits are extracted before training so that a missing split fails early;
+    # the test features are used only after the learning rate has been chosen
+    train_x, train_y = extract_features(backbone, cfg, "train", cache, log=log, **layout)
+    test_x, test_y = extract_features(backbone, cfg, "test", cache, log=log, **layout)
+    del backbone
+    metrics = probe(cfg, train_x, train_y, test_x, test_y, out_dir, log)
     return dict(dataset=cfg["data"]["dataset"], split="test", metrics=metrics,
-                primary="top1", seed=seed, epochs=lcfg["epochs"])
+                primary="top1", seed=cfg["experiment"]["seed"], epochs=lcfg["epochs"])

@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from folk.config import check_filter_radii
 from folk.errors import ConfigError, RunDirError
 
 
@@ -85,6 +86,7 @@ def _check_config(cfg: dict) -> None:
     for key in ("corruptions", "severities", "filter_radii"):
         if len(set(rb[key])) != len(rb[key]):
             raise ConfigError(f"eval.robustness.{key} has repeated values: {rb[key]}")
+    check_filter_radii(cfg)
 
 
 def run(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logger) -> dict:

@@ -2,6 +2,10 @@
 on a frozen backbone, trained on the ``training`` split and measured once, single-scale
 with sliding windows, on ``validation`` (mIoU, pixel accuracy).
 
+Reference: ``miou_majority``/``pixel_acc_majority`` are the same metrics of the constant
+prediction of the training split's most frequent labelled class at every validation pixel
+(ties to the lower class index), counted with the same ignore index and mIoU definition.
+
 ``eval.segmentation.dataset`` names the data in metrics.json: ``ade20k`` or
 ``fashion_mnist_composite`` (both read from ``eval.segmentation.root`` in the ADE20K layout).
 """
@@ -16,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from folk.data.segmentation import (COMPOSITE_NUM_CLASSES, ADE20KSegmentation, SegEvalTransform,
-                                    SegTrainTransform, check_ade20k_layout)
+                                    SegTrainTransform, check_ade20k_layout, reduce_zero_label)
 from folk.engine.checkpoint import rng_state, set_rng_state
 from folk.errors import ConfigError, DataError, NonFiniteLossError
 from folk.models import is_resnet, load_backbone
@@ -222,13 +226,46 @@ def segmentation_metrics(num_classes: int, ignore_index: int, device):
     }
 
 
+def label_histogram(dataset: ADE20KSegmentation, num_classes: int) -> np.ndarray:
+    """Pixels per class (int64 [num_classes]) over the annotations of ``dataset`` at their
+    stored resolution, read as the dataset reads them (ignored pixels not counted)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    def count(ann_path: Path) -> np.ndarray:
+        with Image.open(ann_path) as im:
+            labels = reduce_zero_label(np.asarray(im), dataset.ignore_index)
+        labels = labels[(labels >= 0) & (labels < num_classes)]
+        return np.bincount(labels.ravel(), minlength=num_classes)
+
+    counts = np.zeros(num_classes, dtype=np.int64)
+    with ThreadPoolExecutor(max_workers=8) as pool:  # PIL decodes without the GIL
+        for found in pool.map(count, [ann for _, ann in dataset.pairs]):
+            counts += found
+    return counts
+
+
+def majority_class(dataset: ADE20KSegmentation, num_classes: int) -> tuple[int, float]:
+    """(most frequent labelled class of ``dataset``, lower index on ties; its pixel share)."""
+    counts = label_histogram(dataset, num_classes)
+    if counts.sum() == 0:
+        raise DataError(f"{dataset.root}: the {dataset.split} annotations label no pixel")
+    top = int(np.argmax(counts))  # first maximum
+    return top, float(counts[top] / counts.sum())
+
+
 @torch.no_grad()
-def evaluate(model, dataset, seg: dict, device, amp_dtype, num_workers: int, log) -> dict:
-    """Single-scale sliding-window mIoU and pixel accuracy (percent) over ``dataset``."""
+def evaluate(model, dataset, seg: dict, device, amp_dtype, num_workers: int, log,
+             majority: int | None = None) -> dict:
+    """Single-scale sliding-window mIoU and pixel accuracy (percent) over ``dataset``; with
+    ``majority``, also those of predicting that class at every pixel (``*_majority``)."""
     from tqdm import tqdm
 
     model.eval()
     metrics = segmentation_metrics(seg["num_classes"], seg["ignore_index"], device)
+    reference = (segmentation_metrics(seg["num_classes"], seg["ignore_index"], device)
+                 if majority is not None else {})
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=num_workers)
     for image, target in tqdm(loader, desc="segmentation eval", disable=None):
         image, target = image.to(device), target.to(device)
@@ -242,9 +279,18 @@ def evaluate(model, dataset, seg: dict, device, amp_dtype, num_workers: int, log
         pred = logits.argmax(1)
         for metric in metrics.values():
             metric.update(pred, target)
+        if reference:
+            constant = torch.full_like(target, majority)
+            for metric in reference.values():
+                metric.update(constant, target)
     out = {name: 100.0 * float(m.compute()) for name, m in metrics.items()}
     log.info("evaluated %d images: mIoU %.2f, pixel accuracy %.2f", len(dataset),
              out["miou"], out["pixel_acc"])
+    if reference:
+        out.update({f"{name}_majority": 100.0 * float(m.compute())
+                    for name, m in reference.items()})
+        log.info("majority class %d everywhere: mIoU %.2f, pixel accuracy %.2f", majority,
+                 out["miou_majority"], out["pixel_acc_majority"])
     return out
 
 
@@ -366,6 +412,9 @@ def run(cfg: dict, run_dir: Path, out_dir: Path, log) -> dict:
     val_set = ADE20KSegmentation(
         seg["root"], "validation", in_chans=in_chans, ignore_index=seg["ignore_index"],
         transform=SegEvalTransform(seg["scale"], data["mean"], data["std"]))
+    majority, share = majority_class(train_set, seg["num_classes"])
+    log.info("training split: class %d is the most frequent (%.1f %% of labelled pixels)",
+             majority, 100.0 * share)
 
     from folk.evals.upernet import build_segmenter
 
@@ -379,7 +428,8 @@ def run(cfg: dict, run_dir: Path, out_dir: Path, log) -> dict:
              seg["iterations"], seg["batch_size"])
 
     train(model, cfg, train_set, out_dir, device, amp_dtype, log)
-    metrics = evaluate(model, val_set, seg, device, amp_dtype, data["num_workers"], log)
+    metrics = evaluate(model, val_set, seg, device, amp_dtype, data["num_workers"], log,
+                       majority=majority)
     epochs = math.ceil(seg["iterations"] * seg["batch_size"] / len(train_set))
     return {"dataset": seg["dataset"], "split": "validation", "metrics": metrics,
             "primary": "miou", "seed": seed, "epochs": epochs}

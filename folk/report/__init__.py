@@ -21,6 +21,7 @@ class Report:
 def build_report(runs_dir: str | Path, out_dir: str | Path, ref_path: str | Path | None = None,
                  q: float = 0.05, radius: float = 16, seed: int = 0, photo_size: int = 224) -> Report:
     from folk.config import defaults
+    from folk.report.claims import check_claims
     from folk.report.collect import collect_bench, collect_runs, load_reference
     from folk.report.figures import (figure_knn_epochs, figure_reconstruction_loss,
                                      figure_throughput)
@@ -64,7 +65,8 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, ref_path: str | Path
     ]
     files += [fig_dir / n for fig in figures for n in fig.files]
     readme = out_dir / "README.md"
-    atomic_write_text(readme, render_readme(tables, figures, stamp, str(out_dir), len(runs)))
+    atomic_write_text(readme, render_readme(tables, figures, stamp, str(out_dir), len(runs),
+                                            check_claims(runs)))
     files.append(readme)
     return Report(tables=tables, figures=figures, files=files)
 

@@ -13,6 +13,9 @@ from folk.errors import DataError, RunDirError
 from folk.report.naming import run_backbone_label, run_dataset_label
 
 EVAL_SCHEMA = "folk.eval/1"
+# method labels of the reference rows (computed by the pipeline, not trained methods)
+RANDOM_INIT, RAW_PIXELS, MAJORITY = "random init", "raw pixels", "majority class"
+REFERENCE_METHODS = (RANDOM_INIT, RAW_PIXELS, MAJORITY)
 _EVAL_KEYS = ("schema", "run", "task", "variant", "dataset", "metrics", "primary")
 _DONE_KEYS = ("wall_time_s", "world_size", "device")
 _SKIP_DIRS = {".snakemake", ".git", "__pycache__", "checkpoints", "eval", "submitit"}
@@ -98,6 +101,17 @@ class Run:
     @property
     def variant(self) -> str:
         return self.cfg["pretrain"]["variant"]
+
+    @property
+    def is_random_init(self) -> bool:
+        """A run of no pre-training: its backbone is the seed's initialisation, the reference
+        every trained backbone of the same architecture and data has to beat."""
+        return self.cfg["pretrain"]["epochs"] == 0
+
+    @property
+    def method(self) -> str:
+        """The method column of every table: the variant, or ``random init``."""
+        return RANDOM_INIT if self.is_random_init else self.variant
 
     @property
     def arch(self) -> str:

@@ -44,7 +44,8 @@ def figure_reconstruction_loss(runs: list[Run], out_dir: Path) -> FigureInfo:
 
     import seaborn as sns
 
-    members = [r for r in runs if not r.ablation and r.variant in FIG5_VARIANTS]
+    members = [r for r in runs if not r.ablation and not r.is_random_init
+               and r.variant in FIG5_VARIANTS]
     steps, epochs, used = [], [], []
     for run in sorted(members, key=lambda r: (variant_rank(r.variant), r.rel)):
         n0 = len(steps) + len(epochs)
@@ -96,7 +97,7 @@ def figure_knn_epochs(runs: list[Run], out_dir: Path) -> FigureInfo:
     import seaborn as sns
 
     data, used = [], []
-    for run in sorted((r for r in runs if not r.ablation),
+    for run in sorted((r for r in runs if not r.ablation and not r.is_random_init),
                       key=lambda r: (variant_rank(r.variant), r.rel)):
         recs = [r for r in run.records if r.get("type") == "knn" and r.get("knn_top1") is not None]
         if recs:

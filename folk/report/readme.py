@@ -1,6 +1,7 @@
 """``results/README.md``: what each table and figure shows, what fed it, how to rebuild it."""
 from __future__ import annotations
 
+from folk.report.claims import Claim, render_claims
 from folk.report.plotting import FIG_PIXELS, FigureInfo
 from folk.report.table import Table
 from folk.report.writers import Stamp
@@ -15,7 +16,7 @@ def _runs_list(runs: list[str], runs_dir: str) -> str:
 
 
 def render_readme(tables: list[Table], figures: list[FigureInfo], stamp: Stamp, out_dir: str,
-                  n_runs: int) -> str:
+                  n_runs: int, claims: list[Claim] = ()) -> str:
     dirty = " (uncommitted changes)" if stamp.report_dirty else ""
     cmd = f"folk report --runs {stamp.runs_dir} --out {out_dir}"
     lines = [
@@ -38,8 +39,13 @@ def render_readme(tables: list[Table], figures: list[FigureInfo], stamp: Stamp, 
         "each project's own README), shown beside ours, with their source in the footnote. "
         "The dataset column says what every row was pre-trained on: a Fashion-MNIST demo row is "
         "not an ImageNet number; each experiment's `experiment.dataset_note` is in the footnotes.",
-        f"- Figures are {FIG_PIXELS[0]}x{FIG_PIXELS[1]} px PNG plus PDF.", "",
-        "## Tables", ""]
+        "- Reference rows are computed by this pipeline on the same data with the same "
+        "protocol: `random init` (the same backbone, not pre-trained; fine-tuned, it is the "
+        "network trained from scratch), `raw pixels`, `majority class`. A value followed by "
+        "↓ does not beat the random initialisation of its backbone.",
+        f"- Figures are {FIG_PIXELS[0]}x{FIG_PIXELS[1]} px PNG plus PDF.", ""]
+    lines += render_claims(list(claims)) if claims else []
+    lines += ["## Tables", ""]
     for t in tables:
         files = ", ".join(f"[`tables/{t.name}.{ext}`](tables/{t.name}.{ext})" for ext in FORMATS)
         status = "results" if t.has_results else "**no results yet** (layout only)"

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 OURS = "ours"
 PUBLISHED = "published"
+BELOW_MARK = "↓"  # after a value that does not beat the random initialisation
 
 
 @dataclass
@@ -19,6 +20,7 @@ class Cell:
     source: str = ""             # file the value was read from, relative to --runs
     detail: str = ""             # footnote text: run, task, evaluation details
     finished_at: str = ""        # to keep the newest of two results for one cell
+    below_reference: bool = False  # not above the random initialisation's cell
 
     @property
     def missing(self) -> bool:

@@ -10,9 +10,10 @@ import re
 from typing import Callable, Iterable
 
 from folk.config import flatten
-from folk.report.collect import EvalResult, Run
+from folk.report.collect import (MAJORITY, RANDOM_INIT, RAW_PIXELS, REFERENCE_METHODS,
+                                 EvalResult, Run)
 from folk.report.naming import dataset_label, fmt_number, fmt_value, variant_rank
-from folk.report.table import OURS, PUBLISHED, Cell, Column, Row, Table
+from folk.report.table import BELOW_MARK, OURS, PUBLISHED, Cell, Column, Row, Table
 
 KNN, LINEAR, FINETUNE = "k-NN top-1", "linear top-1", "fine-tune top-1"
 ABLATION_COLUMNS = [Column(KNN), Column(LINEAR), Column(FINETUNE)]
@@ -106,8 +107,43 @@ def _protocol_column(table: Table, rows_with_variant: bool, after: str) -> None:
         table.add_key_column("eval protocol", after=after)
 
 
-def _finalise(table: Table) -> Table:
-    """Published rows first (as the paper lists baselines first), each key column filled."""
+def _mark_below_random_init(table: Table) -> None:
+    """Flag every result of a trained backbone that is not above the random initialisation
+    of the same backbone on the same data (the ``random init`` row whose other key columns
+    are equal), in the same column; the table says so in a note."""
+    ignored = ("method", "pre-train epochs")
+    inits = [r for r in table.our_rows if r.keys.get("method") == RANDOM_INIT]
+    flagged = 0
+    for init in inits:
+        same = {k: v for k, v in init.keys.items() if k not in ignored}
+        for row in table.our_rows:
+            if row.keys.get("method") in REFERENCE_METHODS or \
+                    any(row.keys.get(k) != v for k, v in same.items()):
+                continue
+            for column, cell in row.cells.items():
+                ref = init.cells.get(column)
+                if not cell.missing and ref is not None and not ref.missing \
+                        and cell.value <= ref.value:
+                    cell.below_reference = True
+                    flagged += 1
+    if inits:
+        table.notes.append(
+            "Reference rows, computed by this pipeline on the same data and split with the same "
+            "protocol: 'random init' is the same backbone at its seed's initialisation "
+            "(pre-training with 0 epochs; fine-tuned, it is the network trained from scratch "
+            "with the same recipe and budget), 'raw pixels' the flattened images, 'majority "
+            "class' a constant prediction of the most frequent training class.")
+    if flagged:
+        table.notes.append(f"{BELOW_MARK} after a value: {flagged} result(s) of a pre-trained "
+                           "backbone that do not beat the random initialisation of the same "
+                           "backbone ('random init' row) in the same column.")
+
+
+def _finalise(table: Table, higher_is_better: bool = True) -> Table:
+    """Published rows first (as the paper lists baselines first), each key column filled;
+    results not above the random initialisation marked where higher is better."""
+    if higher_is_better:
+        _mark_below_random_init(table)
     table.rows.sort(key=lambda r: 0 if r.origin == PUBLISHED else 1)
     labels = [r.keys.get("backbone") or "" for r in table.rows] + [c.name for c in table.columns]
     if any("*" in b for b in labels):
@@ -142,7 +178,7 @@ def finetune_table(runs: list[Run], ref) -> Table:
     for run in vit_runs:
         evs = [e for e in run.evals if e.task == "finetune"] or [None]
         for ev in evs:
-            keys = {"method": run.variant, "dataset": run.dataset,
+            keys = {"method": run.method, "dataset": run.dataset,
                     "pre-train epochs": str(run.epochs)}
             if ev is not None and ev.variant:
                 keys["eval protocol"], any_variant = ev.variant, True
@@ -169,7 +205,7 @@ def resnet_table(runs: list[Run], ref) -> Table:
         _published_row(table.rows, keys, p).cells[FINETUNE] = _pub_cell(p)
     for run in res_runs:
         ft = run.eval("finetune", None)
-        keys = {"method": run.variant, "backbone": run.backbone, "dataset": run.dataset,
+        keys = {"method": run.method, "backbone": run.backbone, "dataset": run.dataset,
                 "pre-train epochs": str(run.epochs),
                 "fine-tune epochs": str(ft.record["epochs"]) if ft and ft.record.get("epochs") else None}
         evs = {FINETUNE: ft, LINEAR: run.eval("linear", None), KNN: run.eval("knn", None)}
@@ -194,12 +230,21 @@ def knn_linear_table(runs: list[Run], ref) -> Table:
                 "pre-train epochs": p["pretrain_epochs"] or None}
         _published_row(table.rows, keys, p).cells[_TASK_COLUMN[p["task"]]] = _pub_cell(p)
     for run in _sort_runs(_main_grid(runs)):
-        keys = {"method": run.variant, "backbone": run.backbone, "dataset": run.dataset,
+        keys = {"method": run.method, "backbone": run.backbone, "dataset": run.dataset,
                 "pre-train epochs": str(run.epochs)}
         evs = {KNN: run.eval("knn", None), LINEAR: run.eval("linear", None)}
         row = _attach(_find_row(table.rows, keys, OURS), run, evs.values())
         for col, ev in evs.items():
             _place(table, row, col, _eval_cell(run, ev))
+        pixels = run.eval("pixels", None)
+        if pixels is not None:  # the same two protocols on the flattened images
+            img = run.cfg["model"]["img_size"]
+            keys = {"method": RAW_PIXELS, "backbone": f"none ({img}x{img} px)",
+                    "dataset": run.dataset, "pre-train epochs": None}
+            row = _attach(_find_row(table.rows, keys, OURS), run, [pixels])
+            _place(table, row, KNN, _eval_cell(run, pixels))
+            _place(table, row, LINEAR, _eval_cell(run, pixels, value=pixels.metric("linear_top1"),
+                                                  metric="linear_top1"))
     return _finalise(table)
 
 
@@ -269,7 +314,7 @@ def fewshot_table(runs: list[Run], defaults: dict) -> Table:
         empty_note="No few-shot results yet.")
     for run in main:
         evs = [e for e in run.evals if e.task == "fewshot"]
-        keys = {"method": run.variant, "backbone": run.backbone, "dataset": run.dataset,
+        keys = {"method": run.method, "backbone": run.backbone, "dataset": run.dataset,
                 "pre-train epochs": str(run.epochs)}
         row = _attach(_find_row(table.rows, keys, OURS), run, evs)
         # the default protocol first, so a variant only fills what it alone measured
@@ -314,7 +359,7 @@ def segmentation_table(runs: list[Run], ref) -> Table:
         seg_cfg = run.cfg["eval"]["segmentation"]
         for ev in evs:
             # the protocol of a run not yet evaluated is unknown (the eval may override it)
-            keys = {"method": run.variant, "backbone": run.backbone, "pre-train data": run.dataset,
+            keys = {"method": run.method, "backbone": run.backbone, "pre-train data": run.dataset,
                     "eval data": dataset_label(ev.dataset) if ev else None,
                     "pre-train epochs": str(run.epochs),
                     "head": (ev.variant or seg_cfg["head"]) if ev is not None else None}
@@ -327,7 +372,22 @@ def segmentation_table(runs: list[Run], ref) -> Table:
             _place(table, row, "pixel acc.", _eval_cell(run, ev if acc else None,
                                                         value=ev.metric(acc) if acc else None,
                                                         metric=acc))
+            if ev is not None and ev.metric("miou_majority") is not None:
+                _majority_row(table, run, ev)
     return _finalise(table)
+
+
+def _majority_row(table: Table, run: Run, ev: EvalResult) -> None:
+    """The constant prediction of the most frequent training class, on the same data."""
+    keys = {"method": MAJORITY, "backbone": None, "pre-train data": None,
+            "eval data": dataset_label(ev.dataset), "pre-train epochs": None, "head": None}
+    row = _attach(_find_row(table.rows, keys, OURS), run, [ev])
+    _place(table, row, "mIoU", _eval_cell(run, ev, value=ev.metric("miou_majority"),
+                                          metric="miou_majority"))
+    acc = ev.metric("pixel_acc_majority")
+    if acc is not None:
+        _place(table, row, "pixel acc.", _eval_cell(run, ev, value=acc,
+                                                    metric="pixel_acc_majority"))
 
 
 _ROBUST_PRIMARY = "mean_corruption_top1"
@@ -387,7 +447,7 @@ def robustness_table(runs: list[Run], defaults: dict) -> Table:
     for run in main:
         evs = [e for e in run.evals if e.task == "robustness"] or [None]
         for ev in evs:
-            keys = {"method": run.variant, "backbone": run.backbone, "dataset": run.dataset,
+            keys = {"method": run.method, "backbone": run.backbone, "dataset": run.dataset,
                     "pre-train epochs": str(run.epochs)}
             if ev is not None and ev.variant:
                 keys["eval protocol"] = ev.variant
@@ -481,7 +541,7 @@ def _ablation_table(name: str, title: str, members: list[Run],
     members = sorted(members, key=lambda r: (r.dataset, r.backbone, sort_key(r), r.rel))
     for run in members:
         keys = {label: get(run) for label, get in varied.items()}
-        keys.update({"method": run.variant, "backbone": run.backbone, "dataset": run.dataset,
+        keys.update({"method": run.method, "backbone": run.backbone, "dataset": run.dataset,
                      "run": run.name + ("" if run.ablation else " (main grid)")})
         evs = {col: run.eval(task, None) for task, col in _TASK_COLUMN.items()}
         row = _attach(_find_row(table.rows, keys, OURS), run, evs.values())
@@ -492,7 +552,7 @@ def _ablation_table(name: str, title: str, members: list[Run],
 
 def ablation_tables(runs: list[Run]) -> list[Table]:
     tables = []
-    main = _main_grid(runs)
+    main = [r for r in _main_grid(runs) if not r.is_random_init]
     for name, (title, variants, varied) in VARIANT_ABLATIONS.items():
         members = [r for r in main if r.variant in variants] + \
                   [r for r in runs if r.ablation == name]
@@ -571,7 +631,7 @@ def compute_table(runs: list[Run], ref) -> Table:
                                         detail=first["source"])
     for run in sorted(runs, key=lambda r: (r.experiment, r.ablation, variant_rank(r.variant), r.rel)):
         done = run.done or {}
-        keys = {"experiment": run.experiment, "run": run.name, "method": run.variant,
+        keys = {"experiment": run.experiment, "run": run.name, "method": run.method,
                 "backbone": run.backbone, "dataset": run.dataset,
                 "pre-train epochs": str(run.epochs),
                 "device": done.get("device") or None,
@@ -600,7 +660,7 @@ def compute_table(runs: list[Run], ref) -> Table:
             row.cells[EVAL_H] = Cell(value=sum(eval_s) / 3600,
                                      source=";".join(e.rel for e in run.evals),
                                      detail=f"run {run.rel}, sum over {len(eval_s)} evaluation(s)")
-    return _finalise(table)
+    return _finalise(table, higher_is_better=False)
 
 
 # ---------------------------------------------------------------- all

@@ -15,7 +15,7 @@ import io
 import re
 from dataclasses import dataclass
 
-from folk.report.table import OURS, PUBLISHED, Cell, Row, Table
+from folk.report.table import BELOW_MARK, OURS, PUBLISHED, Cell, Row, Table
 
 DASH_MD = "–"
 DASH_TEX = "--"
@@ -79,6 +79,8 @@ def _fmt(cell: Cell | None, decimals: int | str, pm: str) -> str | None:
     text = _number(cell.value, decimals)
     if cell.std is not None:
         text += f" {pm} {_number(cell.std, decimals)}"
+    if cell.below_reference:
+        text += f" {BELOW_MARK}"
     return text
 
 
@@ -91,7 +93,7 @@ def to_csv(table: Table, stamp: Stamp) -> str:
         header.append(c.name)
         if c.name in std_cols:
             header.append(f"{c.name} std")
-    header += ["run_dir", "source", "git_sha", "notes"]
+    header += ["below random init", "run_dir", "source", "git_sha", "notes"]
     buf = io.StringIO()
     buf.write(f"# {table.title}\n# {stamp.line(table)}\n")
     if not table.our_rows:
@@ -111,8 +113,9 @@ def to_csv(table: Table, stamp: Stamp) -> str:
             cell = row.cells.get(n)
             if cell is not None and not cell.missing and cell.source:
                 sources += [s for s in cell.source.split(";") if s not in sources]
-        out += [";".join(row.runs), ";".join(sources), ";".join(row.git_shas),
-                _footnote(row, names)]
+        below = [n for n in names if (c := row.cells.get(n)) is not None and c.below_reference]
+        out += [";".join(below), ";".join(row.runs), ";".join(sources),
+                ";".join(row.git_shas), _footnote(row, names)]
         writer.writerow(out)
     return buf.getvalue()
 
@@ -179,7 +182,8 @@ _TEX_SPECIAL = {
 }
 _TEX_RE = re.compile("|".join(re.escape(k) for k in _TEX_SPECIAL))
 _TEX_UNICODE = {"–": "--", "—": "---", "←": r"$\leftarrow$", "±": r"$\pm$", "λ": r"$\lambda$",
-                "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$"}
+                "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$",
+                BELOW_MARK: r"$\downarrow$"}
 
 
 def tex_escape(text: str) -> str:

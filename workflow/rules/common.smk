@@ -16,6 +16,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from folk.config import check_filter_radii
 from folk.errors import FolkError
 from folk.launch.resources import check_workflow_slurm, rule_resources
 
@@ -24,7 +25,8 @@ from folk.launch.resources import check_workflow_slurm, rule_resources
 FOLK_ENV = "../../environment.yml"
 
 DEFAULT_PARAMS = "params/demo.yaml"
-EVAL_TASKS = ("knn", "linear", "finetune", "fewshot", "segmentation", "robustness")
+RANDOM_INIT_RUN = "random_init"  # the reference run of the backbone's initialisation
+EVAL_TASKS = ("knn", "linear", "finetune", "fewshot", "segmentation", "robustness", "pixels")
 # the keys each `folk prepare` reads (prefixes): a change reruns that preparation only
 PREPARE_KEYS = {
     "data": ("data.dataset", "data.root", "data.source", "data.train_split",
@@ -150,6 +152,9 @@ def build_runs(cfg):
         add(variant, variant, "", [],
             wf["evals"] if variant in full else wf["ablation_evals"])
     base = wf["ablation_variant"]
+    if wf["random_init"]:
+        add(RANDOM_INIT_RUN, base, "", ["pretrain.epochs=0"],
+            list(wf["evals"]) + (["pixels"] if wf["pixel_baseline"] else []))
     for ablation, values in wf["ablations"].items():
         for value in values:
             add(f"{base}-{ablation}{_value_label(value)}", base, ablation,
@@ -184,6 +189,8 @@ def run_hash(run):
 def eval_hash(task):
     """Digest of the eval keys one task reads (robustness and few-shot also fine-tune)."""
     ev = config["eval"]
+    if task == "pixels":  # no backbone: the k-NN and linear protocols on raw pixels
+        return _digest({"batch_size": ev["batch_size"], "knn": ev["knn"], "linear": ev["linear"]})
     used = {"batch_size": ev["batch_size"], "feature_source": ev["feature_source"],
             task: ev[task]}
     if task in ("robustness", "fewshot"):
@@ -348,3 +355,8 @@ if launched():
 EXP = config["experiment"]["name"]
 RUNS_DIR = os.path.join("runs", EXP)
 RUNS = build_runs(config)
+if any("robustness" in r["evals"] for r in RUNS.values()):
+    try:  # radii that mean nothing at model.img_size fail here, not after fine-tuning
+        check_filter_radii(config, PARAMS)
+    except FolkError as exc:
+        raise WorkflowError(f"invalid params: {exc}") from None
