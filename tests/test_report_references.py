@@ -113,3 +113,26 @@ def test_claims_without_runs_say_what_is_missing(tmp_path):
     claims = check_claims(collect_runs(root))
     assert all(c.verdict == NOT_CHECKED for c in claims)
     assert all(c.evidence and c.evidence[0].startswith("needs") for c in claims)
+
+
+def test_seed_siblings_become_mean_and_spread(tmp_path):
+    import statistics
+
+    root = tmp_path / "runs"
+    for seed, (knn, lin) in enumerate([(50.0, 60.0), (54.0, 61.0), (55.0, 65.0)]):
+        name = "folk" if seed == 0 else f"folk-seed{seed}"
+        write_run(root, "demo", name, "folk", DEMO + [f"experiment.seed={seed}"],
+                  evals={"knn": ({"top1_k20": knn}, "top1_k20"),
+                         "linear": ({"top1": lin}, "top1")})
+    write_run(root, "demo", "mfm", "mfm", DEMO, evals={"knn": ({"top1_k20": 40.0}, "top1_k20")})
+    out = tmp_path / "results"
+    build_report(root, out)
+    knn = read(out, "knn_linear")
+    folk = row(knn, "folk")
+    assert folk["k-NN top-1"] == pytest.approx(53.0)
+    assert folk["k-NN top-1 std"] == pytest.approx(statistics.stdev([50.0, 54.0, 55.0]))
+    assert folk["linear top-1 std"] == pytest.approx(statistics.stdev([60.0, 61.0, 65.0]))
+    assert row(knn, "mfm")["k-NN top-1"] == 40.0 and pd.isna(row(knn, "mfm")["k-NN top-1 std"])
+    assert "folk-seed2" in folk["run_dir"]
+    md = (out / "tables" / "knn_linear.md").read_text()
+    assert "53.0 ± 2.6" in md and "seeds 0, 1, 2" in md

@@ -500,3 +500,21 @@ def test_tiny_end_to_end_then_nothing_then_only_what_changed(tmp_path):
     assert plots.returncode == 0 and "failed" not in plots.stdout + plots.stderr, plots.stderr
     for figure in yaml.safe_load((wf / "dvc.yaml").read_text())["plots"]:
         assert (wf / figure).is_file() and figure in plots.stdout
+
+
+def test_more_seeds_repeat_the_main_grid(wf, tmp_path):
+    params = write_params(tmp_path / "seeds.yaml", {"workflow": {"seeds": [1, 2]}},
+                          base="demo.yaml")
+    res = snakemake(wf, "-n", "-p", "--configfile", str(params))
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = dry_run_jobs(res.stdout)
+    pre = {j["wildcards"]["run"]: j["shell"] for j in jobs if j["rule"] == "pretrain"}
+    base = {"folk", "mfm", "mfm_comrcom", "dino_2view", "random_init"}
+    assert set(pre) == base | {f"{r}-seed{s}" for r in base for s in (1, 2)}
+    assert "--set experiment.seed=2 " in pre["mfm-seed2"]
+    evals = {(j["wildcards"]["run"], j["wildcards"]["task"]) for j in jobs
+             if j["rule"] == "evaluate"}
+    assert {t for r, t in evals if r == "folk-seed1"} == {"knn", "linear"}
+    bad = write_params(tmp_path / "bad.yaml", {"workflow": {"seeds": [0]}}, base="demo.yaml")
+    res = snakemake(wf, "-n", "--configfile", str(bad))
+    assert res.returncode != 0 and "workflow.seeds" in res.stdout + res.stderr

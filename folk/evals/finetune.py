@@ -48,7 +48,7 @@ from folk.utils.io import atomic_torch_save, atomic_write_json
 
 CHECKPOINT_FORMAT = 1
 LR_BASE_BATCH = 512  # base_lr is given per this many images (MFM)
-HEAD_INIT_STD = 2e-5
+HEAD_INIT_STD = 2e-5  # MFM/BEiT: timm's 0.02 times their init_scale 0.001
 
 # Test hook: when set, training raises _TestInterrupt after this many optimiser steps of
 # the current process (after writing any checkpoint due at that step).
@@ -61,7 +61,8 @@ class _TestInterrupt(RuntimeError):
 
 # ------------------------------------------------------------------ the classifier
 
-def make_classifier(backbone: nn.Module, num_classes: int, global_pool: str = "avg") -> nn.Module:
+def make_classifier(backbone: nn.Module, num_classes: int, global_pool: str = "avg",
+                    head_init_std: float = HEAD_INIT_STD) -> nn.Module:
     """Turn a timm backbone (built with ``num_classes=0``) into a classifier in place.
 
     ViT with ``avg``: mean of the patch tokens, then a fresh LayerNorm (``fc_norm``) where
@@ -78,7 +79,7 @@ def make_classifier(backbone: nn.Module, num_classes: int, global_pool: str = "a
     else:
         backbone.reset_classifier(num_classes)
     head = backbone.get_classifier()
-    nn.init.trunc_normal_(head.weight, std=HEAD_INIT_STD)
+    nn.init.trunc_normal_(head.weight, std=head_init_std)
     nn.init.zeros_(head.bias)
     return backbone
 
@@ -342,7 +343,8 @@ def train_classifier(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logge
     np.random.seed(seed)
     torch.manual_seed(seed)
     backbone, _ = load_backbone(run_dir, source, drop_path=ft["drop_path"])
-    model = make_classifier(backbone, cfg["data"]["num_classes"], ft["global_pool"]).to(device)
+    model = make_classifier(backbone, cfg["data"]["num_classes"], ft["global_pool"],
+                            ft["head_init_std"]).to(device)
     optimizer = build_optimizer(model, lr, ft["weight_decay"], ft["layer_decay"])
     scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup_steps),
                                   lr_min=ft["min_lr"], warmup_t=warmup_steps,

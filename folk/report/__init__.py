@@ -27,6 +27,7 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, ref_path: str | Path
                                      figure_throughput)
     from folk.report.filter_figures import figure_filters, figure_masking
     from folk.report.readme import FORMATS, render_readme
+    from folk.report.seeds import merge_seeds
     from folk.report.tables import build_tables
     from folk.report.writers import Stamp, to_csv, to_latex, to_markdown
     from folk.utils.io import atomic_write_text
@@ -66,7 +67,7 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, ref_path: str | Path
     files += [fig_dir / n for fig in figures for n in fig.files]
     readme = out_dir / "README.md"
     atomic_write_text(readme, render_readme(tables, figures, stamp, str(out_dir), len(runs),
-                                            check_claims(runs)))
+                                            check_claims(merge_seeds(runs))))
     files.append(readme)
     return Report(tables=tables, figures=figures, files=files)
 

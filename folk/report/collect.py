@@ -69,12 +69,19 @@ class EvalResult:
         return _finite(self.metrics.get(name))
 
     def primary(self) -> tuple[float | None, float | None]:
-        """(value, std) of the primary metric; std from ``<name>_std`` of a multi-seed mean."""
+        """(value, std) of the primary metric; std from ``<name>_std`` of a multi-seed mean,
+        or over the pre-training seeds of merged runs (``seed_std``, folk.report.seeds)."""
         name = self.record["primary"]
-        std = None
+        return self.metric(name), self.spread(name)
+
+    def spread(self, name: str) -> float | None:
+        """Standard deviation of metric ``name``: over pre-training seeds when this result
+        merges several runs, else the evaluation's own ``<name>_std`` of a ``_mean``."""
+        if "seed_std" in self.record:
+            return _finite(self.record["seed_std"].get(name))
         if name.endswith("_mean"):
-            std = self.metric(name[: -len("_mean")] + "_std")
-        return self.metric(name), std
+            return self.metric(name[: -len("_mean")] + "_std")
+        return None
 
 
 @dataclass
@@ -85,6 +92,7 @@ class Run:
     cfg: dict
     done: dict | None
     evals: list[EvalResult] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)   # of merged seed siblings (report.seeds)
 
     @property
     def name(self) -> str:

@@ -13,6 +13,7 @@ from folk.config import flatten
 from folk.report.collect import (MAJORITY, RANDOM_INIT, RAW_PIXELS, REFERENCE_METHODS,
                                  EvalResult, Run)
 from folk.report.naming import dataset_label, fmt_number, fmt_value, variant_rank
+from folk.report.seeds import merge_seeds
 from folk.report.table import BELOW_MARK, OURS, PUBLISHED, Cell, Column, Row, Table
 
 KNN, LINEAR, FINETUNE = "k-NN top-1", "linear top-1", "fine-tune top-1"
@@ -38,9 +39,14 @@ def _eval_cell(run: Run, ev: EvalResult | None, value: float | None = None,
         return Cell()
     if value is None and metric is None:
         value, std = ev.primary()
+    elif std is None and metric is not None and "seed_std" in ev.record:
+        std = ev.spread(metric)
     task = ev.task + (f"-{ev.variant}" if ev.variant else "")
     detail = f"run {run.rel}, task {task} ({metric or ev.record['primary']}"
     detail += f", {ev.record['epochs']} epochs)" if ev.record.get("epochs") else ")"
+    if run.seeds:
+        detail += (f", mean ± standard deviation over pre-training seeds "
+                   f"{', '.join(map(str, run.seeds))}")
     if ev.dataset and dataset_label(ev.dataset) not in (run.dataset, run.dataset.split(" (")[0]):
         detail += f", evaluated on {dataset_label(ev.dataset)}"
     return Cell(value=value, std=std, source=ev.rel, detail=detail,
@@ -666,6 +672,10 @@ def compute_table(runs: list[Run], ref) -> Table:
 # ---------------------------------------------------------------- all
 
 def build_tables(runs: list[Run], ref, defaults: dict) -> list[Table]:
-    return [finetune_table(runs, ref), fewshot_table(runs, defaults), segmentation_table(runs, ref),
-            resnet_table(runs, ref), *ablation_tables(runs), knn_linear_table(runs, ref),
-            robustness_table(runs, defaults), compute_table(runs, ref)]
+    """Result tables over the runs with seed siblings merged (mean ± spread over seeds);
+    the compute table lists every run."""
+    merged = merge_seeds(runs)
+    return [finetune_table(merged, ref), fewshot_table(merged, defaults),
+            segmentation_table(merged, ref), resnet_table(merged, ref), *ablation_tables(merged),
+            knn_linear_table(merged, ref), robustness_table(merged, defaults),
+            compute_table(runs, ref)]

@@ -99,6 +99,10 @@ def check_workflow_keys(cfg, source):
         raise WorkflowError(f"invalid params: {source}: key 'experiment.name' = {name!r} must "
                             "be a plain directory name (letters, digits, '_', '.', '-')")
     wf = cfg["workflow"]
+    seed = cfg["experiment"]["seed"]
+    if seed in wf["seeds"] or len(set(wf["seeds"])) != len(wf["seeds"]):
+        raise WorkflowError(f"invalid params: {source}: key 'workflow.seeds' = {wf['seeds']} "
+                            f"repeats a seed (experiment.seed = {seed} is the first)")
     for key, names in (("workflow.ablation_variant", [wf["ablation_variant"]]),
                        ("workflow.eval_variants", wf["eval_variants"])):
         for name in names:
@@ -155,6 +159,13 @@ def build_runs(cfg):
     if wf["random_init"]:
         add(RANDOM_INIT_RUN, base, "", ["pretrain.epochs=0"],
             list(wf["evals"]) + (["pixels"] if wf["pixel_baseline"] else []))
+    for seed in wf["seeds"]:  # the main grid again: the report shows the spread over seeds
+        for variant in wf["variants"]:
+            add(f"{variant}-seed{seed}", variant, "", [f"experiment.seed={seed}"],
+                wf["seed_evals"])
+        if wf["random_init"]:
+            add(f"{RANDOM_INIT_RUN}-seed{seed}", base, "",
+                ["pretrain.epochs=0", f"experiment.seed={seed}"], wf["seed_evals"])
     for ablation, values in wf["ablations"].items():
         for value in values:
             add(f"{base}-{ablation}{_value_label(value)}", base, ablation,

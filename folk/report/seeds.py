@@ -1,0 +1,68 @@
+"""Runs that differ only in their seed, reported as one: the mean over seeds and its spread.
+
+The workflow trains the main grid once per seed of ``experiment.seed`` and
+``workflow.seeds``; the report would otherwise show one row per seed, or keep only the
+newest. Main-grid runs of one experiment whose resolved configurations are equal except for
+``experiment.seed`` and ``experiment.run_name`` are merged: every evaluation present in all
+of them gets the mean of each metric and, in ``seed_std``, the sample standard deviation
+over the seeds. A run alone keeps its numbers unchanged.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+from dataclasses import replace
+
+from folk.config import flatten
+from folk.report.collect import EvalResult, Run, _finite
+
+_SEED_KEYS = ("experiment.seed", "experiment.run_name")
+
+
+def _identity(run: Run) -> str:
+    flat = flatten(run.cfg)
+    return repr(sorted((k, repr(v)) for k, v in flat.items() if k not in _SEED_KEYS))
+
+
+def _merge_evals(members: list[Run]) -> list[EvalResult]:
+    by_key = [{(e.task, e.variant): e for e in run.evals} for run in members]
+    shared = set(by_key[0]).intersection(*by_key[1:])
+    out = []
+    for key in sorted(shared):
+        evals = [k[key] for k in by_key]
+        record = copy.deepcopy(evals[0].record)
+        metrics, spread = {}, {}
+        for name in evals[0].metrics:
+            values = [_finite(e.metrics.get(name)) for e in evals]
+            if any(v is None for v in values):
+                continue
+            metrics[name] = statistics.fmean(values)
+            spread[name] = statistics.stdev(values)
+        record.update(metrics=metrics, seed_std=spread, seeds=[r.cfg["experiment"]["seed"]
+                                                              for r in members])
+        record["finished_at"] = max(str(e.record.get("finished_at", "")) for e in evals)
+        out.append(EvalResult(path=evals[0].path, rel=";".join(e.rel for e in evals),
+                              record=record))
+    return out
+
+
+def merge_seeds(runs: list[Run]) -> list[Run]:
+    """The runs with each group of main-grid seed siblings replaced by one merged run."""
+    groups: dict[tuple, list[Run]] = {}
+    order: list[tuple] = []
+    for run in runs:
+        key = (run.experiment, _identity(run)) if not run.ablation else (id(run),)
+        if key not in groups:
+            order.append(key)
+        groups.setdefault(key, []).append(run)
+    out = []
+    for key in order:
+        members = sorted(groups[key], key=lambda r: r.cfg["experiment"]["seed"])
+        if len(members) == 1:
+            out.append(members[0])
+            continue
+        first = members[0]
+        out.append(replace(first, rel=";".join(r.rel for r in members),
+                           evals=_merge_evals(members),
+                           seeds=[r.cfg["experiment"]["seed"] for r in members]))
+    return out
