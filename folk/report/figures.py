@@ -113,7 +113,7 @@ def figure_knn_epochs(runs: list[Run], out_dir: Path) -> FigureInfo:
                      style="setting", marker="o", ax=ax)
         ax.set_ylabel("k-NN top-1 (%)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("pre-training epoch")
+        ax.set_xlabel("pre-training epoch (0: the random initialisation)")
         ax.legend(fontsize=9)
     else:
         no_results(ax, "no k-NN monitoring records (type \"knn\") in any run's metrics.jsonl;\n"
