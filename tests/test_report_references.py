@@ -136,3 +136,14 @@ def test_seed_siblings_become_mean_and_spread(tmp_path):
     assert "folk-seed2" in folk["run_dir"]
     md = (out / "tables" / "knn_linear.md").read_text()
     assert "53.0 ± 2.6" in md and "seeds 0, 1, 2" in md
+
+
+def test_a_difference_within_the_spread_does_not_hold(tmp_path):
+    root = tmp_path / "runs"
+    for variant, (mean, std) in (("folk", (45.0, 3.0)), ("mfm", (44.0, 1.0))):
+        write_run(root, "demo", variant, variant, DEMO,
+                  evals={"fewshot": ({"shot5_top1_mean": mean, "shot5_top1_std": std},
+                                     "shot5_top1_mean")})
+    fewshot = next(c for c in check_claims(collect_runs(root)) if "few-shot" in c.statement)
+    assert fewshot.verdict == NOT_REPRODUCED
+    assert "45.0 ± 3.0" in fewshot.evidence[0] and "+1.0, within the spread" in fewshot.evidence[0]
