@@ -302,8 +302,12 @@ def test_bad_corruption_arguments():
 def test_folk_eval_robustness_end_to_end(run_dir, fashion_root, capsys):
     from folk.cli import main
 
-    # without a fine-tuned classifier: a clear error, nothing written
+    # radii that keep only the zero frequency at 32 px (the 224 px defaults): refused first
     rc = main(["eval", "robustness", "--run", str(run_dir)])
+    assert rc == 2 and "eval.robustness.filter_radii" in capsys.readouterr().err
+    # without a fine-tuned classifier: a clear error, nothing written
+    rc = main(["eval", "robustness", "--run", str(run_dir),
+               "--set", "eval.robustness.filter_radii=[8, 32]"])
     assert rc == 2 and "folk eval finetune" in capsys.readouterr().err
     assert main(["eval", "finetune", "--run", str(run_dir)] + sets(FAST_FT)) == 0
     finetuned = json.loads((run_dir / "eval/finetune/metrics.json").read_text())["metrics"]

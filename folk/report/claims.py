@@ -64,7 +64,8 @@ def _compare(statement: str, runs: list[Run], better: str, worse: str,
             # with a spread (over seeds), a difference inside it shows nothing
             spread = max(s for s in (a_std, b_std, 0.0) if s is not None)
             outcomes.append(a - b > spread)
-            note = ", within the spread" if 0 < a - b <= spread else ""
+            note = ", within the spread" if 0 < a - b <= spread else \
+                ", one seed: no spread measured" if a_std is None and b_std is None else ""
             evidence.append(f"{task} ({_where(key)}): {better} {_fmt(a, a_std)}, "
                             f"{worse} {_fmt(b, b_std)} ({a - b:+.1f}{note})")
     return _verdict(statement, evidence, outcomes,
