@@ -14,10 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from folk.errors import RunDirError
-
-
-def is_resnet(arch: str) -> bool:
-    return arch.startswith("resnet")
+from folk.recipes import is_resnet
 
 
 def backbone_kwargs(cfg: dict) -> dict:

@@ -20,7 +20,7 @@ class Report:
 
 def build_report(runs_dir: str | Path, out_dir: str | Path, ref_path: str | Path | None = None,
                  q: float = 0.05, radius: float = 16, seed: int = 0, photo_size: int = 224) -> Report:
-    from folk.config import defaults
+    from folk.config import defaults, scaled_patch
     from folk.report.claims import check_claims
     from folk.report.collect import collect_bench, collect_runs, load_reference
     from folk.report.figures import (figure_knn_epochs, figure_reconstruction_loss,
@@ -55,7 +55,7 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, ref_path: str | Path
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     f = cfg["filter"]
-    patch = max(1, round(f["patch_mask_size"] * photo_size / f["mfm_radius_ref_size"]))
+    patch = scaled_patch(cfg, photo_size)
     figures = [
         figure_filters(fig_dir, q=q, radius=radius, size=photo_size, seed=seed),
         figure_masking(fig_dir, q=q, rho=f["random_rho"], patch_ratio=f["patch_mask_ratio"],
