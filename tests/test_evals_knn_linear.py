@@ -274,6 +274,52 @@ def test_linear_probe_run_resumes_to_done(tmp_path, monkeypatch):
     assert (tmp_path / "out" / linear.GRID_FILE).stat().st_mtime_ns == mtime
 
 
+
+def test_standardize_matches_numpy_and_uses_fitting_rows_only():
+    """z-scores written out in numpy with the fitting rows' mean and population std; the
+    held-out rows and the test set do not move the statistics."""
+    from folk.evals.linear import standardize
+
+    rng = np.random.default_rng(3)
+    train = rng.normal(5.0, [0.01, 2.0, 30.0], size=(40, 3)).astype(np.float32)
+    train[:, 0] += 100.0
+    test = rng.normal(0.0, 1.0, size=(7, 3)).astype(np.float32)
+    fit = np.arange(0, 40, 2)
+    mean = train[fit].astype(np.float64).mean(axis=0)
+    std = np.sqrt(((train[fit].astype(np.float64) - mean) ** 2).mean(axis=0))
+    got_train, got_test = standardize(torch.from_numpy(train), torch.from_numpy(test),
+                                      torch.from_numpy(fit))
+    np.testing.assert_allclose(got_train.numpy(), (train - mean) / (std + 1e-6), rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(got_test.numpy(), (test - mean) / (std + 1e-6), rtol=1e-5,
+                               atol=1e-4)
+    moved = train.copy()
+    moved[1::2] *= 1000.0  # the rows outside fit
+    again, _ = standardize(torch.from_numpy(moved), torch.from_numpy(test), torch.from_numpy(fit))
+    np.testing.assert_allclose(again.numpy()[fit], got_train.numpy()[fit], rtol=1e-6)
+
+
+def test_standardize_makes_the_probe_scale_free(tmp_path, monkeypatch):
+    """Features shrunk to a spread of 1e-3 around a large offset: the plain probe cannot fit
+    them with a fixed lr grid; the standardised probe gives the same accuracy as on the
+    original features."""
+    from folk.evals import linear
+
+    x, y = separable_problem(n_per_class=50, seed=8)
+    xt, yt = separable_problem(n_per_class=20, seed=8, noise_seed=8)
+    shrunk, shrunk_t = x * 1e-3 + 10.0, xt * 1e-3 + 10.0
+    results = {}
+    for name, standardize, feats in [("plain", False, (shrunk, shrunk_t)),
+                                     ("std", True, (shrunk, shrunk_t)),
+                                     ("std_original", True, (x, xt))]:
+        cfg = _probe_cfg(lrs=[0.01], epochs=5, batch_size=32, standardize=standardize)
+        _fake_features(monkeypatch, (feats[0], y), (feats[1], yt))
+        results[name] = linear.run(cfg, tmp_path, tmp_path / name, LOG)["metrics"]["top1"]
+    assert results["plain"] < 50.0
+    assert results["std"] > 95.0
+    assert results["std"] == pytest.approx(results["std_original"], abs=2.0)
+
+
 # ---------------------------------------------------------------- features
 
 def tiny_cfg(data_root: Path, **extra):
