@@ -50,7 +50,10 @@ DEMO_EVALS = {(r, t) for r in ("folk", "mfm", "mfm_comrcom", "dino_2view")
               for t in ("knn", "linear", "fewshot", "finetune", "segmentation")} | \
     {("folk", "robustness"), ("mfm", "robustness")} | \
     {("random_init", t) for t in ("knn", "linear", "fewshot", "finetune", "segmentation",
-                                  "robustness", "pixels")}
+                                  "robustness", "pixels")} | \
+    {(f"{r}-seed{s}", t) for r in ("folk", "mfm", "mfm_comrcom", "dino_2view", "random_init")
+     for s in (1, 2) for t in ("knn", "linear")}  # workflow.seeds, workflow.seed_evals
+DEMO_RUNS = {r for r, _ in DEMO_EVALS}
 
 
 def copy_workflow(dst: Path) -> Path:
@@ -247,7 +250,7 @@ def test_demo_dag_and_stage_targets(wf):
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = dry_run_jobs(res.stdout)
     runs = {j["wildcards"]["run"] for j in jobs if j["rule"] == "pretrain"}
-    assert runs == {"folk", "mfm", "mfm_comrcom", "dino_2view", "random_init"}
+    assert runs == DEMO_RUNS and len(runs) == 15
     evals = {(j["wildcards"]["run"], j["wildcards"]["task"]) for j in jobs
              if j["rule"] == "evaluate"}
     assert evals == DEMO_EVALS
@@ -260,10 +263,10 @@ def test_demo_dag_and_stage_targets(wf):
     # the stage targets that dvc.yaml runs
     prep = {"prepare_data": 1, "prepare_fewshot": 1, "prepare_segmentation": 1}
     for rule, counts in (("prepared", {**prep, "prepared": 1, "total": 4}),
-                         ("pretrained", {"prepare_data": 1, "pretrain": 5, "pretrained": 1,
-                                         "total": 7}),
-                         ("evaluated", {**prep, "pretrain": 5, "evaluate": len(DEMO_EVALS),
-                                        "evaluated": 1, "total": 9 + len(DEMO_EVALS)})):
+                         ("pretrained", {"prepare_data": 1, "pretrain": 15, "pretrained": 1,
+                                         "total": 17}),
+                         ("evaluated", {**prep, "pretrain": 15, "evaluate": len(DEMO_EVALS),
+                                        "evaluated": 1, "total": 19 + len(DEMO_EVALS)})):
         sub = snakemake(wf, "-n", rule)
         assert sub.returncode == 0, sub.stderr[-2000:]
         assert job_counts(sub.stdout) == counts, rule
@@ -274,7 +277,7 @@ def test_snakemake_config_items_reach_folk_typed(wf):
                     "experiment={name: cli}")
     assert res.returncode == 0, res.stderr[-3000:]
     pre = [j for j in dry_run_jobs(res.stdout) if j["rule"] == "pretrain"]
-    assert len(pre) == 5  # the four variants and the random initialisation
+    assert len(pre) == 15  # the four variants and the random initialisation, 3 seeds
     for j in pre:
         assert "--set pretrain.epochs=3 " in j["shell"]
         if j["wildcards"]["run"] == "random_init":  # its own epochs=0 comes last and wins
@@ -293,7 +296,7 @@ def test_submitit_launch_makes_pretraining_a_waiting_local_job(wf, tmp_path):
     res = snakemake(wf, "-n", "-p", "--cores", "2", "--configfile", str(params))
     assert res.returncode == 0, res.stderr[-3000:]
     pre = [j for j in dry_run_jobs(res.stdout) if j["rule"] == "pretrain"]
-    assert len(pre) == 5  # the four variants and the random initialisation
+    assert len(pre) == 15  # the four variants and the random initialisation, 3 seeds
     for j in pre:
         assert j["shell"].startswith(f"folk launch --wait --config {params} ")
     # one waiting thread per run (threads are printed only when above one)
