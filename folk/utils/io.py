@@ -58,9 +58,9 @@ def read_jsonl_lines(path: Path) -> tuple[list[dict], list[tuple[int, str]]]:
     records, damaged = [], []
     if not Path(path).exists():
         return records, damaged
-    with open(path, errors="surrogateescape") as f:
+    with open(path, "rb") as f:  # split at b"\n" only: a damaged line is kept byte for byte
         for number, line in enumerate(f, 1):
-            text = line.rstrip("\n")
+            text = line.rstrip(b"\n").decode("utf-8", "surrogateescape")
             if not text.strip():
                 continue
             try:

@@ -20,6 +20,17 @@ from folk.errors import NonFiniteLossError, RunDirError
 
 from conftest import tiny_overrides
 
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The runs are tiny and the two cores shared. Module-wide and first: a run and its
+    reference must use the same thread count, or their reductions may differ in the last bit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 TIMING = ("time", "images_per_s")
 # 2 epochs x 4 iterations; drop path is live (depth 2: timm's rates are linspace(0, p, depth));
 # a checkpoint every 3 iterations, so the end of epoch 1 (iteration 4) is not one of them
@@ -111,6 +122,7 @@ def _monitor_dies_at_epoch(monkeypatch, epoch: int) -> None:
 @pytest.mark.parametrize("how, at", [
     ("stop_after", 4),   # the end of epoch 1: after its last step, before a checkpoint is due
     ("stop_after", 8),   # the end of the run
+    ("stop_after", 5),   # mid-epoch: iteration 5 is redone from the checkpoint of iteration 4
     ("stop_after", 7),   # mid-epoch: iteration 7 is redone from the checkpoint of iteration 6
     ("sigterm", 3),      # SIGTERM during the last step of epoch 1
     ("monitor", 1),      # killed while the k-NN monitor of epoch 1 runs
@@ -186,6 +198,26 @@ def test_undecodable_batches_do_not_shift_the_resume_position(bad_batch, tmp_pat
         pretrain(cfg, tmp_path, stop_after=2)
     pretrain(cfg, tmp_path)
     assert_same_run(straight, tmp_path)
+
+
+def _host_min_worker(rank, init_file, results):
+    import torch.distributed as dist
+
+    from folk.engine.distributed import host_min
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    results[rank] = host_min([8, 0, 5] if rank == 0 else [3, 8, 0])
+    dist.destroy_process_group()
+
+
+def test_ranks_agree_on_the_batches_left_out(tmp_path):
+    """Decodable images per micro-batch, per rank: a micro-batch is left out on every rank
+    when one rank has none of it (DDP: a rank missing from a backward hangs the others)."""
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_host_min_worker, args=(str(tmp_path / "init"), results), nprocs=2)
+    assert results[0] == results[1] == [3, 0, 0]
 
 
 # ------------------------------------------------------------------ 3. the last good checkpoint
