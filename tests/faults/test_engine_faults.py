@@ -119,16 +119,16 @@ def _monitor_dies_at_epoch(monkeypatch, epoch: int) -> None:
     monkeypatch.setattr(monitor, "knn_monitor", dying)
 
 
-@pytest.mark.parametrize("how, at", [
-    ("stop_after", 4),   # the end of epoch 1: after its last step, before a checkpoint is due
-    ("stop_after", 8),   # the end of the run
-    ("stop_after", 5),   # mid-epoch: iteration 5 is redone from the checkpoint of iteration 4
-    ("stop_after", 7),   # mid-epoch: iteration 7 is redone from the checkpoint of iteration 6
-    ("sigterm", 3),      # SIGTERM during the last step of epoch 1
-    ("monitor", 1),      # killed while the k-NN monitor of epoch 1 runs
+@pytest.mark.parametrize("how, at, resumed_at", [
+    ("stop_after", 4, 4),  # the end of epoch 1: after its last step, not a checkpoint_every one
+    ("stop_after", 8, 8),  # the end of the run
+    ("stop_after", 5, 4),  # mid-epoch: iteration 5 is redone from the end of epoch 1
+    ("stop_after", 7, 6),  # mid-epoch: iteration 7 is redone from a mid-epoch checkpoint
+    ("sigterm", 3, 4),     # SIGTERM during the last step of epoch 1
+    ("monitor", 1, None),  # killed while the k-NN monitor of epoch 1 runs
 ])
 def test_stop_at_any_moment_then_resume_equals_uninterrupted(tiny_cfg, reference, tmp_path,
-                                                             monkeypatch, how, at):
+                                                             monkeypatch, how, at, resumed_at):
     cfg = tiny_cfg(*BOUNDARY_RUN)
     run_dir = tmp_path / "run"
     with monkeypatch.context() as patch:
@@ -138,6 +138,9 @@ def test_stop_at_any_moment_then_resume_equals_uninterrupted(tiny_cfg, reference
             _monitor_dies_at_epoch(patch, at)
         with pytest.raises((StopRequested, Killed)):
             pretrain(cfg, run_dir, stop_after=at if how == "stop_after" else None)
+    if resumed_at is not None:  # the checkpoints of the configuration: every 3, epoch ends
+        state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+        assert state["iteration"] == resumed_at
     assert not (run_dir / "DONE.json").exists()
     pretrain(cfg, run_dir)
     assert_same_run(reference(*BOUNDARY_RUN), run_dir)
