@@ -43,3 +43,30 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def first_non_finite(state, prefix: str = "") -> str | None:
+    """Dotted name of the first floating-point tensor of a nested state (dicts, lists) that
+    holds inf or nan, or None. One host sync per device, not one per tensor."""
+    named: list[tuple[str, torch.Tensor]] = []
+
+    def walk(node, name: str) -> None:
+        if isinstance(node, torch.Tensor):
+            if node.is_floating_point() or node.is_complex():
+                named.append((name, node))
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{name}.{key}" if name else str(key))
+        elif isinstance(node, (list, tuple)):
+            for i, value in enumerate(node):
+                walk(value, f"{name}.{i}" if name else str(i))
+
+    walk(state, prefix)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (_, t) in enumerate(named):
+        by_device.setdefault(t.device, []).append(i)
+    bad: list[int] = []
+    for positions in by_device.values():
+        flags = torch.stack([torch.isfinite(named[i][1]).all() for i in positions]).cpu()
+        bad += [i for i, ok in zip(positions, flags.tolist()) if not ok]
+    return named[min(bad)][0] if bad else None

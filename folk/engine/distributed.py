@@ -74,3 +74,20 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(t)
         t /= dist.get_world_size()
     return t
+
+
+_host_group = None
+
+
+def host_min(values: list[int]) -> list[int]:
+    """Element-wise minimum over ranks of host-side integers (a control-flow decision every
+    rank must share). Through a gloo group: on NCCL the answer would wait for the device's
+    queue, a host sync every step. The group is made on first use, by every rank at once."""
+    global _host_group
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(values)
+    if _host_group is None:
+        _host_group = dist.new_group(backend="gloo")
+    t = torch.tensor(values, dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=_host_group)
+    return t.tolist()

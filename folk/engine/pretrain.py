@@ -19,11 +19,11 @@ from torch.utils.data import DataLoader
 from folk.config import save_config
 from folk.engine import checkpoint as ckpt
 from folk.engine.data import EpochSampler, SeededViews
-from folk.engine.distributed import all_reduce_mean, barrier, init_distributed
+from folk.engine.distributed import all_reduce_mean, barrier, host_min, init_distributed
 from folk.engine.step import FolkObjective
 from folk.errors import NonFiniteLossError, RunDirError
-from folk.utils.io import (append_jsonl, atomic_torch_save, atomic_write_json,
-                           atomic_write_text, read_jsonl)
+from folk.engine.records import rewind_records
+from folk.utils.io import append_jsonl, atomic_torch_save, atomic_write_json, read_jsonl
 
 # keys that may differ when a run directory is resumed: they do not change what is trained
 RESUMABLE_CHANGES = ("data.root", "data.num_workers", "pretrain.checkpoint_every",
@@ -83,8 +83,11 @@ def check_same_run(saved: dict, cfg: dict, run_dir: Path) -> None:
                      if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES))
     if changed:
         details = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:6])
-        raise RunDirError(f"{run_dir} holds a run with a different configuration ({details}); "
-                          f"use another --out, or delete the directory to start over")
+        if len(changed) > 6:
+            details += f", and {len(changed) - 6} more: {', '.join(changed[6:])}"
+        raise RunDirError(f"{run_dir} holds a run with a different configuration "
+                          f"({run_dir / 'config.yaml'}: {details}); use another --out, or "
+                          f"delete the directory to start over")
 
 
 def param_groups(module: nn.Module, no_wd_tokens: bool = False) -> list[dict]:
@@ -116,6 +119,10 @@ def clip_gradients(parameters, max_norm: float, mode: str) -> None:
     norms = torch._foreach_norm(grads)
     for grad, norm in zip(grads, norms):
         grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+
+
+def _term_rank(name: str) -> int:
+    return 0 if name.startswith("loss_") else 1 if name == "loss" else 2
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -215,6 +222,7 @@ class Pretrainer:
         self.filter_gen = torch.Generator(device=self.device)
         self.filter_gen.manual_seed(seed * 7919 + self.dist.rank)
         self.iteration, self.skipped, self.elapsed = 0, 0, 0.0
+        self.saved_iteration: int | None = None  # of the checkpoint on disk, if any
         self.last_layer = [] if self.student.dino_head is None else \
             self.student.dino_head.last_layer_parameters()
 
@@ -237,9 +245,28 @@ class Pretrainer:
         }
 
     def save(self) -> None:
+        """Checkpoint, unless the state holds a non-finite tensor: a finite loss does not
+        prove the update after it finite, and last.pt must stay resumable. Every rank checks
+        its own (identical) state, so that all raise together instead of waiting for rank 0."""
+        state = self.state()
+        bad = ckpt.first_non_finite(state)
+        if bad is not None:
+            it, since = self.iteration - 1, self.saved_iteration or 0
+            which = f"iteration {it}" if since == it else f"one of iterations {since}-{it}"
+            raise NonFiniteLossError(
+                f"{bad} is non-finite after iteration {it} (the update of {which} made it so, "
+                f"with every loss term finite); it is not checkpointed: {self._last_good()}")
         if self.dist.is_main:
-            ckpt.save_checkpoint(self.ckpt_path, self.state())
+            ckpt.save_checkpoint(self.ckpt_path, state)
+        self.saved_iteration = self.iteration
         barrier()
+
+    def _last_good(self) -> str:
+        if self.saved_iteration is None:
+            return (f"no checkpoint was written before it ({self.ckpt_path} does not exist); "
+                    f"a rerun starts over")
+        return (f"the last good checkpoint {self.ckpt_path} (after {self.saved_iteration} "
+                f"iterations) is left as it was")
 
     def restore(self) -> None:
         state = ckpt.load_checkpoint(self.ckpt_path)
@@ -255,9 +282,9 @@ class Pretrainer:
         self.iteration = int(state["iteration"])
         self.skipped = int(state["skipped_images"])
         self.elapsed = float(state["elapsed_s"])
-        if self.dist.is_main:  # drop records logged after the checkpoint: they are redone
-            kept = [r for r in read_jsonl(self.metrics_path) if r.get("iteration", 0) <= self.iteration]
-            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        self.saved_iteration = self.iteration
+        if self.dist.is_main:
+            rewind_records(self.metrics_path, self.iteration)
             print(f"resumed from {self.ckpt_path} at iteration {self.iteration}", file=sys.stderr)
 
     # ------------------------------------------------------------------ loop
@@ -324,12 +351,15 @@ class Pretrainer:
         finite = torch.isfinite(values)
         if bool(finite.all()):
             return
-        row, col = (~finite).nonzero()[0].tolist()
+        row = int((~finite).any(1).nonzero()[0])
+        # a loss term, not a diagnostic: the terms say what diverged, the diagnostics of a
+        # diverged term (kd_kl, ...) follow it; the total comes after its components
+        bad = [c for c in range(len(self.term_names)) if not finite[row, c]]
+        col = min(bad, key=lambda c: _term_rank(self.term_names[c]))
         step = buffer[row][0]
         raise NonFiniteLossError(
             f"{self.term_names[col]} = {values[row, col].item()} at iteration {step} "
-            f"(epoch {step // self.iters_per_epoch}); the last good checkpoint "
-            f"{self.ckpt_path} is left as it was")
+            f"(epoch {step // self.iters_per_epoch}); {self._last_good()}")
 
     def _log(self, buffer, epoch: int, images: int, seconds: float) -> dict:
         values = torch.stack([v for _, v in buffer]).mean(0)
@@ -347,14 +377,39 @@ class Pretrainer:
         return record
 
     def _knn_monitor(self, epoch: int) -> None:
+        """An observation must not change what it observes: the monitor's data loader draws
+        from the global RNGs, which the training steps after it (drop path) draw from too,
+        so they are put back as they were; only rank 0 runs it."""
         from folk.engine.monitor import knn_monitor
 
         if self.dist.is_main:
+            rng = ckpt.rng_state()
             backbone = (self.teacher or self.student).backbone
             record = knn_monitor(self.cfg, backbone)
+            ckpt.set_rng_state(rng)
             record.update({"type": "knn", "epoch": epoch, "iteration": self.iteration})
             append_jsonl(self.metrics_path, record)
         barrier()
+
+    def _next_iteration(self, batches) -> list[list[torch.Tensor]]:
+        """The micro-batches of one iteration: always ``accum_steps`` loader batches, whatever
+        they hold, so that iteration i starts at sample i x batch as the sampler resumes it.
+        A batch without one decodable image is left out (on every rank when one rank has
+        none: DDP needs every rank in each backward); no batch left: the step is skipped."""
+        micro, counts = [], []
+        for _ in range(self.p["accum_steps"]):
+            views, labels, n_skipped = next(batches)
+            self.skipped += n_skipped
+            micro.append(views)
+            counts.append(len(labels))
+        counts = host_min(counts)
+        return [[v.to(self.device, non_blocking=True) for v in views]
+                for views, n in zip(micro, counts) if n > 0]
+
+    def _epoch_end(self, epoch: int) -> None:
+        self._epoch_summary(epoch)
+        if self.p["knn_every"] and (epoch + 1) % self.p["knn_every"] == 0:
+            self._knn_monitor(epoch + 1)
 
     def train(self) -> dict:
         self.t_start = time.time()
@@ -373,26 +428,24 @@ class Pretrainer:
                 buffer, window_images, window_t = [], 0, time.time()
                 batches = iter(self.loader)
                 while self.iteration < end:
-                    micro = []
-                    while len(micro) < self.p["accum_steps"]:
-                        views, labels, n_skipped = next(batches)
-                        self.skipped += n_skipped
-                        if len(labels) == 0:  # every image of the batch failed to decode
-                            continue
-                        micro.append([v.to(self.device, non_blocking=True) for v in views])
-                    values = self._train_iteration(micro, epoch)
+                    micro = self._next_iteration(batches)
+                    if micro:
+                        buffer.append((self.iteration, self._train_iteration(micro, epoch)))
+                        window_images += self.images_per_iter
                     self.iteration += 1
-                    buffer.append((self.iteration - 1, values))
-                    window_images += self.images_per_iter
                     bar.update(1)
                     at_log = self.iteration % self.p["log_every"] == 0 or self.iteration == end
                     at_ckpt = self.iteration % self.p["checkpoint_every"] == 0
                     stop = self._agreed_stop(handler, at_log)
-                    if at_log or at_ckpt or stop:
+                    if (at_log or at_ckpt or stop) and buffer:
                         self._check_finite(buffer)
                         rec = self._log(buffer, epoch, window_images, time.time() - window_t)
                         bar.set_postfix(loss=f"{rec['loss']:.4f}", ips=f"{rec['images_per_s']:.0f}")
                         buffer, window_images, window_t = [], 0, time.time()
+                    if self.iteration % self.iters_per_epoch == 0:
+                        # before the checkpoint: it then holds the epoch's records and the
+                        # RNG state after them, so no stop can fall between the two
+                        self._epoch_end(epoch)
                     if at_ckpt or stop or self.iteration == end:
                         self.save()
                     if stop:
@@ -403,10 +456,6 @@ class Pretrainer:
                         raise StopRequested(0)
                 bar.close()
                 del batches
-                if self.iteration % self.iters_per_epoch == 0:
-                    self._epoch_summary(epoch)
-                    if self.p["knn_every"] and (epoch + 1) % self.p["knn_every"] == 0:
-                        self._knn_monitor(epoch + 1)
         finally:
             handler.uninstall()
         return self.finish()
@@ -450,16 +499,34 @@ class Pretrainer:
         return done
 
 
+def _check_finished(run_dir: Path) -> None:
+    """A finished marker vouches for the configuration and the weights beside it."""
+    done = run_dir / "DONE.json"
+    for needed in (run_dir / "config.yaml", run_dir / "backbone.pt"):
+        if not needed.is_file():
+            raise RunDirError(f"{done} exists but {needed} does not: cannot tell what finished "
+                              f"here; delete {done} to resume the run or rerun it")
+    try:
+        marker = json.loads(done.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"{done} is not JSON ({exc}); delete it to resume the run") from None
+    if not isinstance(marker, dict) or "iterations" not in marker:
+        raise RunDirError(f"{done} lacks key 'iterations': not a finished marker; delete it "
+                          f"to resume the run")
+
+
 def pretrain(cfg: dict, run_dir: str | Path, stop_after: int | None = None) -> dict:
     """Train ``cfg`` into ``run_dir``; resume from its checkpoint; no-op when DONE.json exists."""
     from folk.config import load_run_config
 
     run_dir = Path(run_dir)
-    if (run_dir / "DONE.json").is_file():
-        print(f"{run_dir / 'DONE.json'} exists: run already finished", file=sys.stderr)
-        return {}
     if (run_dir / "config.yaml").is_file():
         check_same_run(load_run_config(run_dir), cfg, run_dir)
+    if (run_dir / "DONE.json").is_file():
+        # checked before it is trusted: DONE.json says that *some* run finished here
+        _check_finished(run_dir)
+        print(f"{run_dir / 'DONE.json'} exists: run already finished", file=sys.stderr)
+        return {}
     trainer = Pretrainer(cfg, run_dir, stop_after)
     trainer.setup()
     if trainer.dist.is_main:

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("folk.io")
 
 
 def _atomic(path: Path, write) -> None:
@@ -48,18 +51,33 @@ def append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a JSON-lines file; a torn last line (killed writer) is ignored."""
-    out = []
+def read_jsonl_lines(path: Path) -> tuple[list[dict], list[tuple[int, str]]]:
+    """``(records, damaged)`` of a JSON-lines file: every line that parses as a JSON object,
+    and ``(line number, text)`` of every other non-blank line (a writer killed mid-line, a
+    damaged disk block), so that a caller rewriting the file can keep them."""
+    records, damaged = [], []
     if not Path(path).exists():
-        return out
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
+        return records, damaged
+    with open(path, "rb") as f:  # split at b"\n" only: a damaged line is kept byte for byte
+        for number, line in enumerate(f, 1):
+            text = line.rstrip(b"\n").decode("utf-8", "surrogateescape")
+            if not text.strip():
                 continue
             try:
-                out.append(json.loads(line))
+                record = json.loads(text)
             except json.JSONDecodeError:
-                break
-    return out
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                damaged.append((number, text))
+    return records, damaged
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Records of a JSON-lines file. A damaged line is skipped with a warning naming the file
+    and line, and reading goes on: the records after it are as valid as those before."""
+    records, damaged = read_jsonl_lines(path)
+    for number, text in damaged:
+        log.warning("%s line %d is not a JSON record, skipped: %.80r", path, number, text)
+    return records
