@@ -9,16 +9,20 @@ flock works on local file systems and on NFSv4 and Lustre mounted with ``flock``
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 
 from folk.errors import RunDirBusyError
 from folk.utils.io import named_os_error
 
 LOCK_NAME = "folk.lock"
+# errors of file systems that do not implement flock
+_NO_FLOCK = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
 
 
 def _holder(path: Path) -> str:
@@ -53,6 +57,12 @@ def exclusive(directory: str | Path, command: str):
             raise RunDirBusyError(
                 f"'{directory}' is in use: '{path}' is locked by {_holder(path)}; wait for it "
                 f"to end (or stop it), then run the same command again") from None
+        except OSError as exc:
+            if exc.errno not in _NO_FLOCK:
+                raise named_os_error(path, exc) from exc
+            # refusing to run at all there would be worse than running unguarded
+            print(f"warning: cannot lock '{path}' ({exc.strerror}; Lustre needs the "
+                  f"'flock' mount option): nothing stops a second writer", file=sys.stderr)
         record = {"pid": os.getpid(), "host": socket.gethostname(), "started": now_iso(),
                   "command": command}
         try:
