@@ -3,7 +3,9 @@ fast (importing timm alone takes seconds)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
 
 # command: (module defining add_arguments(parser) and run(args), one-line help)
@@ -29,22 +31,71 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from folk.errors import FolkError
-
+    """Run one command; its outcome becomes the exit status of README.md, "Exit codes"."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         _top_parser().parse_args(argv or ["--help"])
         return 2
-    name, rest = argv[0], argv[1:]
-    module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"folk {name}", description=COMMANDS[name][1])
-    module.add_arguments(parser)
-    args = parser.parse_args(rest)
+    with _signals_as_exceptions():
+        return _run(argv[0], argv[1:])
+
+
+def _run(name: str, rest: list[str]) -> int:
+    from folk.errors import FAILURE, FolkError, SignalExit
+
     try:
+        module = importlib.import_module(COMMANDS[name][0])
+        parser = argparse.ArgumentParser(prog=f"folk {name}", description=COMMANDS[name][1])
+        module.add_arguments(parser)
+        args = parser.parse_args(rest)  # usage errors: argparse exits with 2
         return int(module.run(args) or 0)
     except FolkError as exc:
         print(f"folk {name}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_status
+    except OSError as exc:  # full disk, permissions, a vanished device: no traceback
+        print(f"folk {name}: error: {os_error_text(exc)}", file=sys.stderr)
+        return FAILURE
+    except SignalExit as exc:
+        print(f"folk {name}: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt:
+        print(f"folk {name}: stopped by SIGINT", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+def os_error_text(exc: OSError) -> str:
+    """One line: the file(s), then the system's words for the error."""
+    import errno
+
+    what = exc.strerror or str(exc)
+    if exc.errno in errno.errorcode:
+        what += f" ({errno.errorcode[exc.errno]})"
+    files = [f"'{f}'" for f in (exc.filename, exc.filename2) if f is not None]
+    return f"{' -> '.join(files)}: {what}" if files else what
+
+
+@contextlib.contextmanager
+def _signals_as_exceptions():
+    """SIGTERM raises SignalExit (default action: die at once, skipping the clean-up that
+    an error gets). A signal someone chose to ignore or handle stays as it is; the previous
+    handler comes back afterwards, for callers of main() such as the tests."""
+    from folk.errors import SignalExit
+
+    def _raise(signum, frame):
+        raise SignalExit(signum)
+
+    previous = {}
+    for sig in (signal.SIGTERM,):
+        try:
+            if signal.getsignal(sig) == signal.SIG_DFL:
+                previous[sig] = signal.signal(sig, _raise)
+        except ValueError:  # not the main thread: signals belong to the host
+            pass
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:

@@ -1,8 +1,18 @@
-"""Errors folk reports to users: each message names the file, key or value at fault."""
+"""Errors folk reports to users: each message names the file, key or value at fault.
+
+Each class carries the exit status the CLI ends with (README.md, "Exit codes"): 2 when the
+command or its configuration is wrong (running it again unchanged fails the same way), 1
+when something went wrong while doing the work (data, numerics, the system).
+"""
+
+USAGE = 2
+FAILURE = 1
 
 
 class FolkError(Exception):
-    """Base class: the CLI prints these without a traceback and exits with status 2."""
+    """Base class: the CLI prints these without a traceback and exits with ``exit_status``."""
+
+    exit_status = USAGE
 
 
 class ConfigError(FolkError):
@@ -12,10 +22,36 @@ class ConfigError(FolkError):
 class DataError(FolkError):
     """Missing, empty or malformed data."""
 
+    exit_status = FAILURE
+
 
 class RunDirError(FolkError):
     """A run directory that is missing or does not match what is asked of it."""
 
 
+class RunDirBusyError(RunDirError):
+    """Another process holds the run (or evaluation) directory; waiting may cure it."""
+
+    exit_status = FAILURE
+
+
 class NonFiniteLossError(FolkError):
     """A loss term became NaN or infinite."""
+
+    exit_status = FAILURE
+
+
+class SignalExit(BaseException):
+    """A termination signal raised as an exception, so that clean-up (temporary files,
+    locks, logs) runs as it does for an error; the CLI exits with 128 + the signal number.
+    A BaseException, like KeyboardInterrupt, so that ``except Exception`` does not eat it."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = int(signum)
+        try:
+            name = signal.Signals(self.signum).name
+        except ValueError:
+            name = f"signal {self.signum}"
+        super().__init__(f"stopped by {name}")

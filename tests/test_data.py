@@ -309,14 +309,14 @@ def test_folk_prepare_imagefolder_cli(tmp_path, capsys):
     assert "nothing to do" in capsys.readouterr().out
     # a new corrupt file changes the listing: checked again (in full), and reported
     (src / "val" / "eel" / "zz.jpg").write_bytes(b"junk")
-    assert main(["prepare", "imagefolder", "--config", str(params), "--full"]) == 2
+    assert main(["prepare", "imagefolder", "--config", str(params), "--full"]) == 1  # data
     assert f"unreadable image: '{tmp_path / 'prep' / 'val' / 'eel' / 'zz.jpg'}'" in \
         capsys.readouterr().err
     assert main(["prepare", "imagenet", "--config", str(params)]) == 2
     assert "data.dataset = 'imagefolder'" in capsys.readouterr().err
     # another dataset's manifest is never overwritten
     assert main(["prepare", "imagenet", "--config", str(params),
-                 "--set", "data.dataset=imagenet"]) == 2
+                 "--set", "data.dataset=imagenet"]) == 1  # a DataError: README, "Exit codes"
     assert "belongs to dataset 'imagefolder'" in capsys.readouterr().err
 
 

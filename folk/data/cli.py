@@ -38,19 +38,25 @@ def _warn(msg: str) -> None:
 
 
 def checked_root(value: str, key: str) -> Path:
-    """``value`` as a directory path; a relative one must not climb out of the working
-    directory (the project), so nothing is written outside it by accident."""
+    """``value`` as a directory path; a relative one must not lead out of the working
+    directory (the project), so nothing is written outside it by accident. Checked on the
+    resolved path: a symlink on the way (``data -> /elsewhere``) leads out as surely as
+    ``..`` does."""
     from folk.errors import ConfigError
 
     if not value:
         raise ConfigError(f"key '{key}' is empty")
     p = Path(value)
     if not p.is_absolute():
-        norm = os.path.normpath(value)
-        if norm == ".." or norm.startswith(".." + os.sep):
-            raise ConfigError(f"key '{key}' = '{value}' leaves the working directory; give a "
-                              "path inside the project or an absolute path")
-        if norm == ".":
+        cwd = Path.cwd().resolve()
+        real = (cwd / p).resolve()
+        if not real.is_relative_to(cwd):
+            via = "" if real == Path(os.path.normpath(cwd / p)) else " through a symlink"
+            raise ConfigError(f"key '{key}' = '{value}' leaves the working directory "
+                              f"'{cwd}'{via}: it resolves to '{real}'; give a path inside "
+                              f"the project, or the absolute path '{real}' if that is where "
+                              f"the data belongs")
+        if real == cwd:
             raise ConfigError(f"key '{key}' = '{value}' is the working directory itself; "
                               "give a dataset directory")
     return p

@@ -1,7 +1,11 @@
 """``folk pretrain --config F [--set k=v ...] --out RUN_DIR``."""
 from __future__ import annotations
 
+import contextlib
+import os
+import shlex
 import sys
+from pathlib import Path
 
 from folk.cli import add_config_arguments
 
@@ -12,18 +16,51 @@ def add_arguments(parser) -> None:
                                                      "checkpoint, skipped if it has DONE.json)")
 
 
+def _is_main_process() -> bool:
+    """Rank 0 as ``folk.engine.distributed.env_dist_info`` decides it, read without
+    importing torch (seconds), so that a refused second writer hears it at once."""
+    env = os.environ
+    if "WORLD_SIZE" in env and "RANK" in env:
+        return int(env["RANK"]) == 0
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        return int(env["SLURM_PROCID"]) == 0
+    return True
+
+
+def _run_dir_lock(run_dir: Path):
+    """The run directory's lock, taken by the main process only: under torchrun or srun
+    every rank runs this command on the same directory."""
+    from folk.utils.lock import exclusive
+
+    if not _is_main_process():
+        return contextlib.nullcontext()
+    return exclusive(run_dir, "folk pretrain " + shlex.join(sys.argv[1:]))
+
+
 def run(args) -> int:
     from folk.config import load_config
+    from folk.errors import SignalExit
 
     cfg = load_config(args.config, args.overrides)  # every key checked before data is read
-    from folk.engine.pretrain import StopRequested, pretrain
+    run_dir = Path(args.out)
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    with _run_dir_lock(run_dir):
+        from folk.engine.pretrain import StopRequested, pretrain
+        from folk.utils.io import remove_stale_temps
 
-    try:
-        done = pretrain(cfg, args.out)
-    except StopRequested as stop:
-        print(f"folk pretrain: checkpoint written to {args.out}/checkpoints/last.pt; "
-              f"{stop}; run the same command again to resume", file=sys.stderr)
-        return 128 + stop.signum if stop.signum else 1
+        # only the lock holder may sweep: a rival's temporary files would be live ones
+        remove_stale_temps(run_dir, run_dir / "checkpoints")
+        try:
+            done = pretrain(cfg, run_dir)
+        except (StopRequested, SignalExit, KeyboardInterrupt) as stop:
+            # SignalExit: the pretrainer checkpointed, then chained to the CLI's handler
+            signum = getattr(stop, "signum", 2)
+            where = (f"checkpoint written to {ckpt}" if ckpt.is_file()
+                     else "no checkpoint yet")
+            why = str(stop) or "stopped by SIGINT"
+            print(f"folk pretrain: {where}; {why}; run the same command again to resume",
+                  file=sys.stderr)
+            return 128 + signum if signum else 1
     if done:
         print(f"folk pretrain: finished {args.out}: {done['iterations']} iterations, "
               f"{done['images_per_s']} images/s, {done['wall_time_s']} s", file=sys.stderr)

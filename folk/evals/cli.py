@@ -23,7 +23,22 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", help="params file whose eval section overrides the run's")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override an eval.* key (value read as YAML)")
-    parser.add_argument("--variant", default="", help="name suffix of the output directory")
+    parser.add_argument("--variant", default="", type=_variant_name,
+                        help="name suffix of the output directory eval/<task>-<variant> "
+                             "(a plain name: letters, digits, '_', '-', '.')")
+
+
+def _variant_name(value: str) -> str:
+    """argparse type: a bad --variant is a usage error, refused before anything is read."""
+    import argparse
+
+    from folk.errors import ConfigError
+    from folk.evals.common import check_variant
+
+    try:
+        return check_variant(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def eval_config(run_dir: Path, params: str | None, overrides: list[str]) -> dict:
@@ -47,14 +62,28 @@ def eval_config(run_dir: Path, params: str | None, overrides: list[str]) -> dict
 
 
 def run(args) -> int:
-    from folk.evals.common import is_done, task_dir, task_logger, write_metrics
+    import shlex
+    import sys
+
+    from folk.utils.lock import exclusive
 
     run_dir = Path(args.run)
     cfg = eval_config(run_dir, args.config, args.overrides)
+    from folk.evals.common import task_dir
+
     out_dir = task_dir(run_dir, args.task, args.variant)
+    with exclusive(out_dir, "folk eval " + shlex.join(sys.argv[1:])):
+        return _run_locked(args, cfg, run_dir, out_dir)
+
+
+def _run_locked(args, cfg: dict, run_dir: Path, out_dir: Path) -> int:
+    from folk.evals.common import is_done, task_logger, write_metrics
+    from folk.utils.io import remove_stale_temps
+
     if is_done(out_dir):
         print(f"{out_dir / 'metrics.json'} exists: nothing to do")
         return 0
+    remove_stale_temps(out_dir)  # the lock holder's to sweep: no live writer is left
     log = task_logger(out_dir, args.task)
     started = time.time()
     module = importlib.import_module(f"folk.evals.{args.task}")

@@ -1,7 +1,11 @@
 """What every evaluation shares: its output directory, its metrics.json, its log."""
 from __future__ import annotations
 
+import json
 import logging
+import math
+import re
+import sys
 import time
 from pathlib import Path
 
@@ -10,10 +14,26 @@ from folk.utils.provenance import git_sha, now_iso
 
 SCHEMA = "folk.eval/1"
 TASKS = ("knn", "linear", "finetune", "fewshot", "segmentation", "robustness", "pixels")
+# a variant names one directory: no separator, no "..", nothing hidden
+VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_RECORD_KEYS = ("schema", "run", "task", "variant", "dataset", "split", "metrics", "primary",
+                "seed", "epochs", "finished_at")
+
+
+def check_variant(variant: str) -> str:
+    """``variant`` when it is a plain name (letters, digits, '_', '-', '.'; no '..');
+    a ConfigError otherwise, so that no output can land outside ``<run_dir>/eval``."""
+    from folk.errors import ConfigError
+
+    if variant and (not VARIANT_RE.match(variant) or ".." in variant):
+        raise ConfigError(f"--variant = {variant!r} is not a plain name (letters, digits, "
+                          f"'_', '-', '.'; no '/' or '..'): it names the directory "
+                          f"eval/<task>-<variant> of the run")
+    return variant
 
 
 def task_dir(run_dir: Path, task: str, variant: str = "") -> Path:
-    return Path(run_dir) / "eval" / (f"{task}-{variant}" if variant else task)
+    return Path(run_dir) / "eval" / (f"{task}-{check_variant(variant)}" if variant else task)
 
 
 def features_cache_dir(run_dir: Path) -> Path:
@@ -22,8 +42,49 @@ def features_cache_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "eval" / "features"
 
 
+def record_problem(path: Path) -> str | None:
+    """Why ``path`` (an ``eval/<task>[-<variant>]/metrics.json``) is not a finished record
+    of its directory's evaluation, or None when it is one."""
+    try:
+        rec = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"not readable JSON ({exc})"
+    if not isinstance(rec, dict):
+        return f"a JSON {type(rec).__name__}, not an object"
+    missing = [k for k in _RECORD_KEYS if k not in rec]
+    if missing:
+        return f"lacks key(s) {', '.join(missing)}"
+    if rec["schema"] != SCHEMA:
+        return f"key 'schema' = {rec['schema']!r}, expected {SCHEMA!r}"
+    # provenance: the record must be the one of this directory's task and variant
+    name = f"{rec['task']}-{rec['variant']}" if rec["variant"] else str(rec["task"])
+    if name != Path(path).parent.name:
+        return (f"keys 'task' = {rec['task']!r}, 'variant' = {rec['variant']!r} belong to "
+                f"eval/{name}, not to eval/{Path(path).parent.name}")
+    metrics = rec["metrics"]
+    if not isinstance(metrics, dict) or rec["primary"] not in metrics:
+        return f"key 'primary' = {rec['primary']!r} is not among 'metrics'"
+    bad = [k for k, v in metrics.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if bad:
+        return f"key 'metrics.{bad[0]}' = {metrics[bad[0]]!r} is not a number"
+    if not math.isfinite(metrics[rec["primary"]]):  # write_metrics writes what a task gives
+        return f"key 'metrics.{rec['primary']}' (the primary) = {metrics[rec['primary']]!r}"
+    return None
+
+
 def is_done(out_dir: Path) -> bool:
-    return (Path(out_dir) / "metrics.json").is_file()
+    """Whether ``out_dir`` holds a valid ``metrics.json``. A damaged one (a torn write, a
+    hand edit, a copy from elsewhere) does not count: a warning says why, and the
+    evaluation runs again and replaces it."""
+    path = Path(out_dir) / "metrics.json"
+    if not path.is_file():
+        return False
+    problem = record_problem(path)
+    if problem is None:
+        return True
+    print(f"warning: '{path}' is damaged ({problem}): not a finished evaluation; running "
+          f"it again", file=sys.stderr)
+    return False
 
 
 def task_logger(out_dir: Path, task: str) -> logging.Logger:

@@ -107,9 +107,19 @@ class PretrainJob(_RunJob):
     task = "pretrain"
 
     def run(self) -> dict:
-        from folk.engine.pretrain import pretrain
+        import contextlib
 
-        done = pretrain(refresh_config(self.cfg), self.run_dir)
+        from folk.engine.distributed import env_dist_info
+        from folk.engine.pretrain import pretrain
+        from folk.utils.lock import exclusive
+
+        # the job's rank 0 holds the run directory as `folk pretrain` does (a requeued job
+        # starts after SLURM ended the previous one, whose lock went with it)
+        job = os.environ.get("SLURM_JOB_ID") or f"pid {os.getpid()}"
+        holder = (exclusive(self.run_dir, f"folk launch pretrain job {job}")
+                  if env_dist_info().is_main else contextlib.nullcontext())
+        with holder:
+            done = pretrain(refresh_config(self.cfg), self.run_dir)
         if not done:  # already finished, or a non-zero rank
             done_path = Path(self.run_dir) / "DONE.json"
             if done_path.is_file():

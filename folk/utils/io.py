@@ -1,30 +1,116 @@
-"""Atomic file writes: a reader never sees a half-written file, a crash never loses the old one."""
+"""Atomic file writes: a reader never sees a half-written file, a crash never loses the old one.
+
+A failed write raises OSError naming the file being written (the system's own error often
+names none, or only the temporary file) and leaves no temporary file behind; files left by
+a killed writer follow ``TEMP_PATTERN`` so that the next holder of the directory removes
+them (``remove_stale_temps``).
+"""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("folk.io")
 
+# ".<name>.<8 random characters of tempfile>.tmp"
+TEMP_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def _umask() -> int:
+    # reading the umask means setting it: a file another thread creates in between gets
+    # the common default 022, never something stricter or looser than usual
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable: without it a crash can bring back the old name's target."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # a file system that cannot open directories: nothing to sync
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        # some network file systems cannot sync a directory; any other error is real
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise named_os_error(directory, exc) from exc
+    finally:
+        os.close(fd)
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc``: torch, for one, reports a failed write as a RuntimeError
+    whose context is the OSError."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def named_os_error(path: Path, exc: BaseException) -> BaseException:
+    """``exc`` as an OSError naming ``path`` when an OSError lies behind it; else ``exc``
+    (a signal or Ctrl-C stays what it is)."""
+    os_error = _os_error_in(exc) if isinstance(exc, Exception) else None
+    if os_error is None:
+        return exc
+    # OSError(errno, ...) gives back the matching subclass (PermissionError, ...)
+    return OSError(os_error.errno, os_error.strerror or os.strerror(os_error.errno), str(path))
+
 
 def _atomic(path: Path, write) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise named_os_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            # mkstemp makes 0600 files; a run's files are for the group too, as umask says
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        try:
             os.unlink(tmp)
-        raise
+        except OSError:
+            pass
+        named = named_os_error(path, exc)
+        if named is exc:
+            raise
+        raise named from exc
+    _fsync_dir(path.parent)
+
+
+def remove_stale_temps(*directories: Path) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``directories`` (not below).
+    Only for the holder of the directory's lock: another writer's files would be live."""
+    removed = []
+    for directory in directories:
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if TEMP_PATTERN.match(entry.name) and entry.is_file(follow_symlinks=False):
+                try:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+                except FileNotFoundError:
+                    pass
+    return removed
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -46,9 +132,13 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def append_jsonl(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as exc:  # a buffered write's error names no file
+        raise named_os_error(path, exc) from exc
 
 
 def read_jsonl_lines(path: Path) -> tuple[list[dict], list[tuple[int, str]]]:

@@ -21,6 +21,5 @@ rule bench:
     conda:
         FOLK_ENV
     shell:
-        "folk bench --config {params.params_file} {params.sets} --variants {params.variants} "
-        "--archs {params.archs} --out {output.jsonl} > {log} 2>&1 "
-        "|| {{ status=$?; tail -n 20 {log} >&2; exit $status; }}"
+        logged("folk bench --config {params.params_file} {params.sets} "
+               "--variants {params.variants} --archs {params.archs} --out {output.jsonl}")

@@ -347,6 +347,21 @@ def eval_resources():
     return rule_resources(config, "eval")
 
 
+# ------------------------------------------------------------------ shell lines
+
+def logged(command):
+    """The shell line of a rule: ``command`` with its output appended to the rule's log,
+    and the log's tail shown when it fails. Snakemake deletes a job's ``log:`` files before
+    it runs, which would lose the log of the very attempt a rerun resumes; so ``{log}`` is
+    remade as a link to ``{log}.all``, which every attempt appends to after a header line.
+    The link is made inside the redirection so that the line still starts with the
+    command (what `snakemake -n -p` shows)."""
+    keep = ('"$(ln -sfn "$(basename {log}).all" {log} && '
+            'echo "== $(date -u -Iseconds) attempt on $(hostname)" >> {log} && echo {log})"')
+    return ("%s >> %s 2>&1 || {{ status=$?; tail -n 20 {log} >&2; exit $status; }}"
+            % (command, keep))
+
+
 # ------------------------------------------------------------------ checked before any job
 
 put_folk_on_path()

@@ -20,9 +20,7 @@ rule prepare_data:
     conda:
         FOLK_ENV
     shell:
-        "folk prepare {params.dataset} --config {params.params_file} {params.sets} "
-        "> {log} 2>&1 "
-        "|| {{ status=$?; tail -n 20 {log} >&2; exit $status; }}"
+        logged("folk prepare {params.dataset} --config {params.params_file} {params.sets}")
 
 
 rule prepare_fewshot:
@@ -42,8 +40,7 @@ rule prepare_fewshot:
     conda:
         FOLK_ENV
     shell:
-        "folk prepare fewshot --config {params.params_file} {params.sets} > {log} 2>&1 "
-        "|| {{ status=$?; tail -n 20 {log} >&2; exit $status; }}"
+        logged("folk prepare fewshot --config {params.params_file} {params.sets}")
 
 
 rule prepare_segmentation:
@@ -64,6 +61,4 @@ rule prepare_segmentation:
     conda:
         FOLK_ENV
     shell:
-        "folk prepare {params.dataset} --config {params.params_file} {params.sets} "
-        "> {log} 2>&1 "
-        "|| {{ status=$?; tail -n 20 {log} >&2; exit $status; }}"
+        logged("folk prepare {params.dataset} --config {params.params_file} {params.sets}")

@@ -23,6 +23,5 @@ rule evaluate:
     conda:
         FOLK_ENV
     shell:
-        "folk eval {wildcards.task} --run {params.run_dir} --config {params.params_file} "
-        "{params.sets} > {log} 2>&1 "
-        "|| {{ status=$?; tail -n 20 {log} >&2; exit $status; }}"
+        logged("folk eval {wildcards.task} --run {params.run_dir} --config {params.params_file} "
+               "{params.sets}")

@@ -33,6 +33,5 @@ rule pretrain:
     conda:
         FOLK_ENV
     shell:
-        "{params.command} --config {params.params_file} {params.sets} "
-        "--out {params.run_dir} > {log} 2>&1 "
-        "|| {{ status=$?; tail -n 20 {log} >&2; exit $status; }}"
+        logged("{params.command} --config {params.params_file} {params.sets} "
+               "--out {params.run_dir}")

@@ -19,5 +19,4 @@ rule report:
     conda:
         FOLK_ENV
     shell:
-        "folk report --runs {params.runs_dir} --out {params.out_dir} > {log} 2>&1 "
-        "|| {{ status=$?; tail -n 20 {log} >&2; exit $status; }}"
+        logged("folk report --runs {params.runs_dir} --out {params.out_dir}")
