@@ -34,14 +34,20 @@ def backbone_kwargs(cfg: dict) -> dict:
     return kwargs
 
 
-def build_backbone(cfg: dict, drop_path: float | None = None, deterministic: bool = False
-                   ) -> nn.Module:
-    """``deterministic``: no stochastic depth and every dropout rate 0 (the teacher's)."""
+def build_backbone(cfg: dict, drop_path: float | None = None, deterministic: bool = False,
+                   dilated_stride: int | None = None) -> nn.Module:
+    """``deterministic``: no stochastic depth and every dropout rate 0 (the teacher's).
+    ``dilated_stride`` (ResNet only): the last stages dilated instead of strided so that the
+    output stride is 8 or 16 (DeepLab); the parameters are the same tensors."""
     import timm
 
     kwargs = backbone_kwargs(cfg)
     if drop_path is not None:
         kwargs["drop_path_rate"] = drop_path
+    if dilated_stride is not None and dilated_stride != 32:
+        if not is_resnet(cfg["model"]["arch"]):
+            raise ValueError(f"a dilated output stride needs a ResNet, not {cfg['model']['arch']}")
+        kwargs["output_stride"] = dilated_stride
     if deterministic:
         kwargs.update(drop_path_rate=0.0, drop_rate=0.0)
         if not is_resnet(cfg["model"]["arch"]):
@@ -54,8 +60,8 @@ def output_stride(cfg: dict) -> int:
     return 32 if is_resnet(cfg["model"]["arch"]) else cfg["model"]["patch_size"]
 
 
-def load_backbone(run_dir: str | Path, source: str = "teacher", drop_path: float | None = None
-                  ) -> tuple[nn.Module, dict]:
+def load_backbone(run_dir: str | Path, source: str = "teacher", drop_path: float | None = None,
+                  dilated_stride: int | None = None) -> tuple[nn.Module, dict]:
     """Build the run's backbone from its ``config.yaml`` and load its final weights."""
     from folk.config import load_run_config
 
@@ -66,7 +72,7 @@ def load_backbone(run_dir: str | Path, source: str = "teacher", drop_path: float
     if not path.is_file():
         raise RunDirError(f"{run_dir}: no {name}; pre-training has not finished in this run "
                           f"directory")
-    backbone = build_backbone(cfg, drop_path=drop_path)
+    backbone = build_backbone(cfg, drop_path=drop_path, dilated_stride=dilated_stride)
     state = torch.load(path, map_location="cpu", weights_only=True)
     try:
         backbone.load_state_dict(state, strict=True)

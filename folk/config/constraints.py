@@ -128,6 +128,7 @@ CONSTRAINTS: dict[str, dict] = {
     "eval.segmentation.weight_decay": _NONNEG,
     "eval.segmentation.warmup_iterations": _NONNEG,
     "eval.segmentation.channels": {"minimum": 1},
+    "eval.segmentation.output_stride": {"enum": [8, 16, 32]},
     "eval.segmentation.stride": {"minimum": 1},
     "eval.segmentation.scale": _NONNEG,
     "eval.segmentation.drop_path": {"minimum": 0, "exclusiveMaximum": 1},

@@ -44,6 +44,10 @@ def check_config(cfg: dict) -> None:
     if seg["stride"] > seg["crop_size"]:
         raise ConfigError(f"key '{key}.stride' = {seg['stride']} exceeds crop_size = "
                           f"{seg['crop_size']}: sliding windows would leave gaps")
+    if not is_resnet(model["arch"]) and seg["output_stride"] != 32:
+        raise ConfigError(f"key '{key}.output_stride' = {seg['output_stride']} applies to ResNet "
+                          f"backbones only (a ViT's is its patch size); the run's model.arch is "
+                          f"{model['arch']!r}")
     if not is_resnet(model["arch"]) and seg["crop_size"] % model["patch_size"] != 0:
         raise ConfigError(f"key '{key}.crop_size' = {seg['crop_size']} is not a multiple of the "
                           f"run's model.patch_size = {model['patch_size']}")
@@ -420,11 +424,13 @@ def run(cfg: dict, run_dir: Path, out_dir: Path, log) -> dict:
 
     resnet = is_resnet(cfg["model"]["arch"])
     drop_path = seg["drop_path"] if seg["head"] == "upernet" else None
-    backbone, _ = load_backbone(run_dir, cfg["eval"]["feature_source"], drop_path=drop_path)
+    backbone, _ = load_backbone(run_dir, cfg["eval"]["feature_source"], drop_path=drop_path,
+                                dilated_stride=seg["output_stride"] if resnet else None)
     torch.manual_seed(seed)
     model = build_segmenter(backbone, resnet, seg).to(device)
-    log.info("%s head on %s (%s backbone), crop %d, %d iterations of %d", seg["head"],
-             cfg["model"]["arch"], cfg["eval"]["feature_source"], seg["crop_size"],
+    log.info("%s head on %s (%s backbone%s), crop %d, %d iterations of %d", seg["head"],
+             cfg["model"]["arch"], cfg["eval"]["feature_source"],
+             f", output stride {seg['output_stride']}" if resnet else "", seg["crop_size"],
              seg["iterations"], seg["batch_size"])
 
     train(model, cfg, train_set, out_dir, device, amp_dtype, log)
