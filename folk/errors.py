@@ -29,6 +29,13 @@ class RunDirError(FolkError):
     """A run directory that is missing or does not match what is asked of it."""
 
 
+class DamagedFileError(FolkError):
+    """A file folk wrote (checkpoint, weights, cache) that is truncated or is not what its
+    name says; the message names it and what to do."""
+
+    exit_status = FAILURE
+
+
 class RunDirBusyError(RunDirError):
     """Another process holds the run (or evaluation) directory; waiting may cure it."""
 

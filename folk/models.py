@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from folk.errors import RunDirError
+from folk.errors import DamagedFileError, RunDirError
 from folk.recipes import is_resnet
 
 
@@ -72,8 +72,17 @@ def load_backbone(run_dir: str | Path, source: str = "teacher", drop_path: float
     if not path.is_file():
         raise RunDirError(f"{run_dir}: no {name}; pre-training has not finished in this run "
                           f"directory")
+    from folk.utils.io import load_torch_file
+
     backbone = build_backbone(cfg, drop_path=drop_path, dilated_stride=dilated_stride)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    # finish() writes the weights from the final checkpoint, which a resumed run restores
+    remedy = (f"delete {path} and {run_dir / 'DONE.json'}, then run `folk pretrain` again with "
+              f"--out {run_dir}: it rewrites them from checkpoints/last.pt (or trains again "
+              f"without one)")
+    state = load_torch_file(path, remedy)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DamagedFileError(f"{path}: holds a {type(state).__name__}, not a state dict of "
+                               f"tensors; {remedy}")
     try:
         backbone.load_state_dict(state, strict=True)
     except RuntimeError as exc:

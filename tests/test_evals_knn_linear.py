@@ -275,6 +275,22 @@ def test_linear_probe_run_resumes_to_done(tmp_path, monkeypatch):
 
 
 
+def test_damaged_grid_checkpoint_is_retrained(tmp_path, caplog):
+    """A truncated grid.pt is a cache: retrained from scratch with a warning naming it, to
+    the same classifiers as a run that never had one."""
+    from folk.evals.linear import train_grid
+
+    x, y = separable_problem(n_per_class=20, seed=9)
+    args = dict(num_classes=3, lrs=[0.1], epochs=2, batch_size=16, seed=0)
+    clean = train_grid(x, y, **args)
+    ckpt = tmp_path / "grid.pt"
+    ckpt.write_bytes(b"PK\x03\x04 truncated")
+    with caplog.at_level(logging.WARNING):
+        again = train_grid(x, y, checkpoint=ckpt, **args)
+    assert str(ckpt) in caplog.text and "starting afresh" in caplog.text
+    assert torch.equal(clean[0].weight, again[0].weight)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 2  # rewritten, loadable
+
 def test_standardize_matches_numpy_and_uses_fitting_rows_only():
     """z-scores written out in numpy with the fitting rows' mean and population std; the
     held-out rows and the test set do not move the statistics."""

@@ -85,8 +85,47 @@ _Loader.add_implicit_resolver(
     list("-+0123456789"))
 
 
+# Bounds on what a params file (or a --set value) may make the reader do. A real params
+# file is a few kilobytes and a few levels deep; these limits are far above that and far
+# below what could exhaust memory or the interpreter's stack.
+MAX_PARAMS_BYTES = 1 << 20   # 1 MiB
+MAX_YAML_DEPTH = 32          # nesting of mappings and lists
+
+
+class YAMLLimitError(yaml.YAMLError):
+    """Input the bounded reader refuses: an alias, or nesting beyond MAX_YAML_DEPTH."""
+
+
+class _BoundedLoader(_Loader):
+    """Refuses YAML aliases (``*name``) outright: an alias is a reference, and a few lines of
+    nested aliases ("billion laughs") expand to exponentially many nodes as soon as anything
+    walks the tree (validation, deepcopy, saving config.yaml). No configuration needs them:
+    write the value out. Also caps nesting, since composing is recursive (a deep ``[[[[...``
+    would otherwise end in RecursionError)."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise YAMLLimitError(f"YAML alias '*{event.anchor}' at line "
+                                 f"{event.start_mark.line + 1}: aliases are not accepted "
+                                 f"(write the value out instead)")
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise YAMLLimitError(f"nesting deeper than {MAX_YAML_DEPTH} levels at line "
+                                     f"{mark.line + 1}")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def yaml_load(text_or_stream) -> Any:
-    return yaml.load(text_or_stream, Loader=_Loader)
+    """YAML of a params file or ``--set`` value, without aliases and at most MAX_YAML_DEPTH
+    levels deep (``_BoundedLoader``)."""
+    return yaml.load(text_or_stream, Loader=_BoundedLoader)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -96,7 +135,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, raw = item.split("=", 1)
     try:
         value = yaml_load(raw) if raw != "" else ""
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, RecursionError) as exc:
         raise ConfigError(f"--set {key}: cannot parse value '{raw}': {exc}") from None
     return key.strip(), value
 
@@ -112,18 +151,39 @@ def _nest(key: str, value: Any) -> dict:
 
 
 def read_params(path: str | Path) -> dict:
+    """The mapping of a params file. Reading is bounded: files above MAX_PARAMS_BYTES are
+    refused unread, the text must be UTF-8, and YAML aliases and nesting deeper than
+    MAX_YAML_DEPTH are refused (``_BoundedLoader``). Every refusal is a ConfigError naming
+    the file and what is wrong with it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        with open(path) as f:
-            data = yaml_load(f)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_PARAMS_BYTES + 1)  # never more, whatever the file claims
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_PARAMS_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_PARAMS_BYTES} bytes, the limit for a "
+                          f"params file; is it the right file?")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8); a "
+                          f"params file is YAML text") from None
+    try:
+        data = yaml_load(text)
+    except YAMLLimitError as exc:
+        raise ConfigError(f"{path}: refused: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:  # a limit above should catch this first; never a traceback
+        raise ConfigError(f"{path}: nested too deeply to read") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{path}: top level must be a mapping of configuration keys, got "
+                          f"{_type_name(data)}")
     return data
 
 
@@ -257,7 +317,11 @@ def validate(cfg: dict, source: str = "configuration", origins: dict | None = No
         _check_variant(cfg, source)
         for path, rule in CONSTRAINTS.items():
             _check_constraint(path, _get(cfg, path), rule, source)
-        _cross_checks(resolve(cfg), source)
+        resolved = resolve(cfg)
+        _check_finite(resolved, source)
+        _check_seeds(resolved, source)
+        _cross_checks(resolved, source)
+        _check_architecture(resolved, source)
     except ConfigError as exc:
         message = str(exc)
         key = message.split("key '", 1)[1].split("'", 1)[0] if "key '" in message else ""
@@ -266,6 +330,126 @@ def validate(cfg: dict, source: str = "configuration", origins: dict | None = No
         if origin and message.startswith(source + ": "):
             message = origin + ": " + message[len(source) + 2:]
         raise ConfigError(message) from None
+
+
+def _check_finite(node: Any, source: str, path: str = "") -> None:
+    """nan and inf are floats to YAML (``.nan``, ``.inf``) and pass every type check, and a
+    range check cannot catch nan (every comparison with it is false); no key of folk means
+    anything by them, so every float of the resolved configuration must be finite, free-form
+    mappings and list items included."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_finite(value, source, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_finite(value, source, f"{path}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{source}: key '{path}' = {node!r} must be a finite number")
+
+
+# numpy's legacy seeding (np.random.seed, used with experiment.seed) takes 0 <= seed < 2**32
+SEED_RANGE = (0, 2 ** 32)
+
+
+def _check_seeds(cfg: dict, source: str) -> None:
+    """Here rather than in CONSTRAINTS, so that the generated workflow schema is unchanged;
+    a seed out of numpy's range would otherwise fail only when training starts."""
+    lo, hi = SEED_RANGE
+    seeds = [("experiment.seed", cfg["experiment"]["seed"])]
+    seeds += [(f"workflow.seeds[{i}]", s) for i, s in enumerate(cfg["workflow"]["seeds"])]
+    seeds += [(f"eval.fewshot.seeds[{i}]", s) for i, s in enumerate(cfg["eval"]["fewshot"]["seeds"])]
+    for key, seed in seeds:
+        if isinstance(seed, int) and not lo <= seed < hi:
+            raise ConfigError(f"{source}: key '{key}' = {seed!r} must be between {lo} and "
+                              f"2**32 - 1 (the seeds numpy accepts)")
+
+
+def _check_architecture(cfg: dict, source: str) -> None:
+    """model.arch must be a timm model, and the ViT the configuration describes must be
+    buildable: checked now, before any data is read, not when training starts."""
+    m = cfg["model"]
+    arch = m["arch"]
+    known = _timm_architectures()
+    name = arch.split(".", 1)[0]  # timm accepts "name.pretrained_tag"
+    if known and name not in known:
+        hint = difflib.get_close_matches(name, sorted(known), n=1)
+        extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise ConfigError(f"{source}: key 'model.arch' = {arch!r} is not a timm "
+                          f"architecture{extra}")
+    if recipes.is_resnet(arch):
+        return
+    own = dict(_arch_defaults(known.get(name, "")))
+    embed_dim = m["embed_dim"] or own.get("embed_dim", 0)
+    num_heads = m["num_heads"] or own.get("num_heads", 0)
+    if (m["embed_dim"] or m["num_heads"]) and num_heads and embed_dim % num_heads != 0:
+        mark = lambda key: "" if m[key] else f" ({arch}'s own)"  # noqa: E731
+        raise ConfigError(f"{source}: key 'model.embed_dim' = {embed_dim}{mark('embed_dim')} "
+                          f"is not divisible by model.num_heads = {num_heads}"
+                          f"{mark('num_heads')}: attention splits the width across heads")
+    patch = m["patch_size"]
+    crop = cfg["eval"]["segmentation"]["crop_size"]
+    if crop % patch != 0:
+        raise ConfigError(f"{source}: key 'eval.segmentation.crop_size' = {crop} is not a "
+                          f"multiple of model.patch_size = {patch}")
+
+
+@functools.lru_cache(maxsize=1)
+def _timm_architectures() -> dict[str, str]:
+    """timm's architecture names, each with the source of its entry point ("" for a
+    deprecated alias); empty when timm is not installed (nothing to check against).
+
+    Read from timm's source files, not its registry: importing timm imports torch, which
+    would cost ``folk config`` seconds. The names are those of ``@register_model``
+    functions and of ``register_model_deprecations`` tables, which is how timm registers
+    them; when timm is imported already, its registry is used instead."""
+    import importlib.util
+    import sys
+
+    if "timm" in sys.modules:
+        from timm.models import _registry
+
+        names = {n: "" for n in sys.modules["timm"].list_models()}
+        names.update({n: "" for n in getattr(_registry, "_deprecated_models", {})})
+        # the entry points' source still gives the default shapes
+        return {**names, **{n: src for n, src in _scan_timm().items() if n in names}}
+    if importlib.util.find_spec("timm") is None:
+        return {}
+    return _scan_timm()
+
+
+def _scan_timm() -> dict[str, str]:
+    import importlib.util
+
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    names: dict[str, str] = {}
+    for path in sorted(Path(spec.submodule_search_locations[0], "models").glob("*.py")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        starts = [(m.start(), m.group(1)) for m in
+                  re.finditer(r"^@register_model\s*\ndef (\w+)\(", text, re.M)]
+        for i, (start, name) in enumerate(starts):
+            end = starts[i + 1][0] if i + 1 < len(starts) else len(text)
+            names[name] = text[start:end]
+        for table in re.finditer(r"register_model_deprecations\(\s*__name__\s*,\s*\{(.*?)\}",
+                                 text, re.S):
+            for old in re.findall(r"['\"]([\w.-]+)['\"]\s*:", table.group(1)):
+                names.setdefault(old, "")
+    return names
+
+
+def _arch_defaults(entry_source: str) -> tuple[tuple[str, int], ...]:
+    """embed_dim and num_heads an entry point passes to its ViT (``model_args = dict(...)``
+    in timm); what it does not state plainly is left out, and then not checked."""
+    found = []
+    for key in ("embed_dim", "num_heads"):
+        match = re.search(rf"\b{key}=(\d+)\b", entry_source)
+        if match:
+            found.append((key, int(match.group(1))))
+    return tuple(found)
 
 
 def _origin(origins: dict, key: str) -> str | None:
@@ -392,10 +576,22 @@ def resolve(cfg: dict) -> dict:
     return cfg
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes a value shared by two keys out twice: read_params refuses aliases, and a
+    run's config.yaml must read back."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+def dump_config(cfg: dict) -> str:
+    return yaml.dump(cfg, Dumper=_NoAliasDumper, sort_keys=False)
+
+
 def save_config(cfg: dict, path: str | Path) -> None:
     from folk.utils.io import atomic_write_text
 
-    atomic_write_text(Path(path), yaml.safe_dump(cfg, sort_keys=False))
+    atomic_write_text(Path(path), dump_config(cfg))
 
 
 def load_run_config(run_dir: str | Path) -> dict:

@@ -136,15 +136,58 @@ class FashionMNIST(Dataset):
 _warned: set[str] = set()
 
 
+class UnusableImage(ValueError):
+    """A decodable image whose values cannot be mapped to 0..255 without guessing."""
+
+
+# integer modes read as 16-bit samples: Pillow opens 16-bit PNGs as "I;16" (or, from some
+# files, as 32-bit "I" holding the same 0..65535 values)
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_8bit(img) -> "np.ndarray":
+    """The 8-bit grey levels of a 16-bit or float image. Pillow's own convert() clips such
+    images at 255 (16-bit) or truncates them (float in 0..1 becomes 0 or 1), which leaves a
+    white or black image with no error; here the full range is scaled instead:
+    16-bit 0..65535 -> 0..255 and float 0..1 -> 0..255, rounded to the nearest level.
+    Values outside those ranges have no known scale and raise UnusableImage."""
+    arr = np.asarray(img)
+    if img.mode == "F":
+        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+            raise UnusableImage(f"float image (mode F) with values in [{arr.min()}, "
+                                f"{arr.max()}]; only 0..1 has a known scale")
+        return np.rint(arr.astype(np.float64) * 255).astype(np.uint8)
+    wide = arr.astype(np.int64)
+    if wide.min() < 0 or wide.max() > 65535:
+        raise UnusableImage(f"integer image (mode {img.mode}) with values in [{wide.min()}, "
+                            f"{wide.max()}]; only 16-bit 0..65535 has a known scale")
+    return ((wide * 255 + 32767) // 65535).astype(np.uint8)  # round half up
+
+
+def convert_image(img, mode: str):
+    """``img`` (any mode Pillow opens) as ``mode`` ("RGB" or "L"). 8-bit modes go through
+    Pillow (palettes looked up, CMYK to RGB, grey replicated to three channels, RGB to grey
+    by ITU-R 601-2 luma); an alpha channel is dropped, not composited, as torchvision's
+    ImageFolder does; 16-bit and float images are rescaled to 0..255 first (``_to_8bit``).
+    Raises UnusableImage (or Pillow's error) for what cannot be converted faithfully."""
+    from PIL import Image
+
+    if img.mode in _SIXTEEN_BIT_MODES or img.mode == "F":
+        img = Image.fromarray(_to_8bit(img), mode="L")
+    return img.convert(mode)
+
+
 def load_image(path: str, mode: str):
-    """The decoded image converted to ``mode``, or None (warned once per path) when the
-    file cannot be read or decoded: one bad file must not stop a long run."""
+    """The decoded image converted to ``mode`` (``convert_image``), or None (warned once
+    per path) when the file cannot be read, decoded or converted faithfully: one bad file
+    must not stop a long run, and the caller counts the None items as skipped."""
     from PIL import Image
 
     try:
         with open(path, "rb") as f:
             img = Image.open(f)
-            return img.convert(mode)  # convert() decodes the whole image
+            img.load()
+            return convert_image(img, mode)
     except Exception as exc:  # PIL raises many types for corrupt data
         if path not in _warned:
             _warned.add(path)
@@ -153,17 +196,78 @@ def load_image(path: str, mode: str):
         return None
 
 
+def _list_images(class_dir: str, extensions: tuple[str, ...], seen_dirs: set,
+                 seen_files: dict) -> list[str]:
+    """Image files under ``class_dir`` in torchvision's order (directories sorted by path,
+    names sorted within each), following symbolic links as torchvision does, but entering
+    each directory once (by device and inode: a link back up the tree would otherwise be
+    walked until the path is too long, listing every file again at each level) and
+    listing each file once (a second name of an already listed file is left out with a
+    warning, whichever class it is in: one image must not count twice or carry two labels)."""
+    found: list[tuple[str, list[str]]] = []
+    stack = [class_dir]
+    while stack:
+        directory = stack.pop()
+        try:
+            st = os.stat(directory)
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            log.warning("skipping unreadable directory '%s': %s", directory, exc.strerror or exc)
+            continue
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            log.warning("skipping '%s': a directory already listed (a symbolic link loop or a "
+                        "second link to it)", directory)
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        names, subdirs = [], []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()  # follows links
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subdirs.append(entry.path)
+            elif entry.name.lower().endswith(extensions):
+                names.append(entry.name)
+        found.append((directory, names))
+        stack.extend(reversed(subdirs))  # the first name is entered first
+    files = []
+    for directory, names in sorted(found):
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                log.warning("skipping '%s': %s (a broken symbolic link?)", path,
+                            exc.strerror or exc)
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in seen_files:
+                log.warning("skipping '%s': the same file as '%s', already listed", path,
+                            seen_files[key])
+                continue
+            seen_files[key] = path
+            files.append(path)
+    return files
+
+
 def scan_split(root: Path, split_dir: str) -> tuple[list[str], list[tuple[str, int]]]:
     """(sorted class names, [(path, label)]) of ``root/split_dir`` with torchvision's
     ImageFolder conventions (class = sub-directory, known image extensions, sorted);
-    classes without images are kept, so callers can report them."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+    classes without images are kept, so callers can report them. Every directory is
+    entered once and every file listed once, however symbolic links point
+    (``_list_images``)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
 
     split_path = root / split_dir
     classes = sorted(e.name for e in os.scandir(split_path) if e.is_dir())
-    class_to_idx = {c: i for i, c in enumerate(classes)}
-    samples = make_dataset(str(split_path), class_to_idx, extensions=IMG_EXTENSIONS,
-                           allow_empty=True) if classes else []
+    seen_dirs: set = set()
+    seen_files: dict = {}
+    samples = []
+    for label, name in enumerate(classes):
+        for path in _list_images(os.path.join(str(split_path), name), IMG_EXTENSIONS,
+                                 seen_dirs, seen_files):
+            samples.append((path, label))
     return classes, samples
 
 

@@ -90,12 +90,17 @@ def listing_digest(root: str | Path, paths: Iterable[str]) -> str:
 # ------------------------------------------------------------------ folder layout
 
 def decode_error(path: str) -> str | None:
-    """Why the image at ``path`` cannot be decoded, or None when it decodes."""
+    """Why the image at ``path`` cannot be decoded (or converted as the datasets convert
+    it), or None when it can."""
     from PIL import Image
+
+    from folk.data.classification import convert_image
 
     try:
         with open(path, "rb") as f:
-            Image.open(f).convert("RGB")  # forces a full decode (verify() misses truncation)
+            img = Image.open(f)
+            img.load()  # a full decode (verify() misses truncation)
+            convert_image(img, "RGB")
     except Exception as exc:  # PIL raises many types for corrupt data
         return f"{type(exc).__name__}: {exc}"
     return None

@@ -26,7 +26,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from folk.data.classification import FASHION_MNIST_CLASSES
+from folk.data.classification import FASHION_MNIST_CLASSES, UnusableImage, convert_image
 from folk.errors import DataError
 from folk.utils.io import atomic_write_bytes, atomic_write_json
 
@@ -234,7 +234,10 @@ class ADE20KSegmentation(Dataset):
     def __getitem__(self, index: int):
         image_path, ann_path = self.pairs[index]
         with Image.open(image_path) as im:
-            image = tv_tensors.Image(TF.pil_to_tensor(im.convert(self.mode)))
+            try:
+                image = tv_tensors.Image(TF.pil_to_tensor(convert_image(im, self.mode)))
+            except UnusableImage as exc:  # a mask needs its image: no item to skip to
+                raise DataError(f"'{image_path}': {exc}") from None
         with Image.open(ann_path) as im:
             labels = reduce_zero_label(np.asarray(im), self.ignore_index)
         mask = tv_tensors.Mask(torch.from_numpy(labels))

@@ -41,8 +41,21 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_torch_save(state, path)
 
 
+CHECKPOINT_KEYS = ("iteration", "student", "teacher", "optimizer", "scaler", "objective",
+                   "filter_generator", "rng", "sampler", "skipped_images", "elapsed_s")
+
+
+def checkpoint_remedy(path: Path) -> str:
+    return (f"move {path} away (or delete it) and run the same command again to start the "
+            f"run over from iteration 0")
+
+
 def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The training state of ``path``; DamagedFileError (naming it) when it is truncated,
+    foreign or lacks a key of CHECKPOINT_KEYS."""
+    from folk.utils.io import load_torch_file
+
+    return load_torch_file(path, checkpoint_remedy(path), CHECKPOINT_KEYS)
 
 
 def first_non_finite(state, prefix: str = "") -> str | None:

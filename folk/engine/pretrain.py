@@ -21,7 +21,7 @@ from folk.engine import checkpoint as ckpt
 from folk.engine.data import EpochSampler, SeededViews
 from folk.engine.distributed import all_reduce_mean, barrier, host_min, init_distributed
 from folk.engine.step import FolkObjective
-from folk.errors import NonFiniteLossError, RunDirError
+from folk.errors import DamagedFileError, NonFiniteLossError, RunDirError
 from folk.engine.records import rewind_records
 from folk.utils.io import append_jsonl, atomic_torch_save, atomic_write_json, read_jsonl
 
@@ -270,6 +270,16 @@ class Pretrainer:
 
     def restore(self) -> None:
         state = ckpt.load_checkpoint(self.ckpt_path)
+        try:
+            self._restore(state)
+        except (RuntimeError, KeyError, IndexError, TypeError, ValueError) as exc:
+            # a checkpoint of another model or program: its tensors do not fit this run's
+            detail = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise DamagedFileError(f"{self.ckpt_path}: does not fit this run's model and state "
+                                   f"({type(exc).__name__}: {detail}); "
+                                   f"{ckpt.checkpoint_remedy(self.ckpt_path)}") from None
+
+    def _restore(self, state: dict) -> None:
         self.student.load_state_dict(state["student"])
         if self.teacher is not None:
             self.teacher.load_state_dict(state["teacher"])
@@ -515,12 +525,21 @@ def _check_finished(run_dir: Path) -> None:
                           f"to resume the run")
 
 
+def run_started(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run that a different configuration must not continue: one
+    with a checkpoint or a finished marker. A config.yaml alone is what a start that failed
+    before its first checkpoint (missing test data for the k-NN monitor, a diverged first
+    step) leaves; nothing was trained under it, so it binds nobody and the next start
+    replaces it."""
+    return (run_dir / "checkpoints" / "last.pt").is_file() or (run_dir / "DONE.json").is_file()
+
+
 def pretrain(cfg: dict, run_dir: str | Path, stop_after: int | None = None) -> dict:
     """Train ``cfg`` into ``run_dir``; resume from its checkpoint; no-op when DONE.json exists."""
     from folk.config import load_run_config
 
     run_dir = Path(run_dir)
-    if (run_dir / "config.yaml").is_file():
+    if (run_dir / "config.yaml").is_file() and run_started(run_dir):
         check_same_run(load_run_config(run_dir), cfg, run_dir)
     if (run_dir / "DONE.json").is_file():
         # checked before it is trusted: DONE.json says that *some* run finished here

@@ -143,10 +143,11 @@ def extract_features(backbone: nn.Module, cfg: dict, split: str,
                         transform, cache_tag)
         path = Path(cache_dir) / f"features-{key}.pt"
         if path.is_file():
-            cached = torch.load(path, map_location="cpu", weights_only=True)
-            log.info("%s features: loaded %s from %s (%d undecodable image(s) skipped)",
-                     split, tuple(cached["features"].shape), path, int(cached["skipped"]))
-            return cached["features"], cached["labels"]
+            cached = _read_cache(path, log)
+            if cached is not None:
+                log.info("%s features: loaded %s from %s (%d undecodable image(s) skipped)",
+                         split, tuple(cached["features"].shape), path, int(cached["skipped"]))
+                return cached["features"], cached["labels"]
 
     feats, labels, skipped = _run_backbone(backbone, cfg, split, n_last_blocks,
                                            avgpool_patchtokens, indices, transform)
@@ -158,6 +159,29 @@ def extract_features(backbone: nn.Module, cfg: dict, split: str,
         atomic_torch_save({"features": feats, "labels": labels,
                            "skipped": torch.tensor(skipped)}, path)
     return feats, labels
+
+
+def _read_cache(path: Path, log: logging.Logger) -> dict | None:
+    """A cache file's contents, or None (with a warning naming the file) when it is
+    truncated, foreign or inconsistent: a cache is only ever a copy of what the backbone
+    computes, so a damaged one is recomputed and overwritten, never an error."""
+    from folk.errors import DamagedFileError
+    from folk.utils.io import load_torch_file
+
+    try:
+        cached = load_torch_file(path, "recomputing it", ("features", "labels", "skipped"))
+        feats, labels, skipped = cached["features"], cached["labels"], cached["skipped"]
+        if not (isinstance(feats, torch.Tensor) and isinstance(labels, torch.Tensor)
+                and isinstance(skipped, torch.Tensor) and feats.ndim == 2
+                and feats.is_floating_point() and labels.ndim == 1
+                and labels.dtype == torch.int64 and len(labels) == len(feats)
+                and skipped.numel() == 1):
+            raise DamagedFileError(f"{path}: not a feature cache of [N, D] features and N "
+                                   f"labels; recomputing it")
+    except DamagedFileError as exc:
+        log.warning("damaged feature cache: %s", exc)
+        return None
+    return cached
 
 
 def _run_backbone(backbone: nn.Module, cfg: dict, split: str, n_last_blocks: int,

@@ -89,8 +89,10 @@ def load_classifier(cfg: dict, path: Path) -> nn.Module:
     ``cfg``, pooling from the saved tensors (``fc_norm`` exists only with mean pooling),
     no drop path."""
     from folk.models import build_backbone
+    from folk.utils.io import load_torch_file
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_torch_file(path, "delete it and run the fine-tuning evaluation again to "
+                                  "rewrite it")
     model = build_backbone(cfg, drop_path=0.0)
     pool = "avg" if "fc_norm.weight" in state or not hasattr(model, "blocks") else "token"
     model = make_classifier(model, cfg["data"]["num_classes"], pool)
@@ -364,8 +366,11 @@ def train_classifier(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logge
     sampler_gen = torch.Generator().manual_seed(seed)
     start_epoch, start_step, step = 0, 0, 0
     if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("fingerprint") != fingerprint:
+        from folk.utils.io import load_torch_file
+
+        ckpt = load_torch_file(ckpt_path, "delete it to start this fine-tuning over")
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT \
+                or ckpt.get("fingerprint") != fingerprint:
             raise RunDirError(f"{ckpt_path} was written by a different fine-tuning "
                               f"configuration; delete it to start this fine-tuning over")
         model.load_state_dict(ckpt["model"])

@@ -35,7 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from folk.utils.io import atomic_torch_save
+from folk.errors import DamagedFileError
+from folk.utils.io import atomic_torch_save, load_torch_file
 
 MOMENTUM = 0.9
 INIT_STD = 0.01  # DINO's LinearClassifier initialisation
@@ -103,8 +104,14 @@ def train_grid(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int,
                     seed=seed, num_classes=num_classes)
     fingerprint = _fingerprint(train_x, train_y, settings)
     start_epoch = 0
+    state = None
     if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        try:  # the grid is a resumable cache: a damaged one is retrained, not fatal
+            state = load_torch_file(checkpoint, "it is retrained",
+                                    required=("epoch", "grid", "optimizer", "fingerprint"))
+        except DamagedFileError as exc:
+            log.warning("linear: %s; starting afresh", exc)
+    if state is not None:
         if torch.equal(state["fingerprint"].cpu(), fingerprint):
             grid.load_state_dict(state["grid"])
             opt.load_state_dict(state["optimizer"])

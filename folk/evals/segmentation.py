@@ -316,8 +316,11 @@ def _fingerprint(cfg: dict) -> dict:
 def _load_checkpoint(path: Path, cfg: dict, log) -> dict | None:
     if not path.is_file():
         return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("fingerprint") != json.loads(json.dumps(_fingerprint(cfg))):
+    from folk.utils.io import load_torch_file
+
+    ckpt = load_torch_file(path, "delete it to start this segmentation evaluation over")
+    if not isinstance(ckpt, dict) or \
+            ckpt.get("fingerprint") != json.loads(json.dumps(_fingerprint(cfg))):
         log.warning("%s was written with other eval.segmentation settings: starting over", path)
         return None
     return ckpt

@@ -81,9 +81,10 @@ def check_run_dir(cfg: dict, run_dir: Path, task: str, params: str | None,
             return f"{run_dir / 'DONE.json'} exists: the run is finished"
         if (run_dir / "config.yaml").is_file():
             from folk.config import load_run_config
-            from folk.engine.pretrain import check_same_run
+            from folk.engine.pretrain import check_same_run, run_started
 
-            check_same_run(load_run_config(run_dir), cfg, run_dir)
+            if run_started(run_dir):
+                check_same_run(load_run_config(run_dir), cfg, run_dir)
         root = Path(cfg["data"]["root"])
         if not root.exists():  # the job would fail on it after waiting in the queue
             raise DataError(f"key 'data.root' = '{root}' does not exist (run `folk prepare` "

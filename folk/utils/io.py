@@ -131,6 +131,43 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     _atomic(path, lambda f: torch.save(obj, f))
 
 
+def load_torch_file(path: Path, remedy: str, required: tuple[str, ...] = ()) -> Any:
+    """``torch.load`` (CPU, weights only) of a file folk wrote, or DamagedFileError naming
+    ``path``, what is wrong and ``remedy`` (what the user should do). A truncated file and one
+    of another program fail in many ways inside torch (RuntimeError from the zip reader,
+    UnpicklingError for objects weights-only refuses, EOFError, ...); all are reported
+    alike. ``required``: top-level keys the object must have, for a file that loads but is
+    not the kind expected. A system error (permission, I/O) stays an OSError naming the file."""
+    import torch
+
+    from folk.errors import DamagedFileError
+
+    path = Path(path)
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise named_os_error(path, exc) from None
+    try:
+        with f:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        # past open(), torch's own OSErrors (EINVAL from a seek past a truncated end) mean
+        # damage; only a failing disk is a system error
+        behind = _os_error_in(exc)
+        if behind is not None and behind.errno == errno.EIO:
+            raise named_os_error(path, exc) from None
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise DamagedFileError(f"{path}: unreadable, truncated or not a torch file "
+                               f"({type(exc).__name__}: {detail}); {remedy}") from None
+    if required:
+        missing = [k for k in required if not isinstance(obj, dict) or k not in obj]
+        if missing:
+            what = (f"lacks key(s) {missing}" if isinstance(obj, dict)
+                    else f"holds a {type(obj).__name__}, not a mapping")
+            raise DamagedFileError(f"{path}: {what}: not the file folk writes there; {remedy}")
+    return obj
+
+
 def append_jsonl(path: Path, record: dict) -> None:
     path = Path(path)
     try:
