@@ -275,7 +275,7 @@ def test_bad_inputs_are_named(tmp_path, capsys):
     ref = tmp_path / "ref.csv"
     ref.write_text("method,value\nMFM,83.1\n")
     assert main(["report", "--runs", str(runs), "--out", str(tmp_path / "o"),
-                 "--ref", str(ref)]) == 2
+                 "--ref", str(ref)]) == 1      # a data file that cannot be used (DataError)
     assert "missing column(s)" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()       # nothing written before the inputs are valid
 

@@ -3,6 +3,8 @@ class beside every result, results that do not beat the initialisation marked, a
 paper's claims stated with their numbers."""
 from __future__ import annotations
 
+import shutil
+
 import pandas as pd
 import pytest
 
@@ -137,6 +139,41 @@ def test_seed_siblings_become_mean_and_spread(tmp_path):
     md = (out / "tables" / "knn_linear.md").read_text()
     assert "53.0 ± 2.6" in md and "seeds 0, 1, 2" in md
 
+
+def test_an_evaluation_of_one_seed_keeps_its_number_in_a_merged_run(tmp_path):
+    """workflow.seed_evals: the extra seeds run k-NN only; the first seed's fine-tuning is
+    still reported (unchanged, without a spread, its footnote naming the one seed)."""
+    root = tmp_path / "runs"
+    for seed, knn in enumerate([50.0, 54.0]):
+        name = "folk" if seed == 0 else f"folk-seed{seed}"
+        evals = {"knn": ({"top1_k20": knn}, "top1_k20")}
+        if seed == 0:
+            evals["linear"] = ({"top1": 61.5}, "top1")
+        write_run(root, "demo", name, "folk", DEMO + [f"experiment.seed={seed}"], evals=evals)
+    out = tmp_path / "results"
+    build_report(root, out)
+    folk = row(read(out, "knn_linear"), "folk")
+    assert folk["k-NN top-1"] == pytest.approx(52.0)
+    assert folk["linear top-1"] == pytest.approx(61.5) and pd.isna(folk.get("linear top-1 std"))
+    md = (out / "tables" / "knn_linear.md").read_text()
+    assert "seeds 0, 1" in md and "pre-training seed 0 only" in md
+
+def test_one_seed_difference_within_the_sampling_error_does_not_hold(tmp_path):
+    """One seed each, 1,000 test images: 77.8 vs 77.6 is inside the standard error of the
+    difference, 100 * sqrt((.778 * .222 + .776 * .224) / 1000) = 1.86 points, and does not
+    hold; 82.0 vs 77.6 (+4.4) does."""
+    root = tmp_path / "runs"
+    for variant, top1 in (("folk", 77.8), ("mfm", 77.6)):
+        write_run(root, "demo", variant, variant, DEMO + ["data.test_subset=1000"],
+                  evals={"finetune": ({"top1": top1}, "top1")})
+    claim = next(c for c in check_claims(collect_runs(root)) if "after fine-tuning" in c.statement)
+    assert claim.verdict == NOT_REPRODUCED
+    assert "within the test-set sampling error ±1.9" in claim.evidence[0]
+    shutil.rmtree(root / "demo" / "folk")
+    write_run(root, "demo", "folk", "folk", DEMO + ["data.test_subset=1000"],
+              evals={"finetune": ({"top1": 82.0}, "top1")})
+    claim = next(c for c in check_claims(collect_runs(root)) if "after fine-tuning" in c.statement)
+    assert claim.verdict == HOLDS and "+4.4, one seed; sampling error ±1.8" in claim.evidence[0]
 
 def test_a_difference_within_the_spread_does_not_hold(tmp_path):
     root = tmp_path / "runs"

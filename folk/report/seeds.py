@@ -3,9 +3,10 @@
 The workflow trains the main grid once per seed of ``experiment.seed`` and
 ``workflow.seeds``; the report would otherwise show one row per seed, or keep only the
 newest. Main-grid runs of one experiment whose resolved configurations are equal except for
-``experiment.seed`` and ``experiment.run_name`` are merged: every evaluation present in all
-of them gets the mean of each metric and, in ``seed_std``, the sample standard deviation
-over the seeds. A run alone keeps its numbers unchanged.
+``experiment.seed`` and ``experiment.run_name`` are merged: every evaluation gets the mean
+of each metric over the seeds that have it and, in ``seed_std``, the sample standard
+deviation over them (``workflow.seed_evals`` runs only some evaluations on the extra seeds).
+An evaluation of one seed only, like a run alone, keeps its numbers unchanged.
 """
 from __future__ import annotations
 
@@ -26,10 +27,13 @@ def _identity(run: Run) -> str:
 
 def _merge_evals(members: list[Run]) -> list[EvalResult]:
     by_key = [{(e.task, e.variant): e for e in run.evals} for run in members]
-    shared = set(by_key[0]).intersection(*by_key[1:])
     out = []
-    for key in sorted(shared):
-        evals = [k[key] for k in by_key]
+    for key in sorted(set().union(*by_key)):
+        having = [(run, k[key]) for run, k in zip(members, by_key) if key in k]
+        if len(having) == 1:
+            out.append(having[0][1])
+            continue
+        evals = [e for _, e in having]
         record = copy.deepcopy(evals[0].record)
         metrics, spread = {}, {}
         for name in evals[0].metrics:
@@ -39,7 +43,7 @@ def _merge_evals(members: list[Run]) -> list[EvalResult]:
             metrics[name] = statistics.fmean(values)
             spread[name] = statistics.stdev(values)
         record.update(metrics=metrics, seed_std=spread, seeds=[r.cfg["experiment"]["seed"]
-                                                              for r in members])
+                                                              for r, _ in having])
         record["finished_at"] = max(str(e.record.get("finished_at", "")) for e in evals)
         out.append(EvalResult(path=evals[0].path, rel=";".join(e.rel for e in evals),
                               record=record))

@@ -44,9 +44,11 @@ def _eval_cell(run: Run, ev: EvalResult | None, value: float | None = None,
     task = ev.task + (f"-{ev.variant}" if ev.variant else "")
     detail = f"run {run.rel}, task {task} ({metric or ev.record['primary']}"
     detail += f", {ev.record['epochs']} epochs)" if ev.record.get("epochs") else ")"
-    if run.seeds:
+    if ev.record.get("seeds"):  # merged over the seeds that have this evaluation
         detail += (f", mean ± standard deviation over pre-training seeds "
-                   f"{', '.join(map(str, run.seeds))}")
+                   f"{', '.join(map(str, ev.record['seeds']))}")
+    elif run.seeds:
+        detail += f", pre-training seed {ev.record.get('seed')} only"
     if ev.dataset and dataset_label(ev.dataset) not in (run.dataset, run.dataset.split(" (")[0]):
         detail += f", evaluated on {dataset_label(ev.dataset)}"
     return Cell(value=value, std=std, source=ev.rel, detail=detail,
@@ -197,8 +199,9 @@ def finetune_table(runs: list[Run], ref) -> Table:
 def resnet_table(runs: list[Run], ref) -> Table:
     res_runs = [r for r in _sort_runs(_main_grid(runs)) if r.is_resnet]
     table = Table(
-        name="resnet50", title="ResNet-50: fine-tuning, linear probe and k-NN top-1",
-        description="The ResNet-50 backbone pre-trained with each method: top-1 accuracy (%) "
+        name="resnet50", title="ResNet backbones: fine-tuning, linear probe and k-NN top-1",
+        description="Each ResNet backbone (the paper's ResNet-50; the demo's ResNet-18) "
+                    "pre-trained with each method: top-1 accuracy (%) "
                     "after fine-tuning (`eval/finetune`), of a linear probe (`eval/linear`) "
                     "and of a weighted k-NN classifier (`eval/knn`).",
         key_columns=["method", "backbone", "dataset", "pre-train epochs", "fine-tune epochs"],
