@@ -584,12 +584,12 @@ def test_eval_segmentation_reports_bad_data_before_building_the_model(tmp_path, 
 
     run_dir = make_run_dir(tmp_path, fashion_root)
     (run_dir / "backbone.pt").unlink()          # a model build would fail on this instead
-    assert main(eval_args(run_dir, tmp_path / "missing")) == 2
+    assert main(eval_args(run_dir, tmp_path / "missing")) == 1  # DataError: exit status 1
     err = capsys.readouterr().err
     assert f"eval.segmentation.root = {tmp_path / 'missing'}: not found" in err
     root = make_ade_tree(tmp_path / "ade", n_train=1, n_val=1)
     (root / "annotations" / "validation" / "ADE_validation_00000000.png").unlink()
-    assert main(eval_args(run_dir, root)) == 2
+    assert main(eval_args(run_dir, root)) == 1
     err = capsys.readouterr().err
     assert str(root / "images" / "validation" / "ADE_validation_00000000.jpg") in err
     assert main(eval_args(run_dir, root, "eval.segmentation.stride=40")) == 2
