@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from folk.cli import add_config_arguments
+from folk.utils.io import append_jsonl
 
 BASELINE = "dino_2view"
 
@@ -156,12 +157,9 @@ def run(args) -> int:
         record.update(measure(cfg, args.batch_size, args.steps, args.warmup, args.compile))
         if args.peak_tflops:
             record["mfu"] = _sig(record["tflops"] / args.peak_tflops)
-        line = json.dumps(record)
-        print(line, flush=True)
+        print(json.dumps(record), flush=True)
         if out:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with open(out, "a") as f:
-                f.write(line + "\n")
+            append_jsonl(out, record)
         print(f"{variant:>22s} {record['arch']}: {record['images_per_s']:.1f} img/s, "
               f"{record['step_time_ms']:.1f} ms/step, {record['tflops']:.2f} TFLOP/s, "
               f"filter {100 * record['filter_fraction']:.2f} % of the step", file=sys.stderr)

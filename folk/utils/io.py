@@ -169,13 +169,22 @@ def load_torch_file(path: Path, remedy: str, required: tuple[str, ...] = ()) -> 
 
 
 def append_jsonl(path: Path, record: dict) -> None:
+    """One record on a line of its own: after a writer killed mid-line the file ends without
+    a newline, and a record glued onto that torn line would be lost with it."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        with open(path, "ab") as f:
+            torn = f.tell() > 0 and _last_byte(path) != b"\n"
+            f.write((b"\n" if torn else b"") + (json.dumps(record) + "\n").encode())
     except OSError as exc:  # a buffered write's error names no file
         raise named_os_error(path, exc) from exc
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
 
 
 def read_jsonl_lines(path: Path) -> tuple[list[dict], list[tuple[int, str]]]:

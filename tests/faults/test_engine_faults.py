@@ -338,6 +338,21 @@ def test_bench_reader_keeps_the_records_after_a_damaged_line(tmp_path, caplog):
     assert any(f"{bench} line 3" in r.getMessage() for r in caplog.records)
 
 
+def test_an_append_after_a_torn_last_line_keeps_the_new_record(tmp_path):
+    """A writer killed mid-line leaves no newline at the end: the next record (metrics or
+    bench) goes on a line of its own instead of being glued onto the torn one."""
+    from folk.utils.io import append_jsonl, read_jsonl_lines
+
+    path = tmp_path / "bench.jsonl"
+    path.write_text(json.dumps({"n": 1}) + "\n" + '{"n": 2, "tor')
+    append_jsonl(path, {"n": 3})
+    records, damaged = read_jsonl_lines(path)
+    assert records == [{"n": 1}, {"n": 3}]
+    assert [number for number, _ in damaged] == [2]
+    append_jsonl(tmp_path / "new.jsonl", {"n": 4})  # an empty file gets no blank first line
+    assert (tmp_path / "new.jsonl").read_text() == '{"n": 4}\n'
+
+
 def test_resume_keeps_every_record_but_a_damaged_one(tiny_cfg, reference, tmp_path, caplog):
     cfg = tiny_cfg(*BOUNDARY_RUN)
     run_dir = tmp_path / "run"
