@@ -448,3 +448,38 @@ def test_sigterm_during_an_evaluation_exits_143(run_dir):
     assert proc.returncode == 143, err
     assert "Traceback" not in err and last_line(err) == "folk eval: stopped by SIGTERM"
     assert temp_files(run_dir) == [] and not (out_dir / "metrics.json").exists()
+
+
+def test_the_same_snakemake_command_resumes_after_an_interrupt(tmp_path):
+    """The repository's default workflow profile (./profiles -> workflow/profiles/default)
+    is what a plain `snakemake` from the repository root reads: after a SIGINT in the middle
+    of a job, running the same command again redoes the job instead of stopping at the
+    incomplete output. Without the profile the rerun refuses (the check has teeth)."""
+    snakemake = Path(sys.executable).parent / "snakemake"
+    assert (REPO / "profiles").resolve() == (REPO / "workflow" / "profiles").resolve()
+    for with_profile in (True, False):
+        wf = tmp_path / ("with" if with_profile else "without")
+        wf.mkdir()
+        (wf / "Snakefile").write_text(
+            'rule slow:\n    output: "out.txt"\n'
+            '    shell: "echo start > {output}; sleep 30; echo done >> {output}"\n')
+        if with_profile:
+            (wf / "profiles").mkdir()
+            (wf / "profiles" / "default").symlink_to(REPO / "workflow" / "profiles" / "default")
+        cmd = [str(snakemake), "--cores", "1", "--quiet"]
+        proc = subprocess.Popen(cmd, cwd=wf, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.time() + 60
+        while not (wf / "out.txt").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=60)
+        assert (wf / "out.txt").read_text() == "start\n"  # interrupted mid-job
+        (wf / "Snakefile").write_text(
+            'rule slow:\n    output: "out.txt"\n    shell: "echo done > {output}"\n')
+        again = subprocess.run(cmd, cwd=wf, capture_output=True, text=True, timeout=120)
+        if with_profile:
+            assert again.returncode == 0, again.stdout + again.stderr
+            assert (wf / "out.txt").read_text() == "done\n"
+        else:
+            assert again.returncode != 0 and "ncomplete" in again.stdout + again.stderr
