@@ -174,17 +174,14 @@ def append_jsonl(path: Path, record: dict) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab") as f:
-            torn = f.tell() > 0 and _last_byte(path) != b"\n"
+        with open(path, "a+b") as f:  # appends go to the end whatever was read
+            end, torn = f.seek(0, os.SEEK_END), False
+            if end:
+                f.seek(end - 1)
+                torn = f.read(1) != b"\n"
             f.write((b"\n" if torn else b"") + (json.dumps(record) + "\n").encode())
     except OSError as exc:  # a buffered write's error names no file
         raise named_os_error(path, exc) from exc
-
-
-def _last_byte(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1)
 
 
 def read_jsonl_lines(path: Path) -> tuple[list[dict], list[tuple[int, str]]]:
