@@ -24,6 +24,7 @@ CONSTRAINTS: dict[str, dict] = {
     "augment.solarize_prob": {"minItems": 2, "maxItems": 2, "items": _PROB},
     "augment.local_crops_number": _NONNEG,
     "augment.local_crops_size": _POS,
+    "augment.photometric": {"enum": ["workers", "device"]},
     "model.img_size": {"minimum": 8},
     "model.patch_size": {"minimum": 1},
     "model.depth": _NONNEG,

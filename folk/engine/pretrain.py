@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from folk.config import save_config
 from folk.engine import checkpoint as ckpt
+from folk.data.transforms import PretrainViews, finish_views
 from folk.engine.data import EpochSampler, SeededViews
 from folk.engine.distributed import all_reduce_mean, barrier, host_min, init_distributed
 from folk.engine.step import FolkObjective
@@ -150,7 +151,6 @@ class Pretrainer:
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
         from folk.data import build_dataset, collate_skip_none
-        from folk.data.transforms import PretrainViews
         from folk.models import build_student_teacher
 
         cfg, p = self.cfg, self.p
@@ -179,7 +179,8 @@ class Pretrainer:
         if p["max_iterations"]:
             self.total_iters = min(self.total_iters, p["max_iterations"])
         self.images_per_iter = per_iter
-        views = SeededViews(dataset, PretrainViews(cfg), seed)
+        self.views = PretrainViews(cfg)
+        views = SeededViews(dataset, self.views, seed)
         self.sampler = EpochSampler(len(dataset), self.iters_per_epoch * self.micro_batch *
                                     p["accum_steps"], self.dist.rank, world, seed)
         workers = cfg["data"]["num_workers"]
@@ -413,7 +414,7 @@ class Pretrainer:
             micro.append(views)
             counts.append(len(labels))
         counts = host_min(counts)
-        return [[v.to(self.device, non_blocking=True) for v in views]
+        return [finish_views([v.to(self.device, non_blocking=True) for v in views], self.views)
                 for views, n in zip(micro, counts) if n > 0]
 
     def _epoch_end(self, epoch: int) -> None:
