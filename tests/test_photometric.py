@@ -249,3 +249,69 @@ def test_training_with_device_photometric_equals_the_per_sample_run(tiny_cfg, tm
     strip = lambda p: [{k: v for k, v in json.loads(l).items() if k not in ("time", "images_per_s")}
                        for l in (p / "metrics.jsonl").read_text().splitlines()]
     assert strip(tmp_path / "workers") == strip(tmp_path / "device")
+
+
+# ------------------------------------------------------------------ data.on_device
+
+ON_DEVICE = ["augment.photometric=device", "data.on_device=true"]
+
+
+def _loader_and_device_views(cfg, keys):
+    from folk.data import build_dataset
+    from folk.data.on_device import DeviceBatches
+    from folk.engine.data import SeededViews
+
+    dataset = build_dataset(cfg, "train")
+    views = PretrainViews(cfg)
+    seeded = SeededViews(dataset, views, cfg["experiment"]["seed"])
+    loader, _, _ = collate_skip_none([seeded[k] for k in keys])
+    on_device = DeviceBatches(dataset, views, keys, len(keys), cfg["experiment"]["seed"],
+                              torch.device("cpu"))
+    (batch, labels, skipped), = list(on_device)
+    assert skipped == 0 and len(labels) == len(keys)
+    return finish_views(loader, views), finish_views(batch, views)
+
+
+def test_on_device_views_equal_the_loaders_when_no_resampling_is_needed(tiny_cfg):
+    """28 px images, 28 px views of the whole image: the crop is exact, and flips and
+    photometric rows come from the same draws."""
+    cfg = tiny_cfg(*ON_DEVICE, "model.img_size=28", "model.patch_size=4",
+                   "augment.crop_scale=[1.0, 1.0]", "augment.preset=dino")
+    keys = [(e, i) for e in (0, 3) for i in range(10)]
+    loader, device = _loader_and_device_views(cfg, keys)
+    for a, b in zip(loader, device):
+        assert torch.equal(a, b)
+
+
+def test_on_device_crops_are_the_loaders_boxes(tiny_cfg):
+    """Upsampling crops: the same boxes, resampled without antialiasing, stay close to the
+    loader's views, far closer than the views of another epoch."""
+    cfg = tiny_cfg(*ON_DEVICE, "model.img_size=56", "model.patch_size=8",
+                   "augment.crop_scale=[0.2, 1.0]", "augment.color_jitter_prob=0.0",
+                   "augment.blur_prob=[0.0, 0.0]", "augment.solarize_prob=[0.0, 0.0]")
+    keys = [(0, i) for i in range(16)]
+    loader, device = _loader_and_device_views(cfg, keys)
+    other, _ = _loader_and_device_views(cfg, [(1, i) for i in range(16)])
+    for a, b, c in zip(loader, device, other):
+        same = (a - b).abs().mean().item()
+        assert same < 0.01 < (a - c).abs().mean().item() / 3, same
+
+
+def test_on_device_needs_device_photometric(tiny_cfg):
+    from folk.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.on_device.*augment.photometric"):
+        tiny_cfg("data.on_device=true")
+
+
+def test_on_device_resume_equals_uninterrupted(tiny_cfg, tmp_path):
+    from folk.engine.pretrain import StopRequested, pretrain
+
+    cfg = tiny_cfg(*ON_DEVICE)
+    pretrain(cfg, tmp_path / "straight")
+    with pytest.raises(StopRequested):
+        pretrain(cfg, tmp_path / "killed", stop_after=5)
+    pretrain(cfg, tmp_path / "killed")
+    a = torch.load(tmp_path / "straight/backbone.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed/backbone.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -58,8 +58,6 @@ def _merge(base: dict, update: dict, source: str, prefix: str = "",
     ``origins`` records which source set each key, for error messages."""
     for key, value in update.items():
         path = f"{prefix}{key}"
-        if origins is not None:
-            origins[path] = source
         if key not in base:
             known = _flat_keys(base, prefix)
             hint = difflib.get_close_matches(path, known, n=1)
@@ -72,6 +70,9 @@ def _merge(base: dict, update: dict, source: str, prefix: str = "",
             _merge(base[key], value, source, path + ".", origins)
         else:
             base[key] = value
+            # leaves only: a section is not "set" by a source that sets one of its keys
+            if origins is not None:
+                origins[path] = source
 
 
 class _Loader(yaml.SafeLoader):
@@ -491,6 +492,10 @@ def _cross_checks(cfg: dict, source: str) -> None:
     if p["batch_size"] % p["accum_steps"] != 0:
         raise ConfigError(f"{source}: key 'pretrain.batch_size' = {p['batch_size']} is not a "
                           f"multiple of pretrain.accum_steps = {p['accum_steps']}")
+    if cfg["data"]["on_device"] and cfg["augment"]["photometric"] != "device":
+        raise ConfigError(f"{source}: key 'data.on_device' = true needs augment.photometric = "
+                          f"'device' (got {cfg['augment']['photometric']!r}): the views are "
+                          f"made on the device")
     for path in ("augment.crop_scale", "augment.local_crops_scale"):
         lo, hi = _get(cfg, path)
         if not 0 < lo <= hi <= 1:

@@ -122,9 +122,6 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _blend(x, grayscale(x), factor)
 
 
-_SECTOR_START = (5 / 6, 3 / 6, 1 / 6)   # of the red, green and blue ramps, in turns
-
-
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the hue of RGB images by ``shift`` turns. HSV's hue h (in turns) comes from
     the largest channel's sector; value v and the minimum stay as they are, and channel c
@@ -136,18 +133,16 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     delta = v - lo
     # 1 / (6 delta); only grey pixels (delta = 0) meet the floor, and any hue gives them v
     inv = delta.clamp_min(1e-12).reciprocal_().mul_(1 / 6)
-    turns = torch.where(v == r, (g - b) * inv,
-                        torch.where(v == g, torch.addcmul(_SIXTHS[2], b - r, inv),
-                                    torch.addcmul(_SIXTHS[4], r - g, inv)))
+    turns = torch.where(v == r, (g - b).mul_(inv),
+                        torch.where(v == g, (b - r).mul_(inv).add_(2 / 6),
+                                    (r - g).mul_(inv).add_(4 / 6)))
     # + 2 keeps the argument of frac positive (frac of a negative number is negative)
     h = torch.frac(turns + (shift.view(-1, 1, 1) + 2.0))
-    start = torch.tensor(_SECTOR_START, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    # 5/6, 3/6, 1/6 made on the device: a tensor from host numbers would be a copy per call
+    start = torch.arange(5.0, 0.0, -2.0, dtype=x.dtype, device=x.device).div_(6).view(1, 3, 1, 1)
     k = torch.frac(h.unsqueeze(1) + start)
     ramp = torch.minimum(k, (2 / 3) - k).clamp_(0.0, 1 / 6)
     return torch.addcmul(v.unsqueeze(1), delta.unsqueeze(1), ramp, value=-6.0).clamp_(0.0, 1.0)
-
-
-_SIXTHS = {2: torch.tensor(2 / 6), 4: torch.tensor(4 / 6)}
 
 
 def gaussian_kernels(sigma: torch.Tensor, size: int) -> torch.Tensor:

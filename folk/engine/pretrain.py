@@ -184,14 +184,19 @@ class Pretrainer:
         self.sampler = EpochSampler(len(dataset), self.iters_per_epoch * self.micro_batch *
                                     p["accum_steps"], self.dist.rank, world, seed)
         workers = cfg["data"]["num_workers"]
-        self.loader = DataLoader(views, batch_size=self.micro_batch, sampler=self.sampler,
-                                 num_workers=workers, collate_fn=collate_skip_none,
-                                 pin_memory=self.device.type == "cuda", drop_last=False,
-                                 persistent_workers=workers > 0,
-                                 # its own generator: iterator creation must not draw from the
-                                 # global RNG, or a resumed run's RNG stream would shift
-                                 generator=torch.Generator().manual_seed(seed),
-                                 prefetch_factor=4 if workers > 0 else None)
+        if cfg["data"]["on_device"]:
+            from folk.data.on_device import DeviceBatches
+            self.loader = DeviceBatches(dataset, self.views, self.sampler, self.micro_batch,
+                                        seed, self.device)
+        else:
+            self.loader = DataLoader(views, batch_size=self.micro_batch, sampler=self.sampler,
+                                     num_workers=workers, collate_fn=collate_skip_none,
+                                     pin_memory=self.device.type == "cuda", drop_last=False,
+                                     persistent_workers=workers > 0,
+                                     # its own generator: iterator creation must not draw from the
+                                     # global RNG, or a resumed run's RNG stream would shift
+                                     generator=torch.Generator().manual_seed(seed),
+                                     prefetch_factor=4 if workers > 0 else None)
 
         self.student, self.teacher = build_student_teacher(cfg)
         if self.dist.enabled and self.device.type == "cuda":
