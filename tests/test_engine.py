@@ -219,3 +219,42 @@ def test_zero_epochs_writes_the_initialisation_of_the_same_seed(tiny_cfg, tmp_pa
     assert init.keys() == trained.keys()
     assert any(not torch.equal(init[k], trained[k]) for k in init)
     assert not (init_dir / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("batch, world, accum, most, want", [
+    (2048, 1, 1, 256, (256, 8)),      # paper batch on one GPU: 8 steps of 256
+    (2048, 8, 1, 256, (256, 1)),      # on 8 GPUs: none
+    (2048, 16, 1, 256, (128, 1)),
+    (96, 1, 1, 40, (32, 3)),          # the fewest steps that split evenly: 3 x 32, not 48
+    (64, 2, 2, 256, (16, 2)),         # at least accum_steps
+    (10, 1, 1, 3, (2, 5)),
+])
+def test_micro_batching_splits_the_global_batch(batch, world, accum, most, want):
+    from folk.engine.pretrain import micro_batching
+
+    micro, steps = micro_batching(batch, world, accum, most)
+    assert (micro, steps) == want
+    assert micro * steps * world == batch and micro <= most and steps >= accum
+    # no smaller number of steps would do
+    assert not any(batch % (world * s) == 0 and batch // (world * s) <= most
+                   for s in range(accum, steps))
+
+
+def test_micro_batching_refuses_what_cannot_be_split():
+    from folk.engine.pretrain import micro_batching
+
+    with pytest.raises(RunDirError, match="smaller than world size"):
+        micro_batching(4, 8, 1, 256)
+    with pytest.raises(RunDirError, match="cannot be split evenly"):
+        micro_batching(10, 3, 1, 256)
+
+
+def test_a_derived_accumulation_trains_as_the_same_accumulation_set_by_hand(tiny_cfg, tmp_path):
+    """Batch 16 with at most 4 images per forward is 4 accumulated micro-batches: bitwise
+    the run of pretrain.accum_steps = 4."""
+    derived = tiny_cfg("pretrain.max_micro_batch=4", "pretrain.max_iterations=3")
+    by_hand = tiny_cfg("pretrain.accum_steps=4", "pretrain.max_iterations=3")
+    pretrain(derived, tmp_path / "derived")
+    pretrain(by_hand, tmp_path / "by_hand")
+    assert_same_weights(backbone_state(tmp_path / "derived"),
+                        backbone_state(tmp_path / "by_hand"))

@@ -52,6 +52,8 @@ CONSTRAINTS: dict[str, dict] = {
     "pretrain.epochs": _NONNEG,
     "pretrain.batch_size": {"minimum": 1},
     "pretrain.accum_steps": {"minimum": 1},
+    "pretrain.max_micro_batch": {"minimum": 1},
+    "pretrain.compile": {"enum": ["auto", "on", "off"]},
     "pretrain.optim_recipe": {"enum": ["auto", "mfm", "dino"]},
     "pretrain.base_lr": _POS,
     "pretrain.warmup_lr": _NONNEG,

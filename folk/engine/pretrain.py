@@ -91,6 +91,23 @@ def check_same_run(saved: dict, cfg: dict, run_dir: Path) -> None:
                           f"delete the directory to start over")
 
 
+def micro_batching(batch_size: int, world: int, accum_steps: int, max_micro: int
+                   ) -> tuple[int, int]:
+    """(images per device per forward, micro-batches per optimiser step) for a global
+    ``batch_size`` on ``world`` devices: the fewest accumulation steps, at least
+    ``accum_steps``, that split the batch evenly with at most ``max_micro`` images per
+    forward (a one-GPU run of a 2048-image batch does not try 2048 images at once)."""
+    if batch_size < world * accum_steps:
+        raise RunDirError(f"pretrain.batch_size = {batch_size} is smaller than world size "
+                          f"{world} x pretrain.accum_steps {accum_steps}")
+    for steps in range(accum_steps, batch_size // world + 1):
+        if batch_size % (world * steps) == 0 and batch_size // (world * steps) <= max_micro:
+            return batch_size // (world * steps), steps
+    raise RunDirError(f"pretrain.batch_size = {batch_size} cannot be split evenly over world "
+                      f"size {world} in micro-batches of at most pretrain.max_micro_batch = "
+                      f"{max_micro} images")
+
+
 def param_groups(module: nn.Module, no_wd_tokens: bool = False) -> list[dict]:
     """Weight decay on weights only, not on biases, norms or 1-d embeddings (DINO, MFM);
     with ``no_wd_tokens`` not on the backbone's ``no_weight_decay()`` set either (MFM:
@@ -166,11 +183,13 @@ class Pretrainer:
 
         dataset = build_dataset(cfg, "train")  # fails at once, naming the path, if absent
         world = self.dist.world_size
-        self.micro_batch = p["batch_size"] // (world * p["accum_steps"])
-        if self.micro_batch < 1:
-            raise RunDirError(f"pretrain.batch_size = {p['batch_size']} is smaller than "
-                              f"world size {world} x accum_steps {p['accum_steps']}")
-        per_iter = self.micro_batch * world * p["accum_steps"]
+        self.micro_batch, self.accum_steps = micro_batching(
+            p["batch_size"], world, p["accum_steps"], p["max_micro_batch"])
+        per_iter = self.micro_batch * world * self.accum_steps
+        if self.accum_steps > p["accum_steps"] and self.dist.is_main:
+            print(f"batch {p['batch_size']} on {world} device(s): {self.accum_steps} "
+                  f"micro-batches of {self.micro_batch} per step (pretrain.max_micro_batch = "
+                  f"{p['max_micro_batch']})", file=sys.stderr)
         self.iters_per_epoch = len(dataset) // per_iter
         if self.iters_per_epoch == 0:
             raise RunDirError(f"dataset {cfg['data']['root']} has {len(dataset)} training images,"
@@ -182,7 +201,7 @@ class Pretrainer:
         self.views = PretrainViews(cfg)
         views = SeededViews(dataset, self.views, seed)
         self.sampler = EpochSampler(len(dataset), self.iters_per_epoch * self.micro_batch *
-                                    p["accum_steps"], self.dist.rank, world, seed)
+                                    self.accum_steps, self.dist.rank, world, seed)
         workers = cfg["data"]["num_workers"]
         if cfg["data"]["on_device"]:
             from folk.data.on_device import DeviceBatches
@@ -213,7 +232,7 @@ class Pretrainer:
             self.student_ddp = nn.parallel.DistributedDataParallel(
                 self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             self.objective.student = self.student_ddp
-        if p["compile"]:
+        if p["compile"] == "on" or (p["compile"] == "auto" and self.device.type == "cuda"):
             self.objective.student = torch.compile(self.objective.student)
             if self.teacher is not None:
                 self.objective.teacher = torch.compile(self.teacher)
@@ -413,7 +432,7 @@ class Pretrainer:
         A batch without one decodable image is left out (on every rank when one rank has
         none: DDP needs every rank in each backward); no batch left: the step is skipped."""
         micro, counts = [], []
-        for _ in range(self.p["accum_steps"]):
+        for _ in range(self.accum_steps):
             views, labels, n_skipped = next(batches)
             self.skipped += n_skipped
             micro.append(views)
@@ -437,7 +456,7 @@ class Pretrainer:
             while self.iteration < self.total_iters:
                 epoch = self.iteration // self.iters_per_epoch
                 position = self.iteration % self.iters_per_epoch
-                self.sampler.set_epoch(epoch, position * self.micro_batch * self.p["accum_steps"])
+                self.sampler.set_epoch(epoch, position * self.micro_batch * self.accum_steps)
                 end = min((epoch + 1) * self.iters_per_epoch, self.total_iters)
                 bar = _progress(end - epoch * self.iters_per_epoch, position, self.dist.is_main,
                                 f"epoch {epoch + 1}/{self.p['epochs']}")
