@@ -102,6 +102,7 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
     r, g, b = x.unbind(dim=1)
+    # elementwise, not a 1x1 convolution: a convolution's rounding depends on the batch
     return (LUMA[0] * r + LUMA[1] * g + LUMA[2] * b).unsqueeze(1)
 
 
@@ -177,11 +178,13 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, size: int) -> torch.Tens
         return flat.view(n, c, h, w)
     used = [i for i, live in enumerate((kernel > 0).any(dim=0).tolist()) if live]
     taps = kernel.view(n, 1, 1, 1, size)
-    padded = F.pad(x, (pad, pad, 0, 0), mode="reflect")
+    # one reflect padding of both sides: filtering rows commutes with copying rows, so the
+    # padded rows of the horizontal pass are the vertical pass's padding
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     out = padded[..., used[0]:used[0] + w] * taps[..., used[0]]
     for i in used[1:]:
         out.addcmul_(padded[..., i:i + w], taps[..., i])
-    padded = F.pad(out, (0, 0, pad, pad), mode="reflect")
+    padded = out
     out = padded[..., used[0]:used[0] + h, :] * taps[..., used[0]]
     for i in used[1:]:
         out.addcmul_(padded[..., i:i + h, :], taps[..., i])
