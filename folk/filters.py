@@ -3,8 +3,8 @@
 Every filter takes a batch ``x`` of shape (B, C, H, W) with values in [0, 1] (before
 normalisation) and returns ``(x_filtered, mask)``:
 
-- ``x_filtered``: float32 (B, C, H, W), clamped to [0, 1] (``clamp=True``, the default, as
-  MFM does), or ``real(ifft2(F * M))`` as it is with ``clamp=False``;
+- ``x_filtered``: float32 (B, C, H, W), contiguous, clamped to [0, 1] (``clamp=True``, the
+  default, as MFM does), or ``real(ifft2(F * M))`` as it is with ``clamp=False``;
 - ``mask``: float32 (B, 1, H, W) (or (B, C, H, W) for per-channel Com/RCom) in the *centred*
   layout (zero frequency at ``(H // 2, W // 2)``, as after ``torch.fft.fftshift``), with 1 where
   a frequency is kept (visible to the student) and 0 where it is masked. This is the layout
@@ -12,8 +12,12 @@ normalisation) and returns ``(x_filtered, mask)``:
 
 Implementation rules, all for speed on the training device (the filter must cost a few percent
 of a training step at most):
-- whole batches at once (no loop over images), one ``fft2`` and one ``ifft2`` per batch;
-- no host synchronisation (no ``.item()``, no data-dependent shapes);
+- whole batches at once (no loop over images), one ``rfft2`` and one ``irfft2`` per batch: every
+  frequency-domain mask here is conjugate-symmetric (M(k) = M(-k), indices modulo H and W), so
+  ``F * M`` is the spectrum of a real image and its half, columns 0..W//2, determines it. The
+  masks are made (or ranked) in that half layout and expanded to (H, W) only to be returned;
+- no host synchronisation (no ``.item()``, no data-dependent shapes, no tensors made from
+  Python data on the device: the few constant tables are built on the device and cached);
 - fp32 even under autocast: cuFFT rejects half precision for sizes that are not powers of two,
   and magnitude ranking needs the precision;
 - randomness only from the ``generator`` argument, which must live on ``x``'s device, so a
@@ -24,6 +28,7 @@ of a training step at most):
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Sequence
@@ -99,10 +104,70 @@ def _uncentre(mask: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifftshift(mask, dim=(-2, -1))
 
 
-def _filter_with_mask(spectrum: torch.Tensor, keep_unshifted: torch.Tensor,
-                      clamp: bool = True) -> torch.Tensor:
-    """real(ifft2(F * M)) with M in the unshifted layout, clamped to [0, 1] if ``clamp``."""
-    filtered = torch.fft.ifft2(spectrum * keep_unshifted).real
+def _half_width(w: int) -> int:
+    """Columns of ``rfft2``'s half spectrum of a W-wide image: 0..W//2."""
+    return w // 2 + 1
+
+
+def _self_paired_columns(w: int) -> tuple[int, ...]:
+    """Half-spectrum columns that hold both members of every conjugate pair, (i, j) and
+    (-i, j): column 0, and column W/2 when W is even. A frequency of any other column has
+    its partner in the columns that ``rfft2`` leaves out."""
+    return (0,) if w % 2 else (0, w // 2)
+
+
+# Constant tables are cached per device: building them is several small kernels, and a table
+# written from Python data (torch.tensor(list, device="cuda")) is a blocking copy from
+# pageable host memory, a stream sync per training step.
+
+@functools.lru_cache(maxsize=64)
+def _device_long_table(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``values`` as a (len,) int64 tensor on ``device``, written by fills, not copied.
+    Shared between calls: read it, never write it."""
+    return torch.stack([torch.full((), v, dtype=torch.long, device=device) for v in values])
+
+
+@functools.lru_cache(maxsize=32)
+def _half_layout(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(multiplicity, full_from_half)`` for an H x W spectrum and its half (H, W//2 + 1).
+
+    ``multiplicity`` (H * (W//2 + 1),) int64: how many frequencies of the full spectrum each
+    half entry stands for, 1 in the self-paired columns, 2 elsewhere (k and its mirror -k).
+    ``full_from_half`` (H * W,) int64: for each frequency of the *centred* full layout, the
+    flat half index whose value it takes (its own, or its mirror's when its column is
+    beyond W//2). Shared between calls: read them, never write them.
+    """
+    wh = _half_width(w)
+    cols = torch.arange(wh, device=device)
+    single = torch.zeros(wh, dtype=torch.bool, device=device)
+    for j in _self_paired_columns(w):
+        single |= cols == j
+    multiplicity = torch.where(single, 1, 2).expand(h, wh).reshape(-1)
+    u = ((torch.arange(h, device=device) - h // 2) % h).view(h, 1)   # centred row -> frequency
+    v = ((torch.arange(w, device=device) - w // 2) % w).view(1, w)
+    stored = v < wh
+    row = torch.where(stored, u, (-u) % h)
+    col = torch.where(stored, v, w - v)
+    return multiplicity, (row * wh + col).reshape(-1)
+
+
+def _centred_full(half_mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """A conjugate-symmetric mask given in the half layout (B, C, H, W//2+1), unshifted, as the
+    full (B, C, H, W) in the centred layout."""
+    _, full_from_half = _half_layout(h, w, half_mask.device)
+    b, c = half_mask.shape[:2]
+    return half_mask.reshape(b, c, -1).index_select(-1, full_from_half).view(b, c, h, w)
+
+
+def _filter_half(spectrum: torch.Tensor, keep_half: torch.Tensor, size: tuple[int, int],
+                 clamp: bool = True) -> torch.Tensor:
+    """real(ifft2(F * M)) from ``rfft2``'s half spectrum ``F`` and M's half ``keep_half`` (bool,
+    unshifted), clamped to [0, 1] if ``clamp``. Overwrites ``spectrum``.
+
+    Exact for a conjugate-symmetric M: ``F * M`` is then Hermitian, the spectrum of a real
+    image, which ``irfft2`` inverts; ``s`` gives the width back, which the half cannot tell
+    for an odd W. The result is a real, contiguous tensor of its own."""
+    filtered = torch.fft.irfft2(spectrum.masked_fill_(~keep_half, 0), s=size)
     return filtered.clamp_(0.0, 1.0) if clamp else filtered
 
 
@@ -114,26 +179,44 @@ def _fp32_region(x: torch.Tensor) -> torch.autocast:
 
 
 def _top_magnitude_keep(
-    spectrum: torch.Tensor, counts: torch.Tensor, max_count: int, per_channel: bool
+    spectrum: torch.Tensor, counts: torch.Tensor, max_count: int, per_channel: bool, w: int
 ) -> torch.Tensor:
-    """Unshifted boolean M_com = 1[A >= tau], tau the counts[b]-th largest A of image b.
+    """M_com = 1[A >= tau] in the half layout (unshifted, bool), tau the counts[b]-th largest
+    A of image b's *full* spectrum.
 
-    ``counts``: (B,) long tensor on the device; ``max_count`` a host-side upper bound on it, so
-    one ``topk`` of that size serves every image (no sort of the whole spectrum, no sync).
+    ``spectrum``: ``rfft2``'s half (B, C, H, W//2+1) of W-wide images. ``counts``: (B,) long
+    tensor on the device; ``max_count`` a host-side upper bound on it, so one ``topk`` serves
+    every image (no sort of the whole spectrum, no sync).
     """
-    magnitude = spectrum.abs()
-    if not per_channel:
-        magnitude = magnitude.mean(dim=1, keepdim=True)
-    # |F(k)| = |F(-k)| for real images, but torch's CPU fft2 of a real input differs from its
-    # mirror in the last bits (seen on 28x28 photographs), which would split a tied pair at
-    # the threshold. Averaging each value with its mirror makes the equality bitwise (a + b ==
-    # b + a in IEEE), so ties, and the mask, stay conjugate-symmetric and the output real.
-    magnitude = 0.5 * (magnitude + _mirror(magnitude))
-    b, c = magnitude.shape[:2]
-    flat = magnitude.reshape(b, c, -1)
-    top = flat.topk(max_count, dim=-1, largest=True, sorted=True).values
-    tau = top.gather(-1, (counts - 1).view(b, 1, 1).expand(b, c, 1))
-    return (flat >= tau).view_as(magnitude)
+    b, c, h, wh = spectrum.shape
+    with torch.no_grad():  # a ranking: nothing to differentiate, and the spectrum is reused
+        # |F|^2 orders frequencies as |F| does, without a square root per coefficient
+        score = spectrum.real.square().addcmul_(spectrum.imag, spectrum.imag)
+        if not per_channel and c > 1:
+            # the mean of |F_c| over channels, up to the factor 1 / C, which keeps the order
+            score = score.sqrt_().sum(dim=1, keepdim=True)
+        # |F(k)| = |F(-k)| for real images. A pair split across the columns rfft2 keeps and
+        # those it drops is one stored value; but a self-paired column holds both members, and
+        # the FFT gives them values that differ in the last bits, which would split a tied pair
+        # at the threshold. Averaging each with its mirror makes the equality bitwise (a + b ==
+        # b + a in IEEE), so ties, and the mask, stay conjugate-symmetric and the output real.
+        for j in _self_paired_columns(w):
+            column = score[..., j]
+            column.copy_(0.5 * (column + torch.roll(column.flip(-1), 1, dims=-1)))
+        rows = score.shape[1]
+        flat = score.reshape(b, rows, h * wh)
+        # The K-th largest of the full spectrum, from the half: walk the half's values in
+        # decreasing order, each counting for its multiplicity (1 or 2), until K is reached.
+        # The top ``depth`` half values always reach K: past the H * len(self-paired) values of
+        # multiplicity 1, every value adds 2.
+        multiplicity, _ = _half_layout(h, w, spectrum.device)
+        n_single = h * len(_self_paired_columns(w))
+        depth = min(h * wh, max_count, n_single + -(-max_count // 2))
+        top = flat.topk(depth, dim=-1, largest=True, sorted=True)
+        reached = multiplicity.take(top.indices).cumsum(dim=-1)
+        position = (reached < counts.view(b, 1, 1)).sum(dim=-1, keepdim=True)
+        tau = top.values.gather(-1, position)
+        return (flat >= tau).view(b, rows, h, wh)
 
 
 def com_rcom_with_choice(
@@ -162,14 +245,14 @@ def com_rcom_with_choice(
     counts_table = _portion_counts(portions, h * w)
     with _fp32_region(x):
         images = x.float()
-        table = torch.tensor(counts_table, dtype=torch.long, device=x.device)
+        table = _device_long_table(tuple(counts_table), x.device)
         pick = torch.randint(len(counts_table), (b,), generator=generator, device=x.device)
         is_com = torch.rand(b, generator=generator, device=x.device) < p_com
-        spectrum = torch.fft.fft2(images)
-        keep = _top_magnitude_keep(spectrum, table[pick], max(counts_table), per_channel)
-        keep = torch.where(is_com.view(b, 1, 1, 1), keep, ~keep).float()
-        filtered = _filter_with_mask(spectrum, keep, clamp)
-        return filtered, _centre(keep), is_com
+        spectrum = torch.fft.rfft2(images)
+        com = _top_magnitude_keep(spectrum, table[pick], max(counts_table), per_channel, w)
+        keep = com == is_com.view(b, 1, 1, 1)  # Com keeps M_com, RCom its complement
+        filtered = _filter_half(spectrum, keep, (h, w), clamp)
+        return filtered, _centred_full(keep, h, w).float(), is_com
 
 
 def com_rcom(
@@ -209,12 +292,12 @@ def informed_masks(
         if len(q_list) != b:
             raise ValueError(f"informed_masks: {len(q_list)} portions for a batch of {b} images")
         count_list = _portion_counts(q_list, total, key="q_per_image")
-        counts = torch.tensor(count_list, dtype=torch.long, device=x.device)
+        counts = _device_long_table(tuple(count_list), x.device)
         max_count = max(count_list)
     with _fp32_region(x):
-        spectrum = torch.fft.fft2(x.float())
-        keep = _top_magnitude_keep(spectrum, counts, max_count, per_channel)
-        return _centre(keep.float())
+        spectrum = torch.fft.rfft2(x.float())
+        keep = _top_magnitude_keep(spectrum, counts, max_count, per_channel, w)
+        return _centred_full(keep, h, w).float()
 
 
 # ------------------------------------------------------------------------------ MFM
@@ -231,6 +314,17 @@ def mfm_low_pass_mask(h: int, w: int, radius: float, device: torch.device | str 
     xs = torch.arange(w, dtype=torch.float64, device=device) - w // 2
     squared = ys[:, None] ** 2 + xs[None, :] ** 2
     return squared < float(radius) ** 2
+
+
+@functools.lru_cache(maxsize=32)
+def _mfm_masks(h: int, w: int, radius: float, device: torch.device
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The low-pass mask centred (H, W) and as rfft2's unshifted half (H, W//2+1), both
+    bool; shared between calls: read them, never write them. The disc is symmetric about the
+    zero frequency, the Nyquist rows and columns of even sizes included (their frequency is
+    -N/2 whichever member of a pair), so its half determines it."""
+    low = mfm_low_pass_mask(h, w, radius, device)
+    return low, _uncentre(low)[:, : _half_width(w)].contiguous()
 
 
 def mfm_with_choice(
@@ -250,10 +344,10 @@ def mfm_with_choice(
     with _fp32_region(x):
         images = x.float()
         is_low = torch.rand(b, generator=generator, device=x.device) < p_low
-        low = mfm_low_pass_mask(h, w, radius, x.device)
-        keep_centred = torch.where(is_low.view(b, 1, 1, 1), low, ~low).float()
-        filtered = _filter_with_mask(torch.fft.fft2(images), _uncentre(keep_centred), clamp)
-        return filtered, keep_centred, is_low
+        low, low_half = _mfm_masks(h, w, float(radius), x.device)
+        choice = is_low.view(b, 1, 1, 1)  # low-pass keeps the disc, high-pass the rest
+        filtered = _filter_half(torch.fft.rfft2(images), low_half == choice, (h, w), clamp)
+        return filtered, (low == choice).float(), is_low
 
 
 def mfm(
@@ -287,12 +381,19 @@ def random_frequency(
     with _fp32_region(x):
         images = x.float()
         uniform = torch.rand((b, 1, h, w), generator=generator, device=x.device)
-        index = torch.arange(h * w, device=x.device).view(h, w)
-        own_draw = index <= _mirror(index)
-        shared = torch.where(own_draw, uniform, _mirror(uniform))
-        keep = (shared >= rho).float()
-        filtered = _filter_with_mask(torch.fft.fft2(images), keep, clamp)
-        return filtered, _centre(keep)
+        shared = torch.where(_own_draw(h, w, x.device), uniform, _mirror(uniform))
+        keep = shared >= rho  # conjugate-symmetric by construction: its half determines it
+        half = keep[..., : _half_width(w)]
+        filtered = _filter_half(torch.fft.rfft2(images), half, (h, w), clamp)
+        return filtered, _centre(keep).float()
+
+
+@functools.lru_cache(maxsize=32)
+def _own_draw(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """(H, W) bool, unshifted: whether frequency k uses its own uniform (its flat index is the
+    smaller of k's and -k's) rather than its mirror's. Shared: read it, never write it."""
+    index = torch.arange(h * w, device=device).view(h, w)
+    return index <= _mirror(index)
 
 
 def random_patch_with_pixel_mask(

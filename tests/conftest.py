@@ -17,6 +17,20 @@ RGB_STATS = ["data.in_chans=3", "data.mean=[0.286, 0.286, 0.286]",
 TINY_VIT = ["model.patch_size=4", "model.depth=2"]
 
 
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.cuda`` tests need a GPU: skipped, saying so, on a machine without one."""
+    cuda_items = [item for item in items if item.get_closest_marker("cuda")]
+    if not cuda_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False")
+    for item in cuda_items:
+        item.add_marker(skip)
+
+
 @pytest.fixture
 def one_thread():
     """Torch on one thread for the test: the evaluation tests share two cores with CI."""

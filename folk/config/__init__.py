@@ -24,14 +24,23 @@ from folk.variants import VARIANTS
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
 
 
-@functools.lru_cache(maxsize=1)
-def _defaults_cached() -> dict:
-    with open(DEFAULTS_PATH) as f:
-        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+@functools.lru_cache(maxsize=4)
+def _parse_defaults(path: str, mtime_ns: int, size: int) -> dict:
+    # keyed by the file's identity so that an edited defaults.yaml is read again; trusted
+    # text, so no bounds, but the resolvers of a params file (_Loader: 1e-4 is a number)
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f, Loader=_CLoader or _Loader)
+
+
+def _defaults_shared() -> dict:
+    """The parsed defaults, shared by every caller: read it, never change it."""
+    stat = DEFAULTS_PATH.stat()
+    return _parse_defaults(str(DEFAULTS_PATH), stat.st_mtime_ns, stat.st_size)
 
 
 def defaults() -> dict:
-    return copy.deepcopy(_defaults_cached())
+    """A fresh copy of ``defaults.yaml``, parsed once per process (again if the file changes)."""
+    return copy.deepcopy(_defaults_shared())
 
 
 # keys whose default is null and that resolution decides (folk/recipes.py), with a value of
@@ -75,15 +84,28 @@ def _merge(base: dict, update: dict, source: str, prefix: str = "",
                 origins[path] = source
 
 
-class _Loader(yaml.SafeLoader):
+def _exponent_floats(loader: type) -> type:
     """YAML 1.1 reads ``1e-4`` (no dot) as a string; researchers write learning rates that
     way, so numbers in exponent form are numbers here."""
+    loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"))
+    return loader
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+@_exponent_floats
+class _Loader(yaml.SafeLoader):
+    """PyYAML's pure-Python safe loader, numbers in exponent form included."""
+
+
+if getattr(yaml, "CSafeLoader", None) is not None:
+    @_exponent_floats
+    class _CLoader(yaml.CSafeLoader):
+        """libyaml's parser and composer (several times faster than _Loader) with _Loader's
+        constructors and resolvers, which are Python in both: the same YAML 1.1 types."""
+else:  # PyYAML built without libyaml
+    _CLoader = None
 
 
 # Bounds on what a params file (or a --set value) may make the reader do. A real params
@@ -123,10 +145,45 @@ class _BoundedLoader(_Loader):
             self._depth -= 1
 
 
+def _check_bounds(events) -> None:
+    """_BoundedLoader's two refusals, with its messages, from the parser's events: libyaml
+    composes in C, where ``compose_node`` cannot be overridden. The first document only (a
+    second is an error of its own, which the loader reports)."""
+    open_collections = 0
+    for event in events:
+        if isinstance(event, yaml.AliasEvent):
+            raise YAMLLimitError(f"YAML alias '*{event.anchor}' at line "
+                                 f"{event.start_mark.line + 1}: aliases are not accepted "
+                                 f"(write the value out instead)")
+        if isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
+            if open_collections + 1 > MAX_YAML_DEPTH:  # the node's depth, as compose_node's
+                raise YAMLLimitError(f"nesting deeper than {MAX_YAML_DEPTH} levels at line "
+                                     f"{event.start_mark.line + 1}")
+            if isinstance(event, yaml.CollectionStartEvent):
+                open_collections += 1
+        elif isinstance(event, yaml.CollectionEndEvent):
+            open_collections -= 1
+        elif isinstance(event, yaml.DocumentEndEvent):
+            return
+
+
 def yaml_load(text_or_stream) -> Any:
     """YAML of a params file or ``--set`` value, without aliases and at most MAX_YAML_DEPTH
-    levels deep (``_BoundedLoader``)."""
-    return yaml.load(text_or_stream, Loader=_BoundedLoader)
+    levels deep (``_BoundedLoader``'s rules).
+
+    With libyaml the text is read twice in C, once for the bounds and once to load it, both
+    far faster than the pure-Python loader. Any other error sends the text to
+    ``_BoundedLoader``, whose verdict and message (the line quoted, with a caret) stand."""
+    text = text_or_stream if isinstance(text_or_stream, (str, bytes)) else text_or_stream.read()
+    if _CLoader is not None:
+        try:
+            _check_bounds(yaml.parse(text, Loader=_CLoader))
+            return yaml.load(text, Loader=_CLoader)
+        except YAMLLimitError:
+            raise
+        except yaml.YAMLError:
+            pass
+    return yaml.load(text, Loader=_BoundedLoader)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -314,7 +371,7 @@ def validate(cfg: dict, source: str = "configuration", origins: dict | None = No
     that tie keys together. Raises ConfigError naming the key and the file (or the
     ``--set`` override) that gave it its value."""
     try:
-        _walk(defaults(), cfg, source)
+        _walk(_defaults_shared(), cfg, source)  # reads the tree only: no copy needed
         _check_variant(cfg, source)
         for path, rule in CONSTRAINTS.items():
             _check_constraint(path, _get(cfg, path), rule, source)
