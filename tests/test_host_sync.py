@@ -172,3 +172,32 @@ class _ReadsInBackward(torch.autograd.Function):
 def _backward_with_item() -> None:
     t = torch.rand(3, requires_grad=True)
     _ReadsInBackward.apply(t).sum().backward()
+
+
+def _assert_device_photometric_has_no_host_sync(device: torch.device, monkeypatch) -> None:
+    """The device-side augmentation (augment.photometric: device) queues kernels only: its
+    parameter rows arrive with the batch, its constants are made by kernels."""
+    from folk.data import photometric
+    from folk.data.photometric import ViewSpec, apply_photometric, draw_params
+
+    spec = ViewSpec(dict(color_jitter_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.2,
+                         hue=0.1, grayscale_prob=0.2), 3, blur_p=0.5, solarize_p=0.2)
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.stack([draw_params(spec, gen) for _ in range(8)]).to(device)
+    crops = torch.randint(0, 256, (8, 3, 24, 24), generator=gen, dtype=torch.uint8).to(device)
+    if device.type == "cpu":  # the accelerator's branch, run on the CPU
+        monkeypatch.setattr(photometric, "_on_host", lambda t: False)
+    for attempt in ("first call", "second call"):
+        counter = HostSyncCounter()
+        with _cuda_sync_errors(device), counter:
+            apply_photometric(photometric.to_unit_float(crops), rows, 5)
+        assert not counter.events, f"{attempt}:\n{counter.report()}"
+
+
+def test_device_photometric_has_no_host_sync(monkeypatch):
+    _assert_device_photometric_has_no_host_sync(torch.device("cpu"), monkeypatch)
+
+
+@pytest.mark.cuda
+def test_device_photometric_has_no_host_sync_on_cuda(monkeypatch):
+    _assert_device_photometric_has_no_host_sync(torch.device("cuda"), monkeypatch)
