@@ -3,6 +3,9 @@ measured in the same process. Prints one JSON line per (variant, backbone).
 
 Data are random tensors already on the device, so the figure is the step's own cost
 without data loading, measured the same way for the DINO baseline.
+
+``folk bench --data`` measures the input path instead (loader, step, and the two together,
+against DINO's reference augmentation): ``folk.bench_data``.
 """
 from __future__ import annotations
 
@@ -22,7 +25,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--variants", default="folk", help="comma-separated variant names")
     parser.add_argument("--archs", default="", help="comma-separated timm names "
                                                     "(default: the config's model.arch)")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per step")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per step (default 128; with --data the config's "
+                             "pretrain.batch_size)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks")
@@ -30,6 +35,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--peak-tflops", type=float, default=0.0,
                         help="device peak, to report MFU (e.g. 989 for H100 dense bf16)")
     parser.add_argument("--out", help="append the JSON lines to this file too")
+    data = parser.add_argument_group("the input path (--data; folk/bench_data.py)")
+    data.add_argument("--data", action="store_true",
+                      help="measure the loader on the config's dataset against DINO's "
+                           "reference augmentation, the step, and the two together")
+    data.add_argument("--rounds", type=int, default=3,
+                      help="interleaved rounds of the loader pipelines (median taken)")
+    data.add_argument("--images", type=int, default=64,
+                      help="images per loader pipeline and round")
+    data.add_argument("--iterations", type=int, default=10,
+                      help="timed iterations of the whole path (0: skip it)")
 
 
 def _sig(x: float) -> float:
@@ -139,6 +154,10 @@ def run(args) -> int:
     base_overrides = list(args.overrides)
     archs = [a for a in args.archs.split(",") if a] or [None]
     variants = [v for v in args.variants.split(",") if v]
+    if args.data:
+        return _run_data(args, variants, archs)
+    if args.batch_size is None:
+        args.batch_size = 128
     jobs = [(v, a, False) for a in archs for v in variants]
     if not args.no_baseline:
         jobs = [(BASELINE, a, True) for a in archs] + jobs
@@ -164,3 +183,18 @@ def run(args) -> int:
               f"{record['step_time_ms']:.1f} ms/step, {record['tflops']:.2f} TFLOP/s, "
               f"filter {100 * record['filter_fraction']:.2f} % of the step", file=sys.stderr)
     return 0
+
+
+def _run_data(args, variants: list, archs: list) -> int:
+    from folk.bench_data import run as run_data
+    from folk.config import load_config
+    from folk.errors import ConfigError
+
+    if len(variants) != 1 or len(archs) != 1:
+        raise ConfigError(f"--data measures one variant on one backbone (the loader does not "
+                          f"depend on them), got --variants {args.variants!r} --archs "
+                          f"{args.archs!r}")
+    overrides = list(args.overrides) + [f"pretrain.variant={variants[0]}"]
+    if archs[0]:
+        overrides.append(f"model.arch={archs[0]}")
+    return run_data(args, load_config(args.config, overrides))

@@ -234,6 +234,28 @@ def test_readme_lists_every_file_and_its_runs(report):
     assert "demo/mfm`" in fig5 and "demo/mfm_comrcom`" in fig5 and "demo/folk`" not in fig5
     bench = readme.split("### Throughput")[1]
     assert "demo/bench.jsonl" in bench
+    assert "demo/bench_data.jsonl" in bench and "imagefolder (data/photos)" in bench
+
+
+def test_throughput_figure_has_the_loader_beside_the_step(tmp_path):
+    from folk.report.collect import collect_bench
+    from folk.report.figures import _input_rows, figure_throughput
+    from folk.errors import RunDirError
+
+    runs = build_runs(tmp_path / "runs")
+    bench = collect_bench(runs)
+    assert {b.record["type"] for b in bench} == {"bench", "bench_data"}
+    bars = {r["variant"]: r["images_per_s"] for r in _input_rows(bench)}
+    assert bars == {"input: ours, 1 core": 40.0, "input: DINO's, 1 core": 50.0,
+                    "input: ours, 2 workers": 80.0, "input + step": 78.0}
+    info = figure_throughput(bench, tmp_path / "fig")
+    assert info.has_data and (tmp_path / "fig" / "throughput.png").is_file()
+    assert info.datasets == ["random tensors (no data loading)", "imagefolder (data/photos)"]
+    with open(runs / "demo" / "bench_data.jsonl", "a") as f:
+        f.write(json.dumps({"type": "bench_data", "measure": "summary", "variant": "folk",
+                            "arch": "vit_tiny_patch16_224", "device": "cpu"}) + "\n")
+    with pytest.raises(RunDirError, match="bench_data record 7 lacks key"):
+        collect_bench(runs)
 
 
 def test_empty_runs_directory_writes_every_layout(tmp_path):

@@ -1,5 +1,7 @@
 """``folk prepare DATASET --config F [--set ..]``: put a dataset where the config says,
-check it, and write its ``manifest.json``; or write the few-shot label lists.
+check it, and write its ``manifest.json``; or write the few-shot label lists; or
+(``photos``) write a small tree of JPEG photographs to measure the input path on
+(``folk.data.photos``).
 
 Everything written stays under the dataset root the config names (``data.root``, or
 ``eval.segmentation.root`` for segmentation sets).
@@ -12,7 +14,8 @@ from pathlib import Path
 
 from folk.cli import add_config_arguments
 
-DATASETS = ("fashion_mnist", "imagefolder", "imagenet", "ade20k", "composite", "fewshot")
+DATASETS = ("fashion_mnist", "imagefolder", "imagenet", "ade20k", "composite", "fewshot",
+            "photos")
 FASHION_MNIST_DEFAULT_SOURCE = "/usr/share/datasets/fashion-mnist"
 APT_HINT = "apt-get install -y dataset-fashion-mnist"
 
@@ -27,6 +30,9 @@ def add_arguments(parser) -> None:
                              "(default 10)")
     parser.add_argument("--force", action="store_true",
                         help="redo the work even when the manifest matches the data")
+    parser.add_argument("--count", type=int, default=200, metavar="N",
+                        help="photos: training photographs to write (default 200; "
+                             "folk/data/photos.py)")
 
 
 def _say(msg: str) -> None:
@@ -314,6 +320,37 @@ def prepare_fewshot(cfg: dict) -> Path:
     return out_dir
 
 
+# ------------------------------------------------------------------ photographs
+
+def prepare_photos(cfg: dict, count: int = 200, force: bool = False) -> Path:
+    """The photograph tree of ``folk.data.photos`` written into ``data.root`` (an image
+    folder in every other respect: ``data.dataset: imagefolder``), then checked and given a
+    manifest as ``folk prepare imagefolder`` does."""
+    from folk.data.photos import SOURCES, write_photos
+    from folk.errors import ConfigError
+
+    d = cfg["data"]
+    if d["dataset"] != "imagefolder":
+        raise ConfigError(f"`folk prepare photos` writes an image folder but the config has "
+                          f"data.dataset = '{d['dataset']}'; set data.dataset: imagefolder "
+                          "(params/bench-photos.yaml has the keys)")
+    if d["source"]:
+        raise ConfigError(f"`folk prepare photos` writes its own files into data.root; "
+                          f"data.source = '{d['source']}' would be linked over them: leave "
+                          "it empty")
+    if d["num_classes"] != len(SOURCES) or d["in_chans"] != 3:
+        raise ConfigError(f"the photographs are {len(SOURCES)} classes of colour images; "
+                          f"the config has data.num_classes = {d['num_classes']}, "
+                          f"data.in_chans = {d['in_chans']}")
+    root = checked_root(d["root"], "data.root")
+    _guard_other_dataset(root, "imagefolder")
+    _inside(root, d["train_split"])
+    _inside(root, d["test_split"])
+    write_photos(root, count, cfg["experiment"]["seed"], d["train_split"], d["test_split"],
+                 progress=_say)
+    return prepare_image_folder(cfg, "imagefolder", full=True, force=force)
+
+
 # ------------------------------------------------------------------ entry point
 
 def run(args) -> int:
@@ -332,6 +369,10 @@ def run(args) -> int:
         prepare_ade20k(cfg)
     elif args.dataset == "composite":
         prepare_composite(cfg)
+    elif args.dataset == "photos":
+        if args.count < 1:
+            raise ConfigError(f"--count must be >= 1, got {args.count}")
+        prepare_photos(cfg, args.count, force=args.force)
     else:
         prepare_fewshot(cfg)
     return 0

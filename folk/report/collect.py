@@ -235,20 +235,37 @@ class BenchRecord:
 
 
 _BENCH_KEYS = ("variant", "arch", "images_per_s", "device")
+# `folk bench --data` (folk.bench_data): the keys of every line, then those of each measure
+_BENCH_DATA_KEYS = ("measure", "variant", "arch", "device")
+_BENCH_DATA_MEASURE_KEYS = {
+    "loader": ("pipeline", "per_core"), "step": ("images_per_s",),
+    "whole": ("images_per_s",),
+    "summary": ("loader_images_per_s", "step_images_per_s", "bound"),
+}
+BENCH_FILES = {"bench.jsonl": ("bench", _BENCH_KEYS), "bench_data.jsonl": ("bench_data", None)}
+
+
+def _bench_missing(rec: dict, keys) -> list[str]:
+    if keys is None:  # a bench_data line
+        keys = _BENCH_DATA_KEYS + _BENCH_DATA_MEASURE_KEYS.get(rec.get("measure"), ())
+    return [k for k in keys if k not in rec]
 
 
 def collect_bench(runs_root: Path) -> list[BenchRecord]:
-    """Records of type "bench" from every ``bench.jsonl`` under the runs directory."""
+    """Records of type "bench" from every ``bench.jsonl`` under the runs directory, and of
+    type "bench_data" (``folk bench --data``) from every ``bench_data.jsonl``."""
     from folk.utils.io import read_jsonl
 
     out = []
-    for path in sorted(Path(runs_root).rglob("bench.jsonl")):
+    paths = sorted(p for name in BENCH_FILES for p in Path(runs_root).rglob(name))
+    for path in paths:
+        kind, keys = BENCH_FILES[path.name]
         for i, rec in enumerate(read_jsonl(path), 1):
-            if rec.get("type") != "bench":
+            if rec.get("type") != kind:
                 continue
-            missing = [k for k in _BENCH_KEYS if k not in rec]
+            missing = _bench_missing(rec, keys)
             if missing:
-                raise RunDirError(f"{path}: bench record {i} lacks key(s) {missing}")
+                raise RunDirError(f"{path}: {kind} record {i} lacks key(s) {missing}")
             out.append(BenchRecord(path=path.relative_to(runs_root).as_posix(), record=rec))
     return out
 

@@ -132,9 +132,40 @@ def figure_knn_epochs(runs: list[Run], out_dir: Path) -> FigureInfo:
         files=[p.name for p in files])
 
 
+# `folk bench --data` bars, beside the step's: (label, measure, pipeline, field)
+INPUT_BARS = (("input: ours, 1 core", "loader", "pretrain_views", "per_core"),
+              ("input: DINO's, 1 core", "loader", "dino_reference", "per_core"),
+              ("input: ours, {workers} workers", "summary", None, "loader_images_per_s"),
+              ("input + step", "whole", None, "images_per_s"))
+
+
+def _panel(r: dict) -> str:
+    return f"{r['device']}, {r.get('dtype', '?')}" + (", compiled" if r.get("compile") else "")
+
+
+def _input_rows(bench: list[BenchRecord]) -> list[dict]:
+    """The loader, its DINO reference, the workers' capacity and the whole path of every
+    ``folk bench --data`` run, as bars in the throughput panels."""
+    rows = []
+    for b in bench:
+        r = b.record
+        if r.get("type") != "bench_data":
+            continue
+        for rank, (label, measure, pipeline, field) in enumerate(INPUT_BARS):
+            if r["measure"] == measure and (pipeline is None or r.get("pipeline") == pipeline):
+                if isinstance(r.get(field), (int, float)):
+                    rows.append({"variant": label.format(workers=r.get("num_workers", "?")),
+                                 "backbone": backbone_label(r["arch"], None, r.get("img_size")),
+                                 "device": _panel(r), "images_per_s": float(r[field]),
+                                 "rank": rank})
+    return rows
+
+
 @_themed
 def figure_throughput(bench: list[BenchRecord], out_dir: Path) -> FigureInfo:
-    """Images/s per variant and backbone from ``folk bench``, one panel per device."""
+    """Images/s per variant and backbone from ``folk bench``, one panel per device; beside
+    them, from ``folk bench --data``, the loader on one core (ours and DINO's reference),
+    the loader with the run's workers, and loader and step together."""
     import pandas as pd
 
     import seaborn as sns
@@ -142,19 +173,25 @@ def figure_throughput(bench: list[BenchRecord], out_dir: Path) -> FigureInfo:
     rows = []
     for b in bench:
         r = b.record
+        if r.get("type", "bench") != "bench":
+            continue
         rows.append({"variant": r["variant"] + (" (baseline)" if r.get("baseline") else ""),
                      "backbone": backbone_label(r["arch"], None, r.get("img_size")),
-                     "device": f"{r['device']}, {r.get('dtype', '?')}"
-                               + (", compiled" if r.get("compile") else ""),
-                     "images_per_s": float(r["images_per_s"])})
+                     "device": _panel(r), "images_per_s": float(r["images_per_s"])})
+    inputs = _input_rows(bench)
+    rows += inputs
     devices = sorted({r["device"] for r in rows})[:4]
     fig, axes = new_figure(1, max(1, len(devices)))
     if not rows:
         no_results(axes[0, 0], "no bench.jsonl under the runs directory\n"
                                "(`folk bench ... --out runs/<experiment>/bench.jsonl`)")
+    input_rank = {r["variant"]: r["rank"] for r in inputs}
     for ax, device in zip(axes[0], devices):
         df = pd.DataFrame([r for r in rows if r["device"] == device])
-        order = sorted(set(df["variant"]), key=lambda v: variant_rank(v.split(" ")[0]))
+        names = set(df["variant"])
+        # the step's bars first, in the variants' order, then the input path's
+        order = sorted(names - set(input_rank), key=lambda v: variant_rank(v.split(" ")[0])) \
+            + sorted(names & set(input_rank), key=lambda v: (input_rank[v], v))
         sns.barplot(data=df, x="variant", y="images_per_s", hue="backbone", order=order,
                     errorbar=None, ax=ax)
         ax.set_title(device, fontsize=11)
@@ -162,16 +199,27 @@ def figure_throughput(bench: list[BenchRecord], out_dir: Path) -> FigureInfo:
         ax.tick_params(axis="x", labelrotation=30, labelsize=9)
         for container in ax.containers:
             ax.bar_label(container, fmt="%.0f", fontsize=8)
-    fig.suptitle("Pre-training step throughput per variant and backbone (folk bench)")
+    fig.suptitle("Pre-training throughput: the step per variant and backbone (folk bench), "
+                 "the input path (folk bench --data)")
     files = save_figure(fig, out_dir, "throughput")
     note = ""
     if len({r["device"] for r in rows}) > 4:
         note = "more than four devices: only the first four are drawn"
+    datasets = ["random tensors (no data loading)"] if len(rows) > len(inputs) else []
+    datasets += sorted({f"{b.record['dataset']} ({b.record.get('data_root', '?')})"
+                        for b in bench if b.record.get("type") == "bench_data"
+                        and "dataset" in b.record})
     return FigureInfo(
         name="throughput", title="Throughput per variant and backbone",
         description="Images per second of one pre-training step (`folk bench`, records of type "
                     "\"bench\"), per variant and backbone, with the plain two-view DINO step "
-                    "measured in the same run as the baseline; one panel per device and dtype.",
-        runs=sorted({b.path for b in bench}), datasets=["random tensors (no data loading)"] if rows else [],
+                    "measured in the same run as the baseline; one panel per device and dtype. "
+                    "The \"input\" bars (`folk bench --data`, records of type \"bench_data\") "
+                    "are the loader on the experiment's data: our pre-training views and "
+                    "DINO's reference augmentation on one core, our loader with the run's "
+                    "`data.num_workers` workers (one core's rate times the workers), and the "
+                    "loader feeding the step (\"input + step\"), which the slower of the "
+                    "two bounds.",
+        runs=sorted({b.path for b in bench}), datasets=datasets,
         has_data=bool(rows), note=note or ("" if rows else "no bench results yet"),
         files=[p.name for p in files])

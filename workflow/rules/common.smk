@@ -278,10 +278,22 @@ def bench_file():
     return os.path.join(RUNS_DIR, "bench.jsonl")
 
 
+def bench_data_file():
+    # beside bench.jsonl: `folk report` reads both (folk.report.collect.collect_bench)
+    return os.path.join(RUNS_DIR, "bench_data.jsonl")
+
+
+def bench_data_variant():
+    """The variant whose input path `folk bench --data` measures: the method's own when the
+    grid has it (the augmentation preset follows the variant), else the grid's first."""
+    variants = config["workflow"]["variants"]
+    return "folk" if "folk" in variants else variants[0]
+
+
 def report_inputs():
     out = all_pretrained() + all_evaluated()
     if config["workflow"]["bench"]:
-        out.append(bench_file())
+        out += [bench_file(), bench_data_file()]
     return out
 
 

@@ -30,7 +30,7 @@ STAGES = {
     "prepare": ("prepared", ("prepare_data", "prepare_fewshot", "prepare_segmentation")),
     "pretrain": ("pretrained", ("pretrain",)),
     "evaluate": ("evaluated", ("evaluate",)),
-    "report": ("all", ("bench", "report")),
+    "report": ("all", ("bench", "bench_data", "report")),
 }
 # top-level params sections each stage's results depend on (those present in the file)
 STAGE_PARAMS = {
