@@ -95,6 +95,27 @@ def _step_setup(cfg: dict, batch: int, compile_: bool):
     return device, student, teacher, objective, opt, views, gen
 
 
+def _device_augmentation(cfg: dict, batch: int, device):
+    """With ``augment.photometric: device`` the step starts with the batch's photometric
+    work: a function turning the loader's uint8 crops and parameter rows into the step's
+    views, timed with it; None when the workers do that work."""
+    import torch
+
+    from folk.data.photometric import draw_params
+    from folk.data.transforms import PretrainViews, finish_views
+
+    made = PretrainViews(cfg)
+    if not made.on_device:
+        return None
+    c, size = cfg["data"]["in_chans"], cfg["model"]["img_size"]
+    gen = torch.Generator().manual_seed(0)
+    crops = [torch.randint(0, 256, (batch, c, size, size), generator=gen,
+                           dtype=torch.uint8).to(device) for _ in range(2)]
+    rows = torch.stack([torch.stack([draw_params(spec, gen) for spec in made.specs[:2]])
+                        for _ in range(batch)]).to(device)
+    return lambda: finish_views(crops + [rows], made)
+
+
 def measure(cfg: dict, batch: int, steps: int, warmup: int, compile_: bool) -> dict:
     import torch
 
@@ -105,8 +126,10 @@ def measure(cfg: dict, batch: int, steps: int, warmup: int, compile_: bool) -> d
 
     device, student, teacher, objective, opt, views, gen = _step_setup(cfg, batch, compile_)
 
+    augment = _device_augmentation(cfg, batch, device)
+
     def step() -> None:
-        loss, _ = objective(views, 0.04, gen)
+        loss, _ = objective(augment() if augment else views, 0.04, gen)
         objective.apply_center_update()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 3.0)
@@ -172,7 +195,8 @@ def run(args) -> int:
     for variant, baseline, cfg in configs:
         record = {"type": "bench", "variant": variant, "arch": cfg["model"]["arch"],
                   "img_size": cfg["model"]["img_size"], "batch_size": args.batch_size,
-                  "compile": args.compile, "baseline": baseline}
+                  "compile": args.compile, "baseline": baseline,
+                  "photometric": cfg["augment"]["photometric"]}
         record.update(measure(cfg, args.batch_size, args.steps, args.warmup, args.compile))
         if args.peak_tflops:
             record["mfu"] = _sig(record["tflops"] / args.peak_tflops)

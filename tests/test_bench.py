@@ -5,6 +5,8 @@ the workflow's bench rules."""
 from __future__ import annotations
 
 import json
+
+import torch
 from pathlib import Path
 
 import pytest
@@ -267,3 +269,32 @@ def test_bench_data_on_fashion_mnist_without_workers(fashion_root, capsys):
     loader, step = summary["loader_images_per_s"], summary["step_images_per_s"]
     assert summary["expected_images_per_s"] == pytest.approx(
         1 / (1 / loader + 1 / step), rel=1e-2)
+
+
+def test_bench_times_the_device_augmentation_with_the_step(capsys, monkeypatch):
+    """With augment.photometric: device every timed step begins with the batch's
+    photometric work (the views it trains on come out of finish_views); with workers, none."""
+    import folk.data.transforms as transforms
+
+    calls = []
+    real = transforms.finish_views
+
+    def counted(batch, views):
+        out = real(batch, views)
+        calls.append((len(batch), [tuple(v.shape) for v in out], out[0].dtype))
+        return out
+
+    monkeypatch.setattr(transforms, "finish_views", counted)
+    args = ["bench", "--variants", "folk", "--batch-size", "4", "--steps", "3", "--warmup",
+            "1", "--no-baseline", "--set", "augment.preset=dino", "--set", "data.in_chans=3",
+            "--set", "data.mean=[0.5, 0.5, 0.5]", "--set", "data.std=[0.2, 0.2, 0.2]"]
+    for item in TINY:
+        args += ["--set", item]
+    for mode, expected in (("workers", 0), ("device", 1 + 3 + 1)):  # warm-up, timed, FLOPs
+        calls.clear()
+        assert main(args + ["--set", f"augment.photometric={mode}"]) == 0
+        record = json.loads(next(l for l in capsys.readouterr().out.splitlines()
+                                 if l.startswith("{")))
+        assert record["photometric"] == mode
+        assert len(calls) == expected, (mode, len(calls))
+        assert all(c == (3, [(4, 3, 32, 32)] * 2, torch.float32) for c in calls)
