@@ -315,3 +315,19 @@ def test_on_device_resume_equals_uninterrupted(tiny_cfg, tmp_path):
     a = torch.load(tmp_path / "straight/backbone.pt", weights_only=True)
     b = torch.load(tmp_path / "killed/backbone.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_device_photometric_resume_equals_uninterrupted(tiny_cfg, tmp_path):
+    """The loader sends crops and rows, the device finishes the views: a run killed after
+    iteration 5 and resumed ends bitwise where the uninterrupted run does (RGB, DINO's
+    preset, so every operation takes part)."""
+    from folk.engine.pretrain import StopRequested, pretrain
+
+    cfg = tiny_cfg(*RGB, "augment.preset=dino", "augment.photometric=device")
+    pretrain(cfg, tmp_path / "straight")
+    with pytest.raises(StopRequested):
+        pretrain(cfg, tmp_path / "killed", stop_after=5)
+    pretrain(cfg, tmp_path / "killed")
+    a = torch.load(tmp_path / "straight/backbone.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed/backbone.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
