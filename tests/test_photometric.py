@@ -304,10 +304,11 @@ def test_on_device_needs_device_photometric(tiny_cfg):
         tiny_cfg("data.on_device=true")
 
 
-def test_on_device_resume_equals_uninterrupted(tiny_cfg, tmp_path):
+def assert_resume_equals_uninterrupted(cfg: dict, tmp_path) -> None:
+    """A run killed after iteration 5 and resumed ends bitwise where an uninterrupted one
+    does."""
     from folk.engine.pretrain import StopRequested, pretrain
 
-    cfg = tiny_cfg(*ON_DEVICE)
     pretrain(cfg, tmp_path / "straight")
     with pytest.raises(StopRequested):
         pretrain(cfg, tmp_path / "killed", stop_after=5)
@@ -315,19 +316,14 @@ def test_on_device_resume_equals_uninterrupted(tiny_cfg, tmp_path):
     a = torch.load(tmp_path / "straight/backbone.pt", weights_only=True)
     b = torch.load(tmp_path / "killed/backbone.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_on_device_resume_equals_uninterrupted(tiny_cfg, tmp_path):
+    assert_resume_equals_uninterrupted(tiny_cfg(*ON_DEVICE), tmp_path)
 
 
 def test_device_photometric_resume_equals_uninterrupted(tiny_cfg, tmp_path):
-    """The loader sends crops and rows, the device finishes the views: a run killed after
-    iteration 5 and resumed ends bitwise where the uninterrupted run does (RGB, DINO's
-    preset, so every operation takes part)."""
-    from folk.engine.pretrain import StopRequested, pretrain
-
+    """The loader sends crops and rows, the device finishes the views (RGB, DINO's preset,
+    so every operation takes part)."""
     cfg = tiny_cfg(*RGB, "augment.preset=dino", "augment.photometric=device")
-    pretrain(cfg, tmp_path / "straight")
-    with pytest.raises(StopRequested):
-        pretrain(cfg, tmp_path / "killed", stop_after=5)
-    pretrain(cfg, tmp_path / "killed")
-    a = torch.load(tmp_path / "straight/backbone.pt", weights_only=True)
-    b = torch.load(tmp_path / "killed/backbone.pt", weights_only=True)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_equals_uninterrupted(cfg, tmp_path)
