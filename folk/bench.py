@@ -104,9 +104,9 @@ def _device_augmentation(cfg: dict, batch: int, device):
     from folk.data.photometric import draw_params
     from folk.data.transforms import PretrainViews, finish_views
 
-    made = PretrainViews(cfg)
-    if not made.on_device:
+    if cfg["augment"]["photometric"] != "device":
         return None
+    made = PretrainViews(cfg)
     c, size = cfg["data"]["in_chans"], cfg["model"]["img_size"]
     gen = torch.Generator().manual_seed(0)
     crops = [torch.randint(0, 256, (batch, c, size, size), generator=gen,

@@ -61,6 +61,15 @@ def _run(name: str, rest: list[str]) -> int:
     except KeyboardInterrupt:
         print(f"folk {name}: stopped by SIGINT", file=sys.stderr)
         return 128 + signal.SIGINT
+    except Exception:
+        # the signal's exception can be swallowed by the code it interrupts (a module being
+        # imported catches broad exceptions), which then fails in some other way: the
+        # signal is still what stopped the command
+        if _RECEIVED:
+            print(f"folk {name}: stopped by {signal.Signals(_RECEIVED[-1]).name}",
+                  file=sys.stderr)
+            return 128 + _RECEIVED[-1]
+        raise
 
 
 def os_error_text(exc: OSError) -> str:
@@ -74,6 +83,9 @@ def os_error_text(exc: OSError) -> str:
     return f"{' -> '.join(files)}: {what}" if files else what
 
 
+_RECEIVED: list[int] = []  # signals turned into exceptions during this main() call
+
+
 @contextlib.contextmanager
 def _signals_as_exceptions():
     """SIGTERM raises SignalExit (default action: die at once, skipping the clean-up that
@@ -82,7 +94,10 @@ def _signals_as_exceptions():
     from folk.errors import SignalExit
 
     def _raise(signum, frame):
+        _RECEIVED.append(signum)
         raise SignalExit(signum)
+
+    _RECEIVED.clear()
 
     previous = {}
     for sig in (signal.SIGTERM,):

@@ -492,3 +492,32 @@ def test_the_same_snakemake_command_resumes_after_an_interrupt(tmp_path):
             assert (wf / "out.txt").read_text() == "done\n"
         else:
             assert again.returncode != 0 and "ncomplete" in again.stdout + again.stderr
+
+
+def test_a_signal_swallowed_by_the_code_it_interrupted_still_exits_with_its_status(
+        monkeypatch, capsys):
+    """SIGTERM can land inside code that catches everything (a module being imported) and
+    then fails some other way; the command still reports the signal and exits 143."""
+    import os
+    import types
+
+    from folk import cli
+
+    def run(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler raises here
+        except BaseException:
+            pass
+        raise AttributeError("module 'numpy' has no attribute 'multiply'")
+
+    module = types.ModuleType("folk_fake_command")
+    module.add_arguments, module.run = (lambda parser: None), run
+    monkeypatch.setitem(sys.modules, "folk_fake_command", module)
+    monkeypatch.setitem(cli.COMMANDS, "fake", ("folk_fake_command", "a stand-in"))
+    assert cli.main(["fake"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip().endswith("fake: stopped by SIGTERM")
+    # the next call starts with no signal: the same failure without one is a plain error
+    module.run = lambda args: (_ for _ in ()).throw(AttributeError("no signal this time"))
+    with pytest.raises(AttributeError, match="no signal this time"):
+        cli.main(["fake"])
