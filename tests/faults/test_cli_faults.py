@@ -515,9 +515,15 @@ def test_a_signal_swallowed_by_the_code_it_interrupted_still_exits_with_its_stat
     module.add_arguments, module.run = (lambda parser: None), run
     monkeypatch.setitem(sys.modules, "folk_fake_command", module)
     monkeypatch.setitem(cli.COMMANDS, "fake", ("folk_fake_command", "a stand-in"))
-    assert cli.main(["fake"]) == 128 + signal.SIGTERM
-    assert capsys.readouterr().err.strip().endswith("fake: stopped by SIGTERM")
-    # the next call starts with no signal: the same failure without one is a plain error
-    module.run = lambda args: (_ for _ in ()).throw(AttributeError("no signal this time"))
-    with pytest.raises(AttributeError, match="no signal this time"):
-        cli.main(["fake"])
+    # main() turns only a signal at its default action into an exception, and the shell
+    # that started the suite may have left SIGTERM otherwise
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        assert cli.main(["fake"]) == 128 + signal.SIGTERM
+        assert capsys.readouterr().err.strip().endswith("fake: stopped by SIGTERM")
+        # the next call starts with no signal: the same failure without one is a plain error
+        module.run = lambda args: (_ for _ in ()).throw(AttributeError("no signal this time"))
+        with pytest.raises(AttributeError, match="no signal this time"):
+            cli.main(["fake"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
