@@ -33,9 +33,8 @@ Measurements, one JSON line each (``"type": "bench_data"``, ``"measure"`` naming
     times a bare decode and crop the workers spend per image).
 ``step``
     The pre-training step alone on random tensors on the device: what ``folk bench``
-    measures (``folk.bench.measure``), same fields. (Photometric work that
-    ``augment.photometric: device`` moves into the training iteration is in the whole
-    path's figure; in this one only once ``folk.bench.measure`` does it too.)
+    measures (``folk.bench.measure``), same fields; with ``augment.photometric: device`` it
+    begins with the batch's photometric work, as the training iteration does.
 ``whole``
     The real path: the engine's own data set, transform and collation in a
     ``torch.utils.data.DataLoader`` with ``data.num_workers`` workers (the engine's
@@ -291,26 +290,34 @@ def measure_whole(cfg: dict, batch: int, iterations: int, warmup: int,
     import torch
     from torch.utils.data import DataLoader
 
+    from folk.bench import _sync
+    from folk.data.on_device import DeviceBatches
     from folk.engine.pretrain import Pretrainer
 
     cfg = copy.deepcopy(cfg)
     p = cfg["pretrain"]
-    p.update(batch_size=batch, accum_steps=1, knn_every=0, compile=compile_, max_iterations=0)
+    p.update(batch_size=batch, accum_steps=1, knn_every=0, compile="on" if compile_ else "off",
+             max_iterations=0)
     with tempfile.TemporaryDirectory(prefix="folk-bench-data-") as tmp:
         trainer = Pretrainer(cfg, Path(tmp))
         trainer.setup()
         engine = trainer.loader
-        queued = engine.num_workers * (engine.prefetch_factor or 0)
+        on_device = isinstance(engine, DeviceBatches)  # data.on_device: no workers, no queue
+        queued = 0 if on_device else engine.num_workers * (engine.prefetch_factor or 0)
         untimed = warmup + queued
-        total = (untimed + iterations) * engine.batch_size
-        loader = DataLoader(engine.dataset, batch_size=engine.batch_size,
-                            sampler=_ConsecutiveEpochs(len(engine.dataset),
-                                                       trainer.iters_per_epoch * batch, total,
-                                                       cfg["experiment"]["seed"]),
-                            num_workers=engine.num_workers, collate_fn=engine.collate_fn,
-                            pin_memory=engine.pin_memory, drop_last=False,
-                            generator=torch.Generator().manual_seed(0),
-                            prefetch_factor=engine.prefetch_factor)
+        n = len(engine.images) if on_device else len(engine.dataset)
+        keys = _ConsecutiveEpochs(n, trainer.iters_per_epoch * batch,
+                                  (untimed + iterations) * trainer.images_per_iter,
+                                  cfg["experiment"]["seed"])
+        if on_device:
+            engine.sampler = keys
+            loader = engine
+        else:
+            loader = DataLoader(engine.dataset, batch_size=engine.batch_size, sampler=keys,
+                                num_workers=engine.num_workers, collate_fn=engine.collate_fn,
+                                pin_memory=engine.pin_memory, drop_last=False,
+                                generator=torch.Generator().manual_seed(0),
+                                prefetch_factor=engine.prefetch_factor)
         # past the frozen-last-layer epochs: the optimiser updates every parameter
         epoch = math.ceil(p["freeze_last_layer_epochs"])
         device = trainer.device
@@ -335,15 +342,9 @@ def measure_whole(cfg: dict, batch: int, iterations: int, warmup: int,
     return {"images_per_s": round(done / max(seconds, 1e-9), 2),
             "step_time_ms": round(seconds / iterations * 1e3, 3),
             "iterations": iterations, "untimed_iterations": untimed,
-            "num_workers": engine.num_workers, "prefetch_factor": engine.prefetch_factor,
-            "pin_memory": engine.pin_memory}
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+            "num_workers": 0 if on_device else engine.num_workers,
+            "prefetch_factor": None if on_device else engine.prefetch_factor,
+            "pin_memory": False if on_device else engine.pin_memory}
 
 
 # ------------------------------------------------------------------ summary
@@ -403,7 +404,7 @@ def run(args, cfg: dict) -> int:
               "arch": cfg["model"]["arch"], "img_size": cfg["model"]["img_size"],
               "dataset": cfg["data"]["dataset"], "data_root": str(cfg["data"]["root"]),
               "dataset_images": len(dataset), "batch_size": batch,
-              "photometric": cfg["augment"].get("photometric", "workers"),
+              "photometric": cfg["augment"]["photometric"],
               "num_workers": workers, "cores": _cores(), "compile": args.compile,
               "device": device, "dtype": str(dtype or "float32").replace("torch.", "")}
     out = Path(args.out) if args.out else None

@@ -271,6 +271,36 @@ def test_bench_data_on_fashion_mnist_without_workers(fashion_root, capsys):
         1 / (1 / loader + 1 / step), rel=1e-2)
 
 
+def test_bench_data_whole_path_with_the_split_on_the_device(fashion_root, capsys):
+    """data.on_device: the engine's loader is the split held on the device; the whole path
+    runs through it (no workers, no prefetch queue), and --compile reaches the engine as
+    pretrain.compile: on (not a boolean the key does not take)."""
+    from conftest import tiny_overrides
+
+    import folk.engine.pretrain as engine
+
+    argv = ["bench", "--data", "--rounds", "1", "--images", "4", "--batch-size", "4",
+            "--steps", "1", "--warmup", "0", "--iterations", "2"] + \
+        _sets(tiny_overrides(fashion_root) + ["data.in_chans=1", "data.mean=[0.286]",
+                                              "data.std=[0.353]", "augment.photometric=device",
+                                              "data.on_device=true"])
+    assert main(argv) == 0
+    whole = next(json.loads(l) for l in capsys.readouterr().out.splitlines()
+                 if l.startswith("{") and '"whole"' in l)
+    assert whole["iterations"] == 2 and whole["untimed_iterations"] == 0
+    assert whole["num_workers"] == 0 and whole["images_per_s"] > 0
+    compiled = []
+    original = engine.torch.compile
+    engine.torch.compile = lambda module, **kw: compiled.append(module) or module
+    try:
+        assert main(argv + ["--compile", "--iterations", "1"]) == 0
+    finally:
+        engine.torch.compile = original
+    capsys.readouterr()
+    # student and teacher twice: the step alone's, then the whole path's trainer's
+    assert len(compiled) == 4
+
+
 def test_bench_times_the_device_augmentation_with_the_step(capsys, monkeypatch):
     """With augment.photometric: device every timed step begins with the batch's
     photometric work (the views it trains on come out of finish_views); with workers, none."""

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from folk.data.photometric import to_unit_float
 from folk.data.transforms import PretrainViews
 from folk.errors import DataError
 
@@ -57,18 +58,19 @@ def _geometry(views: PretrainViews) -> list[tuple[v2.RandomResizedCrop, float]]:
     return out
 
 
-def draw_view_params(views: PretrainViews, image_shape: tuple[int, ...], key: int
+def draw_view_params(geometry: list[tuple[v2.RandomResizedCrop, float]], specs: list,
+                     image: torch.Tensor, key: int
                      ) -> list[tuple[tuple[int, int, int, int], bool, torch.Tensor]]:
     """Per view of one sample: (crop box (top, left, height, width), flipped, photometric
-    row), drawn from the global RNG seeded with ``key`` in the loader path's order."""
+    row), drawn from the global RNG seeded with ``key`` in the loader path's order;
+    ``geometry`` from ``_geometry``, ``image`` any tensor of the images' shape."""
     from folk.data.photometric import draw_params
 
-    dummy = torch.empty(image_shape, dtype=torch.uint8)
     out = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(key)
-        for (crop, flip_p), spec in zip(_geometry(views), views.specs):
-            box = crop.make_params([dummy])
+        for (crop, flip_p), spec in zip(geometry, specs):
+            box = crop.make_params([image])
             flipped = bool(torch.rand(1) < flip_p)  # v2 flips when rand(1) < p
             out.append(((box["top"], box["left"], box["height"], box["width"]), flipped,
                         draw_params(spec)))
@@ -81,7 +83,7 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, flipped: torch.Tensor
     left, height, width), mirrored where ``flipped``, resized to ``size`` (bicubic, pixel
     centres as ``interpolate(align_corners=False)``), float in [0, 1] rounded to 8 bits."""
     n, c, h, w = images.shape
-    x = images.float().mul_(1.0 / 255) if images.dtype == torch.uint8 else images
+    x = to_unit_float(images)
     boxes = boxes.to(device=x.device, dtype=torch.float32)
     top, left, bh, bw = boxes.unbind(dim=1)
     sign = 1.0 - 2.0 * flipped.to(device=x.device, dtype=torch.float32)
@@ -109,7 +111,8 @@ class DeviceBatches:
         self.images, self.labels = load_split(dataset, device)
         self.views, self.sampler, self.micro_batch = views, sampler, micro_batch
         self.seed, self.device, self._key = seed, device, sample_seed
-        self.sizes = [crop.size[0] for crop, _ in _geometry(views)]
+        self.geometry = _geometry(views)
+        self.sizes = [crop.size[0] for crop, _ in self.geometry]
         side = min(self.images.shape[-2:])
         if side > min(self.sizes):
             log.warning("data.on_device: images of %d px are cropped to views of %d px "
@@ -122,9 +125,8 @@ class DeviceBatches:
         return -(-len(self.sampler) // self.micro_batch)
 
     def _batch(self, keys: list[tuple[int, int]]):
-        shape = tuple(self.images.shape[1:])
-        drawn = [draw_view_params(self.views, shape, self._key(self.seed, e, i))
-                 for e, i in keys]
+        drawn = [draw_view_params(self.geometry, self.views.specs, self.images[0],
+                                  self._key(self.seed, e, i)) for e, i in keys]
         index = torch.tensor([i for _, i in keys], device=self.device)
         images = self.images[index]
         out = []
