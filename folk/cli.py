@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
+import re
 import signal
 import sys
+import threading
 
 # command: (module defining add_arguments(parser) and run(args), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -84,6 +87,18 @@ def os_error_text(exc: OSError) -> str:
 
 
 _RECEIVED: list[int] = []  # signals turned into exceptions during this main() call
+_REDELIVER_S = 0.05
+
+
+def _in_import(frame) -> bool:
+    """Whether the interrupted code runs inside an import (importlib's bootstrap frames,
+    frozen or not)."""
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if "importlib._bootstrap" in name or re.search(r"importlib[/\\]_bootstrap", name):
+            return True
+        frame = frame.f_back
+    return False
 
 
 @contextlib.contextmanager
@@ -94,7 +109,17 @@ def _signals_as_exceptions():
     from folk.errors import SignalExit
 
     def _raise(signum, frame):
-        _RECEIVED.append(signum)
+        if signum not in _RECEIVED:
+            _RECEIVED.append(signum)
+        if _in_import(frame):
+            # an exception raised inside an import can cross C++ frames that cannot carry
+            # it (torch's extension initialisation calls back into Python), and the process
+            # aborts with SIGABRT instead of cleaning up: the signal comes again shortly,
+            # until it lands after the import
+            timer = threading.Timer(_REDELIVER_S, os.kill, (os.getpid(), signum))
+            timer.daemon = True
+            timer.start()
+            return
         raise SignalExit(signum)
 
     _RECEIVED.clear()

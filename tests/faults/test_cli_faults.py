@@ -527,3 +527,34 @@ def test_a_signal_swallowed_by_the_code_it_interrupted_still_exits_with_its_stat
             cli.main(["fake"])
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_signal_during_an_import_is_raised_after_the_import(tmp_path, monkeypatch, capsys):
+    """An exception from the handler inside an import can cross C++ frames that abort
+    the process (CI saw SIGABRT while torch was being imported); the signal is delivered
+    again after the import, and the command still stops with its status."""
+    from folk import cli
+
+    (tmp_path / "folk_slow_import.py").write_text(
+        "import os, signal, time\n"
+        "STAGES = ['import started']\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(0.5)  # the handler runs here, inside the import\n"
+        "STAGES.append('import finished')\n"
+        "def add_arguments(parser):\n"
+        "    pass\n"
+        "def run(args):\n"
+        "    STAGES.append('run started')\n"
+        "    time.sleep(5)\n"
+        "    STAGES.append('run finished')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "folk_slow_import", raising=False)
+    monkeypatch.setitem(cli.COMMANDS, "slow", ("folk_slow_import", "a stand-in"))
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        assert cli.main(["slow"]) == 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert sys.modules["folk_slow_import"].STAGES == ["import started", "import finished",
+                                                      "run started"]
+    assert capsys.readouterr().err.strip().endswith("slow: stopped by SIGTERM")
