@@ -39,9 +39,9 @@ def add_arguments(parser) -> None:
     data.add_argument("--data", action="store_true",
                       help="measure the loader on the config's dataset against DINO's "
                            "reference augmentation, the step, and the two together")
-    data.add_argument("--rounds", type=int, default=3,
+    data.add_argument("--rounds", type=int, default=12,
                       help="interleaved rounds of the loader pipelines (median taken)")
-    data.add_argument("--images", type=int, default=64,
+    data.add_argument("--images", type=int, default=32,
                       help="images per loader pipeline and round")
     data.add_argument("--iterations", type=int, default=10,
                       help="timed iterations of the whole path (0: skip it)")

@@ -392,3 +392,18 @@ def test_collate_skip_none_single_and_multi_view():
     assert n == 2 and images.numel() == 0 and labels.numel() == 0
     assert labels.dtype == torch.long
 
+
+
+def test_a_seeded_block_draws_the_seeds_stream_and_restores_the_rng():
+    from folk.utils.seeding import seeded_cpu_rng
+
+    torch.manual_seed(123)
+    expected_after = torch.rand(4)
+    torch.manual_seed(123)
+    with seeded_cpu_rng(2 ** 40 + 7):
+        inside = torch.rand(5)
+        perm = torch.randperm(6)
+    reference = torch.Generator().manual_seed(2 ** 40 + 7)
+    assert torch.equal(inside, torch.rand(5, generator=reference))
+    assert torch.equal(perm, torch.randperm(6, generator=reference))
+    assert torch.equal(torch.rand(4), expected_after)  # the outer stream never moved

@@ -18,6 +18,7 @@ from folk.config import load_config
 from folk.data import photometric as P
 from folk.data.classification import collate_skip_none
 from folk.data.transforms import PretrainViews, finish_views
+from folk.errors import ConfigError
 
 RGB = ["data.in_chans=3", "data.mean=[0.485, 0.456, 0.406]", "data.std=[0.229, 0.224, 0.225]"]
 
@@ -156,6 +157,53 @@ def test_the_accelerators_branch_gives_the_hosts_result(monkeypatch):
     torch.testing.assert_close(device, host, atol=2e-6, rtol=0)
 
 
+# ------------------------------------------------------------------ compiled on the CPU
+
+def needs_cpp_compiler():
+    if P.cpp_compiler() is None:
+        pytest.skip("augment.compile needs a C++ compiler for torch.compile; none found")
+
+
+def test_compiled_operations_give_the_eager_results():
+    """Compiled, each operation is the same formula in one fused loop: equal to the eager
+    result up to float32 rounding (the blur with every tap, zeros included, for any sigma)."""
+    needs_cpp_compiler()
+    compiled = P._compiled_ops()
+    for i in range(3):
+        x = images(n=4, size=40, seed=i)[i:i + 1]
+        for name, value in (("brightness", 1.3), ("contrast", 0.6), ("saturation", 1.2),
+                            ("hue", -0.07), ("hue", 0.3)):
+            factor = torch.tensor([value])
+            torch.testing.assert_close(compiled[name](x, factor), P.EAGER_OPS[name](x, factor),
+                                       atol=2e-6, rtol=0)
+        assert torch.equal(compiled["solarize"](x), P.solarize(x))
+        torch.testing.assert_close(compiled["grayscale"](x), P.EAGER_OPS["grayscale"](x),
+                                   atol=1e-6, rtol=0)
+        for sigma in (0.3, 1.3, 2.0):
+            s = torch.tensor([sigma])
+            torch.testing.assert_close(compiled["blur"](x, s, 23), P.gaussian_blur(x, s, 23),
+                                       atol=2e-6, rtol=0)
+
+
+def test_compiled_views_are_the_same_alone_as_in_a_batch():
+    needs_cpp_compiler()
+    x = images(n=6, size=32, seed=7)
+    rows = random_rows(6, dino_spec(), seed=8)
+    together = P.apply_photometric(x, rows, 23, compiled=True)
+    torch.testing.assert_close(together, P.apply_photometric(x, rows, 23), atol=1e-5, rtol=0)
+    for i in range(len(x)):
+        alone = P.apply_photometric(x[i:i + 1], rows[i:i + 1], 23, compiled=True)[0]
+        assert torch.equal(alone, together[i])
+
+
+def test_compile_on_without_a_compiler_is_refused_before_any_work(monkeypatch):
+    monkeypatch.setattr(P, "cpp_compiler", lambda: None)
+    with pytest.raises(ConfigError, match="augment.compile: on needs a C\\+\\+ compiler"):
+        PretrainViews(load_config(None, ["augment.compile=on"]))
+    assert PretrainViews(load_config(None, ["augment.compile=auto"])).compiled is False
+    assert P.compile_wanted("off") is False
+
+
 # ------------------------------------------------------------------ the parameters
 
 def test_parameter_rows_follow_colorjitter_and_the_view_probabilities():
@@ -204,11 +252,13 @@ def test_one_channel_views_skip_colour_only_operations():
 
 # ------------------------------------------------------------------ the two paths
 
-@pytest.mark.parametrize("chans", [1, 3])
-def test_device_path_gives_the_per_sample_views(chans):
+@pytest.mark.parametrize("chans, compile", [(1, "off"), (3, "off"), (3, "on")])
+def test_device_path_gives_the_per_sample_views(chans, compile):
+    if compile == "on":
+        needs_cpp_compiler()
     extra = RGB if chans == 3 else ["data.in_chans=1", "data.mean=[0.5]", "data.std=[0.25]"]
     common = ["model.img_size=32", "augment.preset=dino", "augment.local_crops_number=2",
-              "augment.local_crops_size=16", *extra]
+              "augment.local_crops_size=16", f"augment.compile={compile}", *extra]
     workers = PretrainViews(load_config(None, common))
     device = PretrainViews(load_config(None, common + ["augment.photometric=device"]))
     rng = np.random.default_rng(0)

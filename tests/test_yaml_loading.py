@@ -106,7 +106,8 @@ def test_depth_limit_is_the_python_loaders_at_the_boundary():
 
 def test_without_libyaml_the_python_loader_reads(monkeypatch):
     monkeypatch.setattr(config, "_CLoader", None)
-    assert same_tree(yaml_load("[1e-4, yes, 1:30]"), [1e-4, True, 90])
+    # the params resolvers: exponent floats, only true/false as booleans
+    assert same_tree(yaml_load("[1e-4, yes, true, 1:30]"), [1e-4, "yes", True, 90])
     with pytest.raises(YAMLLimitError, match="alias '\\*m' at line 3"):
         yaml_load(BAD["alias"])
 
@@ -127,3 +128,23 @@ def test_defaults_parsed_once_copied_out_and_reread_when_edited(tmp_path, monkey
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))
     config.defaults()
     assert config._parse_defaults.cache_info().misses == misses + 1  # the edit is read
+
+
+@pytest.mark.parametrize("loader", ["python", "c"])
+def test_only_true_and_false_are_booleans(loader):
+    """YAML 1.1 reads on/off/yes/no as booleans; a params file means the words (the choices
+    of augment.compile and pretrain.compile), as YAML 1.2 does."""
+    if loader == "c" and config._CLoader is None:
+        pytest.skip("PyYAML built without libyaml")
+    text = "a: off\nb: on\nc: yes\nd: No\ne: true\nf: False\ng: TRUE\nh: 1e-4\n"
+    read = python_load(text) if loader == "python" else yaml.load(text, Loader=config._CLoader)
+    assert read == {"a": "off", "b": "on", "c": "yes", "d": "No", "e": True, "f": False,
+                    "g": True, "h": 1e-4}
+    assert yaml.safe_load("a: off") == {"a": False}  # PyYAML's own loaders are left alone
+
+
+def test_on_and_off_set_on_the_command_line_are_the_words():
+    cfg = config.load_config(None, ["augment.compile=off", "pretrain.compile=on"])
+    assert cfg["augment"]["compile"] == "off" and cfg["pretrain"]["compile"] == "on"
+    with pytest.raises(config.ConfigError, match="pretrain.deterministic.*yes"):
+        config.load_config(None, ["pretrain.deterministic=yes"])

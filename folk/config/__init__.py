@@ -84,9 +84,17 @@ def _merge(base: dict, update: dict, source: str, prefix: str = "",
                 origins[path] = source
 
 
-def _exponent_floats(loader: type) -> type:
-    """YAML 1.1 reads ``1e-4`` (no dot) as a string; researchers write learning rates that
-    way, so numbers in exponent form are numbers here."""
+def _params_resolvers(loader: type) -> type:
+    """Two YAML 1.1 readings that params files trip over, made as YAML 1.2 reads them:
+    ``1e-4`` (no dot) is a number, not a string (researchers write learning rates that way),
+    and only true/false are booleans, so that ``compile: off`` is the word a key's choices
+    name, not False."""
+    bool_tag = "tag:yaml.org,2002:bool"
+    loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != bool_tag]
+        for first, resolvers in loader.yaml_implicit_resolvers.items()}
+    loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
     loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",
         re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -94,13 +102,13 @@ def _exponent_floats(loader: type) -> type:
     return loader
 
 
-@_exponent_floats
+@_params_resolvers
 class _Loader(yaml.SafeLoader):
-    """PyYAML's pure-Python safe loader, numbers in exponent form included."""
+    """PyYAML's pure-Python safe loader with the params files' resolvers."""
 
 
 if getattr(yaml, "CSafeLoader", None) is not None:
-    @_exponent_floats
+    @_params_resolvers
     class _CLoader(yaml.CSafeLoader):
         """libyaml's parser and composer (several times faster than _Loader) with _Loader's
         constructors and resolvers, which are Python in both: the same YAML 1.1 types."""

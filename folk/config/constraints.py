@@ -25,6 +25,7 @@ CONSTRAINTS: dict[str, dict] = {
     "augment.local_crops_number": _NONNEG,
     "augment.local_crops_size": _POS,
     "augment.photometric": {"enum": ["workers", "device"]},
+    "augment.compile": {"enum": ["auto", "on", "off"]},
     "model.img_size": {"minimum": 8},
     "model.patch_size": {"minimum": 1},
     "model.depth": _NONNEG,

@@ -22,6 +22,7 @@ from torchvision.transforms import v2
 from folk.data.photometric import to_unit_float
 from folk.data.transforms import PretrainViews
 from folk.errors import DataError
+from folk.utils.seeding import seeded_cpu_rng
 
 log = logging.getLogger("folk.data.on_device")
 
@@ -67,8 +68,7 @@ def draw_view_params(geometry: list[tuple[v2.RandomResizedCrop, float]], specs: 
     from folk.data.photometric import draw_params
 
     out = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(key)
+    with seeded_cpu_rng(key):
         for (crop, flip_p), spec in zip(geometry, specs):
             box = crop.make_params([image])
             flipped = bool(torch.rand(1) < flip_p)  # v2 flips when rand(1) < p

@@ -18,11 +18,19 @@ luma; a Gaussian blur with reflect padding and a kernel of ``blur_kernel_size(si
 solarisation from 127.5/255 up, which is DINO's 128 after its 8-bit rounding), computed in
 float32 without intermediate 8-bit rounding. Blur is separable (two 1-D passes) and hue is
 shifted with a closed-form HSV round trip.
+
+On the CPU the operations can run compiled (``augment.compile``, :func:`compile_wanted`):
+``torch.compile`` fuses each one into a single C++ loop over the view, ~3x faster for hue
+and ~2x for a wide blur than the same operations one tensor pass at a time. Compiled,
+every view goes through the operations alone, so that its result never depends on which
+other views share its batch; compiled and eager results differ by float32 rounding only.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from folk.errors import ConfigError
 
 # columns of a parameter row
 JITTER, BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3, 4
@@ -195,56 +203,139 @@ def solarize(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= SOLARIZE_THRESHOLD, 1.0 - x, x)
 
 
-_JITTER_OPS = {OP_BRIGHTNESS: (BRIGHTNESS, adjust_brightness),
-               OP_CONTRAST: (CONTRAST, adjust_contrast),
-               OP_SATURATION: (SATURATION, adjust_saturation),
-               OP_HUE: (HUE, adjust_hue)}
+def _gray_views(x: torch.Tensor) -> torch.Tensor:
+    return grayscale(x).expand_as(x)
 
 
-def _steps(rgb: bool, kernel_size: int):
+# the operations by name; ``_compiled_ops`` holds the same names compiled
+EAGER_OPS = {"brightness": adjust_brightness, "contrast": adjust_contrast,
+             "saturation": adjust_saturation, "hue": adjust_hue, "grayscale": _gray_views,
+             "blur": gaussian_blur, "solarize": solarize}
+_JITTER_OPS = {OP_BRIGHTNESS: (BRIGHTNESS, "brightness"), OP_CONTRAST: (CONTRAST, "contrast"),
+               OP_SATURATION: (SATURATION, "saturation"), OP_HUE: (HUE, "hue")}
+
+
+def _steps(rgb: bool, kernel_size: int, ops: dict):
     """(jitter position or None, jitter op or None, column, function of (images, their
     parameter rows)) of every operation in application order: the jitter's four positions,
-    then grayscale, blur and solarisation."""
+    then grayscale, blur and solarisation; ``ops`` maps the operations' names to their
+    functions (``EAGER_OPS`` or the compiled ones)."""
     for position in range(4):
-        for op, (column, fn) in _JITTER_OPS.items():
+        for op, (column, name) in _JITTER_OPS.items():
             if rgb or op in (OP_BRIGHTNESS, OP_CONTRAST):
-                yield position, op, column, lambda t, p, fn=fn, column=column: fn(t, p[:, column])
+                yield position, op, column, \
+                    lambda t, p, fn=ops[name], column=column: fn(t, p[:, column])
     if rgb:
-        yield None, None, GRAY, lambda t, p: grayscale(t).expand_as(t)
-    yield None, None, BLUR, lambda t, p: gaussian_blur(t, p[:, SIGMA], kernel_size)
-    yield None, None, SOLARIZE, lambda t, p: solarize(t)
+        yield None, None, GRAY, lambda t, p: ops["grayscale"](t)
+    yield None, None, BLUR, lambda t, p: ops["blur"](t, p[:, SIGMA], kernel_size)
+    yield None, None, SOLARIZE, lambda t, p: ops["solarize"](t)
 
 
-def apply_photometric(x: torch.Tensor, params: torch.Tensor, kernel_size: int) -> torch.Tensor:
+def apply_photometric(x: torch.Tensor, params: torch.Tensor, kernel_size: int,
+                      compiled: bool = False) -> torch.Tensor:
     """Views ``x`` (N, C, H, W) float in [0, 1] through their parameter rows ``params``
     (N, ``N_PARAMS``): colour jitter in each row's order, grayscale, blur, solarisation.
 
     On the CPU the rows are read on the host (free there) and each operation runs on the
-    images that need it only. On an accelerator every operation runs on the whole batch and
-    is selected on the device, so that the step never waits for the host. Each image's
-    result is the same either way, and the same alone as in any batch."""
+    images that need it only; with ``compiled`` (:func:`compile_wanted`) each image runs
+    alone through the compiled operations. On an accelerator every operation runs on the
+    whole batch and is selected on the device, so that the step never waits for the host
+    (``compiled`` does not apply there). Each image's result is the same alone as in any
+    batch."""
     params = params.to(device=x.device, dtype=torch.float32)
     rgb = x.shape[1] == 3
     if _on_host(x):
-        rows = params.tolist()
-        for position, op, column, fn in _steps(rgb, kernel_size):
-            if op is None:
-                wanted = [i for i, row in enumerate(rows) if row[column] > 0]
-            else:
-                wanted = [i for i, row in enumerate(rows)
-                          if row[JITTER] > 0 and round(row[ORDER.start + position]) == op]
-            if len(wanted) == len(rows):
-                x = fn(x, params)
-            elif wanted:
-                index = torch.tensor(wanted)
-                x = x.index_copy(0, index, fn(x[index], params[index]))
-        return x
+        if compiled:
+            # contiguous: a compiled kernel is made for its input's strides, and a crop may
+            # come channels-last from the workers but as part of a contiguous batch here
+            ops = _compiled_ops()
+            views = [_on_host_rows(x[i:i + 1].contiguous(), params[i:i + 1], rgb, kernel_size,
+                                   ops) for i in range(len(x))]
+            return views[0] if len(views) == 1 else torch.cat(views)
+        return _on_host_rows(x, params, rgb, kernel_size, EAGER_OPS)
     order = params[:, ORDER].round().long()
     jitter = params[:, JITTER] > 0
-    for position, op, column, fn in _steps(rgb, kernel_size):
+    for position, op, column, fn in _steps(rgb, kernel_size, EAGER_OPS):
         chosen = params[:, column] > 0 if op is None else jitter & (order[:, position] == op)
         x = torch.where(_per_image(chosen), fn(x, params), x)
     return x
+
+
+def _on_host_rows(x: torch.Tensor, params: torch.Tensor, rgb: bool, kernel_size: int,
+                  ops: dict) -> torch.Tensor:
+    rows = params.tolist()
+    for position, op, column, fn in _steps(rgb, kernel_size, ops):
+        if op is None:
+            wanted = [i for i, row in enumerate(rows) if row[column] > 0]
+        else:
+            wanted = [i for i, row in enumerate(rows)
+                      if row[JITTER] > 0 and round(row[ORDER.start + position]) == op]
+        if len(wanted) == len(rows):
+            x = fn(x, params)
+        elif wanted:
+            index = torch.tensor(wanted)
+            x = x.index_copy(0, index, fn(x[index], params[index]))
+    return x
+
+
+# ------------------------------------------------------------------ compiled on the CPU
+
+def _tap_sums(padded: torch.Tensor, taps: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """sum_i taps[..., i] * padded.narrow(dim, i, length), every tap (zeros included)."""
+    out = padded.narrow(dim, 0, length) * taps[..., 0]
+    for i in range(1, taps.shape[-1]):
+        out = out + padded.narrow(dim, i, length) * taps[..., i]
+    return out
+
+
+def _blur_through(sums):
+    """gaussian_blur with its two passes done by ``sums`` (``_tap_sums`` compiled): every
+    tap of the kernel, at 0.47-0.66 ms for any sigma on a 224 px view on one core, where the
+    eager passes take 0.36 ms at sigma 0.3 (5 live taps) to 1.52 ms at 2.0 (23)."""
+    def blur(x: torch.Tensor, sigma: torch.Tensor, size: int) -> torch.Tensor:
+        n, c, h, w = x.shape
+        pad = size // 2
+        taps = gaussian_kernels(sigma.to(x.dtype), size).view(n, 1, 1, 1, size)
+        padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")  # as gaussian_blur pads
+        return sums(sums(padded, taps, w, 3), taps, h, 2)
+    return blur
+
+
+_COMPILED: dict = {}  # per process, made on first use: compiled functions are not pickled
+
+
+def _compiled_ops() -> dict:
+    if not _COMPILED:
+        # static shapes: one kernel per view size (the global and the local crops), each
+        # the fastest for its size (dynamic shapes measured 9x slower for the blur)
+        compiled = {name: torch.compile(fn, dynamic=False) for name, fn in EAGER_OPS.items()
+                    if name != "blur"}
+        compiled["blur"] = _blur_through(torch.compile(_tap_sums, dynamic=False))
+        _COMPILED.update(compiled)
+    return _COMPILED
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler ``torch.compile``'s CPU backend would use, or None."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        return get_cpp_compiler()
+    except Exception:  # the lookup raises its own error types when none is found
+        return None
+
+
+def compile_wanted(setting: str) -> bool:
+    """``augment.compile``: ``on`` (a ConfigError now, before any work, when no C++
+    compiler is found), ``off``, or ``auto`` (on when a compiler is found)."""
+    if setting == "off":
+        return False
+    found = cpp_compiler() is not None
+    if setting == "on" and not found:
+        raise ConfigError("augment.compile: on needs a C++ compiler for torch.compile on the "
+                          "CPU, and none was found (install g++, or set CXX); or set "
+                          "augment.compile: off")
+    return found
 
 
 def to_unit_float(views: torch.Tensor) -> torch.Tensor:

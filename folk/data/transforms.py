@@ -11,8 +11,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from folk.data.photometric import (ViewSpec, apply_photometric, blur_kernel_size, draw_params,
-                                   to_unit_float)
+from folk.data.photometric import (ViewSpec, apply_photometric, blur_kernel_size,
+                                   compile_wanted, draw_params, to_unit_float)
 
 BICUBIC = InterpolationMode.BICUBIC
 
@@ -48,6 +48,7 @@ class PretrainViews:
         self.kernel_sizes = [blur_kernel_size(size)] * 2 \
             + [blur_kernel_size(local)] * a["local_crops_number"]
         self.on_device = a["photometric"] == "device"
+        self.compiled = compile_wanted(a["compile"])  # on the CPU only; checked here, at once
 
     @property
     def n_views(self) -> int:
@@ -65,7 +66,7 @@ class PretrainViews:
             return crops + [torch.stack(rows)]
         # one view at a time: batching a sample's views measured slower (the mixed
         # operations' gathers cost more than the calls they save)
-        return [apply_photometric(to_unit_float(crop)[None], row[None], k)[0]
+        return [apply_photometric(to_unit_float(crop)[None], row[None], k, self.compiled)[0]
                 for crop, row, k in zip(crops, rows, self.kernel_sizes)]
 
 
@@ -76,7 +77,7 @@ def finish_views(batch: list[torch.Tensor], views: PretrainViews) -> list[torch.
     if not views.on_device:
         return batch
     *crops, rows = batch
-    return [apply_photometric(to_unit_float(crop), rows[:, i], k)
+    return [apply_photometric(to_unit_float(crop), rows[:, i], k, views.compiled)
             for i, (crop, k) in enumerate(zip(crops, views.kernel_sizes))]
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from folk.utils.seeding import seeded_cpu_rng
+
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     # large odd multipliers keep (epoch, index) pairs from colliding for any realistic size
@@ -29,8 +31,7 @@ class SeededViews(Dataset):
         if item is None:
             return None
         image, label = item
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
+        with seeded_cpu_rng(sample_seed(self.seed, epoch, index)):
             views = self.transform(image)
         return views, label
 

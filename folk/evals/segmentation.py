@@ -25,6 +25,7 @@ from folk.engine.checkpoint import rng_state, set_rng_state
 from folk.errors import ConfigError, DataError, NonFiniteLossError
 from folk.models import is_resnet, load_backbone
 from folk.utils.io import atomic_torch_save
+from folk.utils.seeding import seeded_cpu_rng
 
 CHECKPOINT = "checkpoint.pt"
 LOG_EVERY = 50
@@ -151,8 +152,7 @@ class SeededSamples(torch.utils.data.Dataset):
     def __getitem__(self, key):
         index, draw = key
         state = np.random.SeedSequence([self.seed, draw]).generate_state(1)[0]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(state))
+        with seeded_cpu_rng(int(state)):
             return self.dataset[index]
 
 
