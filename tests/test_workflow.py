@@ -288,6 +288,17 @@ def test_snakemake_config_items_reach_folk_typed(wf):
     assert bad.returncode != 0 and "--set pretrain.epochs" in bad.stdout + bad.stderr
 
 
+def test_params_words_that_yaml_1_1_reads_as_booleans_reach_folk_as_words(wf, tmp_path):
+    """`compile: off` unquoted: Snakemake's own YAML reading makes it False, which the
+    schema's choices (auto, on, off) refuse; the workflow reads the file as folk does."""
+    text = (ROOT / "params" / "demo.yaml").read_text()
+    assert "\naugment:\n" in text
+    params = tmp_path / "words.yaml"
+    params.write_text(text.replace("\naugment:\n", "\naugment:\n  compile: off\n", 1))
+    res = snakemake(wf, "-n", "-p", "--configfile", str(params))
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
 def test_submitit_launch_makes_pretraining_a_waiting_local_job(wf, tmp_path):
     threads = {"prepare": 1, "pretrain": 2, "eval": 2, "report": 1}
     params = write_params(tmp_path / "launch.yaml", {"launch": {"executor": "slurm"},

@@ -16,8 +16,8 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from folk.config import check_filter_radii
-from folk.errors import FolkError
+from folk.config import check_filter_radii, load_config, read_params
+from folk.errors import ConfigError, FolkError
 from folk.launch.resources import check_workflow_slurm, rule_resources
 
 # The conda environment of every rule (used with --software-deployment-method conda);
@@ -79,11 +79,6 @@ def cli_overrides():
 def check_with_folk(path, overrides):
     """folk's own validation of the params file (its messages name the file and the key),
     before Snakemake's schema check and before any job."""
-    try:
-        from folk.config import load_config
-        from folk.errors import ConfigError
-    except ImportError:  # folk not importable by this Snakemake: the schema still checks
-        return
     try:
         load_config(path, overrides)
     except ConfigError as exc:
@@ -380,6 +375,8 @@ put_folk_on_path()
 PARAMS = params_file()
 CLI_SETS = cli_overrides()
 check_with_folk(PARAMS, CLI_SETS)
+# the file as folk reads it (Snakemake's YAML reading makes booleans of on/off/yes/no)
+config.update(read_params(PARAMS))
 config.update(_apply_sets(config, CLI_SETS))  # the --config values, typed as folk reads them
 # the generated schema (`folk schema`) also fills every default into `config`
 validate(config, "../schemas/config.schema.yaml", set_default=True)
