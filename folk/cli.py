@@ -13,15 +13,15 @@ import threading
 
 # command: (module defining add_arguments(parser) and run(args), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "pretrain": ("folk.engine.cli", "pre-train one variant into a run directory"),
-    "eval": ("folk.evals.cli", "evaluate a run directory (knn, linear, finetune, fewshot, "
+    "pretrain": ("folk.commands.pretrain", "pre-train one variant into a run directory"),
+    "eval": ("folk.commands.eval", "evaluate a run directory (knn, linear, finetune, fewshot, "
                                "segmentation, robustness, pixels)"),
     "bench": ("folk.bench", "measure pre-training step throughput against a DINO baseline"),
     "prepare": ("folk.data.cli", "prepare a dataset and write its manifest"),
-    "launch": ("folk.launch.cli", "submit pre-training or fine-tuning through submitit/SLURM"),
-    "report": ("folk.report.cli", "generate the paper tables and figures from run results"),
-    "config": ("folk.config.cli", "validate a params file and print the resolved configuration"),
-    "schema": ("folk.config.schema_cli", "write the JSON schema of the configuration"),
+    "launch": ("folk.commands.launch", "submit pre-training or fine-tuning through submitit/SLURM"),
+    "report": ("folk.commands.report", "generate the paper tables and figures from run results"),
+    "config": ("folk.commands.config", "validate a params file and print the resolved configuration"),
+    "schema": ("folk.commands.schema", "write the JSON schema of the configuration"),
 }
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from folk.engine.pretrain import StopRequested, pretrain
+from folk.engine.pretrain import StopRequested
+from folk.training import pretrain
 from folk.errors import DataError, NonFiniteLossError, RunDirError
 from folk.models import backbone_kwargs
 from folk.variants import VARIANTS
@@ -209,8 +210,10 @@ def test_zero_epochs_writes_the_initialisation_of_the_same_seed(tiny_cfg, tmp_pa
 
     # the random-init baseline: the weights a training run of that seed starts from
     from folk.engine.pretrain import Pretrainer
+    from folk.evals.monitor import knn_monitor
 
-    start = Pretrainer(tiny_cfg(*knn, "pretrain.epochs=1"), tmp_path / "unused")
+    start = Pretrainer(tiny_cfg(*knn, "pretrain.epochs=1"), tmp_path / "unused",
+                       monitor=knn_monitor)
     start.setup()
     assert_same_weights(backbone_state(init_dir), start.teacher.backbone.state_dict())
     init_records = knn_records(init_dir)

@@ -43,7 +43,7 @@ def run_dir(fashion_root, tmp_path_factory) -> Path:
 
 
 def eval_cfg(run_dir: Path, *overrides: str) -> dict:
-    from folk.evals.cli import eval_config
+    from folk.config import eval_config
 
     return eval_config(run_dir, None, list(overrides))
 

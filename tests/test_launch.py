@@ -197,7 +197,7 @@ def test_profiles_resolve_from_the_repository_root():
 # ------------------------------------------------------------------ jobs and signals
 
 def test_split_finetune_overrides():
-    from folk.launch.cli import _split_finetune_overrides
+    from folk.commands.launch import _split_finetune_overrides
 
     launch, rest = _split_finetune_overrides(["slurm.eval_gpus=2", "eval.finetune.epochs=3",
                                               "launch.executor=local"])

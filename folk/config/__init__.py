@@ -675,6 +675,29 @@ def load_run_config(run_dir: str | Path) -> dict:
     return load_config(path)
 
 
+# keys an evaluation may change in a run's configuration; the rest define the run itself
+EVAL_OVERRIDABLE = ("eval.", "data.root", "data.num_workers", "experiment.run_name")
+
+
+def eval_config(run_dir: Path, params: str | None, overrides: list[str]) -> dict:
+    """A run's configuration as one of its evaluations reads it: the run's ``config.yaml``,
+    then the ``eval`` section of ``params``, then ``overrides`` (``EVAL_OVERRIDABLE`` keys
+    only: a ConfigError names any other), validated and resolved."""
+    cfg = load_run_config(run_dir)
+    if params:
+        data = read_params(params)
+        if "eval" in data:
+            cfg = merge_into(cfg, {"eval": data["eval"]}, params)
+    for item in overrides:
+        key, value = parse_override(item)
+        if not key.startswith(EVAL_OVERRIDABLE):
+            raise ConfigError(f"--set {key}: an evaluation may only change "
+                              f"{', '.join(EVAL_OVERRIDABLE)}; '{key}' belongs to the run")
+        cfg = merge_into(cfg, _nest(key, value), f"--set {key}")
+    validate(cfg, params or str(Path(run_dir) / "config.yaml"))
+    return resolve(cfg)
+
+
 # ---------------------------------------------------------------- JSON schema
 
 def json_schema() -> dict:

@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from folk.data.transforms import PretrainViews, finish_views
 from folk.engine.data import EpochSampler, SeededViews
 from folk.engine.distributed import all_reduce_mean, barrier, host_min, init_distributed
 from folk.engine.step import FolkObjective
-from folk.errors import DamagedFileError, NonFiniteLossError, RunDirError
+from folk.errors import ConfigError, DamagedFileError, NonFiniteLossError, RunDirError
 from folk.engine.records import rewind_records
 from folk.utils.io import append_jsonl, atomic_torch_save, atomic_write_json, read_jsonl
 
@@ -157,10 +158,23 @@ def _progress(total: int, initial: int, enabled: bool, desc: str):
                 mininterval=1.0 if sys.stderr.isatty() else 15.0, file=sys.stderr)
 
 
+Monitor = Callable[[dict, nn.Module], dict]  # (config, backbone) -> the fields of a record
+
+
 class Pretrainer:
-    def __init__(self, cfg: dict, run_dir: Path, stop_after: int | None = None):
+    """The pre-training loop of one run directory. ``monitor`` measures the backbone every
+    ``pretrain.knn_every`` epochs and at the initialisation (the commands give the
+    evaluations' k-NN monitor, ``folk.training``); the loop only calls it."""
+
+    def __init__(self, cfg: dict, run_dir: Path, stop_after: int | None = None,
+                 monitor: Monitor | None = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.p = cfg["pretrain"]
+        if self.p["knn_every"] and monitor is None:
+            raise ConfigError(f"pretrain.knn_every = {self.p['knn_every']} needs a monitor: "
+                              "train through folk.training.pretrain (as `folk pretrain` does), "
+                              "or give Pretrainer a monitor")
+        self.monitor = monitor
         self.stop_after = stop_after  # tests: behave as if killed after this iteration
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
         self.metrics_path = self.run_dir / "metrics.jsonl"
@@ -415,12 +429,10 @@ class Pretrainer:
         """An observation must not change what it observes: the monitor's data loader draws
         from the global RNGs, which the training steps after it (drop path) draw from too,
         so they are put back as they were; only rank 0 runs it."""
-        from folk.engine.monitor import knn_monitor
-
         if self.dist.is_main:
             rng = ckpt.rng_state()
             backbone = (self.teacher or self.student).backbone
-            record = knn_monitor(self.cfg, backbone)
+            record = self.monitor(self.cfg, backbone)
             ckpt.set_rng_state(rng)
             record.update({"type": "knn", "epoch": epoch, "iteration": self.iteration})
             append_jsonl(self.metrics_path, record)
@@ -559,8 +571,10 @@ def run_started(run_dir: Path) -> bool:
     return (run_dir / "checkpoints" / "last.pt").is_file() or (run_dir / "DONE.json").is_file()
 
 
-def pretrain(cfg: dict, run_dir: str | Path, stop_after: int | None = None) -> dict:
-    """Train ``cfg`` into ``run_dir``; resume from its checkpoint; no-op when DONE.json exists."""
+def pretrain(cfg: dict, run_dir: str | Path, stop_after: int | None = None,
+             monitor: Monitor | None = None) -> dict:
+    """Train ``cfg`` into ``run_dir``; resume from its checkpoint; no-op when DONE.json exists.
+    ``monitor``: see Pretrainer."""
     from folk.config import load_run_config
 
     run_dir = Path(run_dir)
@@ -571,7 +585,7 @@ def pretrain(cfg: dict, run_dir: str | Path, stop_after: int | None = None) -> d
         _check_finished(run_dir)
         print(f"{run_dir / 'DONE.json'} exists: run already finished", file=sys.stderr)
         return {}
-    trainer = Pretrainer(cfg, run_dir, stop_after)
+    trainer = Pretrainer(cfg, run_dir, stop_after, monitor)
     trainer.setup()
     if trainer.dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

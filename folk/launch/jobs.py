@@ -9,7 +9,6 @@ time-outs). The requeued job calls the same object again, and ``pretrain`` resum
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -110,7 +109,7 @@ class PretrainJob(_RunJob):
         import contextlib
 
         from folk.engine.distributed import env_dist_info
-        from folk.engine.pretrain import pretrain
+        from folk.training import pretrain
         from folk.utils.lock import exclusive
 
         # the job's rank 0 holds the run directory as `folk pretrain` does (a requeued job
@@ -143,12 +142,10 @@ class FinetuneJob(_RunJob):
     def run(self) -> dict:
         import json
 
-        from folk.evals import cli as eval_cli
+        from folk.evals.runner import run_task
 
-        args = argparse.Namespace(task="finetune", run=self.run_dir, config=self.params,
-                                  overrides=self.eval_overrides, variant="")
-        eval_cli.run(args)
-        metrics = Path(self.run_dir) / "eval" / "finetune" / "metrics.json"
+        metrics = run_task(self.run_dir, "finetune", params=self.params,
+                           overrides=self.eval_overrides)
         return json.loads(metrics.read_text()) if metrics.is_file() else {}
 
 

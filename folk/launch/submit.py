@@ -94,7 +94,7 @@ def check_run_dir(cfg: dict, run_dir: Path, task: str, params: str | None,
         if not (run_dir / name).is_file():
             raise RunDirError(f"{run_dir}: no {name}; fine-tuning needs a finished "
                               f"pre-training run")
-    from folk.evals.cli import eval_config
+    from folk.config import eval_config
     from folk.evals.common import is_done, task_dir
 
     eval_config(run_dir, params, eval_overrides)  # every eval key checked now, not in the job

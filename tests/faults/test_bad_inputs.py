@@ -129,7 +129,7 @@ def test_edge_values_are_accepted():
 def test_a_failed_start_does_not_bind_the_run_directory(fashion_root, tmp_path):
     """The k-NN monitor reads the test split only once training has begun, after
     config.yaml was written; the corrected configuration must then run."""
-    from folk.engine.pretrain import pretrain
+    from folk.training import pretrain
 
     root = tmp_path / "train-only"
     root.mkdir()

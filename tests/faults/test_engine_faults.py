@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from folk.config import load_config
-from folk.engine.pretrain import Pretrainer, StopRequested, pretrain
+from folk.engine.pretrain import Pretrainer, StopRequested
+from folk.training import pretrain
 from folk.errors import NonFiniteLossError, RunDirError
 
 from conftest import tiny_overrides
@@ -106,7 +107,7 @@ def _sigterm_during(monkeypatch, iteration: int) -> None:
 
 
 def _monitor_dies_at_epoch(monkeypatch, epoch: int) -> None:
-    from folk.engine import monitor
+    from folk.evals import monitor
 
     original, calls = monitor.knn_monitor, []
 

@@ -45,7 +45,8 @@ def run(args) -> int:
     run_dir = Path(args.out)
     ckpt = run_dir / "checkpoints" / "last.pt"
     with _run_dir_lock(run_dir):
-        from folk.engine.pretrain import StopRequested, pretrain
+        from folk.engine.pretrain import StopRequested
+        from folk.training import pretrain
         from folk.utils.io import remove_stale_temps
 
         # only the lock holder may sweep: a rival's temporary files would be live ones
