@@ -547,7 +547,7 @@ def _cross_checks(cfg: dict, source: str) -> None:
         raise ConfigError(
             f"{source}: key 'filter.mfm_radius' = {f['mfm_radius']} gives radius {radius:.2f} px "
             f"at img_size {size}, larger than the image (must be < {size / 2})")
-    if not m["arch"].startswith("resnet") and size % m["patch_size"] != 0:
+    if not recipes.is_resnet(m["arch"]) and size % m["patch_size"] != 0:
         raise ConfigError(f"{source}: key 'model.patch_size' = {m['patch_size']} does not divide "
                           f"model.img_size = {size}")
     if len(cfg["data"]["mean"]) != cfg["data"]["in_chans"] or \

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from folk.engine.checkpoint import rng_state, set_rng_state
 from folk.errors import ConfigError, DataError, NonFiniteLossError, RunDirError
+from folk.recipes import is_resnet
 from folk.utils.io import atomic_torch_save, atomic_write_json
 
 CHECKPOINT_FORMAT = 1
@@ -208,7 +209,7 @@ def _check_config(cfg: dict, batch_size: int, epochs: int) -> None:
                           f"eval.finetune.accum_steps = {ft['accum_steps']}")
     if epochs < 1:
         raise ConfigError(f"fine-tuning needs at least one epoch, got {epochs}")
-    if ft["global_pool"] == "token" and cfg["model"]["arch"].startswith("resnet"):
+    if ft["global_pool"] == "token" and is_resnet(cfg["model"]["arch"]):
         raise ConfigError("eval.finetune.global_pool = 'token' needs a ViT; "
                           f"model.arch is {cfg['model']['arch']!r}")
 

@@ -10,6 +10,7 @@ from functools import cached_property
 from pathlib import Path
 
 from folk.errors import DataError, RunDirError
+from folk.recipes import is_resnet
 from folk.report.naming import run_backbone_label, run_dataset_label
 
 EVAL_SCHEMA = "folk.eval/1"
@@ -127,7 +128,7 @@ class Run:
 
     @property
     def is_resnet(self) -> bool:
-        return self.arch.startswith("resnet")
+        return is_resnet(self.arch)
 
     @property
     def backbone(self) -> str:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 
+from folk.recipes import is_resnet
+
 _VIT = re.compile(r"^(?:vit|deit)\w*?_(tiny|small|base|large|huge|giant)_patch(\d+)")
 _VIT_SIZES = {"tiny": "T", "small": "S", "base": "B", "large": "L", "huge": "H", "giant": "g"}
 _RESNET = re.compile(r"^resnet(\d+)")
@@ -51,7 +53,7 @@ def backbone_label(arch: str, patch_size: int | None = None, img_size: int | Non
 
 def run_backbone_label(cfg: dict) -> str:
     m = cfg["model"]
-    is_vit = not m["arch"].startswith("resnet")
+    is_vit = not is_resnet(m["arch"])
     custom = bool(m.get("depth") or m.get("embed_dim") or m.get("num_heads")) and is_vit
     return backbone_label(m["arch"], m["patch_size"] if is_vit else None, m["img_size"], custom)
 

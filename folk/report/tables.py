@@ -10,6 +10,7 @@ import re
 from typing import Callable, Iterable
 
 from folk.config import flatten
+from folk.recipes import is_resnet
 from folk.report.collect import (MAJORITY, RANDOM_INIT, RAW_PIXELS, REFERENCE_METHODS,
                                  EvalResult, Run)
 from folk.report.naming import dataset_label, fmt_number, fmt_value, variant_rank
@@ -168,7 +169,7 @@ def _finalise(table: Table, higher_is_better: bool = True) -> Table:
 def finetune_table(runs: list[Run], ref) -> Table:
     """Fine-tuning top-1 by method (rows) and backbone (columns), as in the paper's Table 1."""
     vit_runs = [r for r in _sort_runs(_main_grid(runs)) if not r.is_resnet]
-    pub = _published(ref, "finetune", ["top1"], arch=lambda a: not a.startswith("resnet"))
+    pub = _published(ref, "finetune", ["top1"], arch=lambda a: not is_resnet(a))
     backbones = {"ViT-S/16", "ViT-B/16"} | {r.backbone for r in vit_runs} | set(pub["backbone"])
     table = Table(
         name="finetune", title="Image classification: fine-tuning top-1 accuracy",
@@ -207,7 +208,7 @@ def resnet_table(runs: list[Run], ref) -> Table:
         key_columns=["method", "backbone", "dataset", "pre-train epochs", "fine-tune epochs"],
         columns=[Column(FINETUNE), Column(LINEAR), Column(KNN)],
         empty_note="No ResNet runs yet.")
-    for _, p in _published(ref, "finetune", ["top1"], arch=lambda a: a.startswith("resnet")).iterrows():
+    for _, p in _published(ref, "finetune", ["top1"], arch=is_resnet).iterrows():
         keys = {"method": p["method"], "backbone": p["backbone"], "dataset": p["pretrain_dataset"],
                 "pre-train epochs": p["pretrain_epochs"] or None,
                 "fine-tune epochs": p["eval_epochs"] or None}
