@@ -16,7 +16,20 @@ class FolkError(Exception):
 
 
 class ConfigError(FolkError):
-    """An invalid configuration: unknown key, wrong type, value out of range."""
+    """An invalid configuration: unknown key, wrong type, value out of range. ``key`` is the
+    dotted configuration key at fault and ``source`` the file or override that gave it,
+    when the raiser knows them."""
+
+    def __init__(self, message: str, *, key: str | None = None, source: str | None = None):
+        super().__init__(message)
+        self.key, self.source = key, source
+
+    def __reduce__(self):
+        return _config_error, (str(self), self.key, self.source)
+
+
+def _config_error(message: str, key: str | None, source: str | None) -> ConfigError:
+    return ConfigError(message, key=key, source=source)
 
 
 class DataError(FolkError):

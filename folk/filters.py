@@ -36,8 +36,9 @@ from collections.abc import Sequence
 import torch
 
 from folk.errors import ConfigError, DataError
+from folk.filter_registry import FILTERS, filter_spec
 
-FILTER_NAMES = ("com_rcom", "mfm", "random_frequency", "random_patch", "none")
+FILTER_NAMES = tuple(FILTERS)
 
 # Slack subtracted before ceil(portion * count) so that binary rounding (0.05 * 400 =
 # 20.000000000000004) does not add one element: K is the ceiling of the *decimal* product.
@@ -397,13 +398,14 @@ def _own_draw(h: int, w: int, device: torch.device) -> torch.Tensor:
 
 
 def random_patch_with_pixel_mask(
-    x: torch.Tensor, ratio: float, patch: int, generator: torch.Generator, clamp: bool = True
+    x: torch.Tensor, patch_ratio: float, patch_size: int, generator: torch.Generator,
+    clamp: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SimMIM-style pixel-space masking; returns ``(x_masked, freq_mask, pixel_mask)``.
 
-    The image is cut into a ceil(H/patch) x ceil(W/patch) grid (edge patches are cropped when
-    the size is not a multiple of ``patch``); exactly ceil(ratio * N) of the N patches per image
-    (SimMIM's count) are chosen uniformly at random and set to 0. ``pixel_mask`` (B, 1, H, W)
+    The image is cut into a ceil(H/patch_size) x ceil(W/patch_size) grid (edge patches are
+    cropped when the size is not a multiple of ``patch_size``); exactly ceil(patch_ratio * N)
+    of the N patches per image (SimMIM's count) are chosen uniformly at random and set to 0. ``pixel_mask`` (B, 1, H, W)
     is 1 on visible pixels and 0 on masked ones; ``freq_mask`` is all zeros because every
     frequency of the image has to be recovered. Draws: one (B, N) uniform tensor whose
     ``count`` smallest entries pick the masked patches. Zeroing pixels keeps [0, 1] images
@@ -412,15 +414,17 @@ def random_patch_with_pixel_mask(
     where = "random_patch"
     _check_images(x, where)
     _check_generator(generator, x, where)
-    if not _is_real(ratio) or not 0.0 < ratio < 1.0:
-        raise ConfigError(f"filter.patch_mask_ratio: must be in (0, 1), got {ratio!r}")
-    if isinstance(patch, bool) or not isinstance(patch, numbers.Integral) or patch < 1:
-        raise ConfigError(f"filter.patch_mask_size: must be a positive integer, got {patch!r}")
-    patch = int(patch)
+    if not _is_real(patch_ratio) or not 0.0 < patch_ratio < 1.0:
+        raise ConfigError(f"filter.patch_mask_ratio: must be in (0, 1), got {patch_ratio!r}")
+    if isinstance(patch_size, bool) or not isinstance(patch_size, numbers.Integral) \
+            or patch_size < 1:
+        raise ConfigError(
+            f"filter.patch_mask_size: must be a positive integer, got {patch_size!r}")
+    patch_size = int(patch_size)
     b, _, h, w = x.shape
-    grid_h, grid_w = math.ceil(h / patch), math.ceil(w / patch)
+    grid_h, grid_w = math.ceil(h / patch_size), math.ceil(w / patch_size)
     n_patches = grid_h * grid_w
-    n_masked = _ceil_count(float(ratio), n_patches)
+    n_masked = _ceil_count(float(patch_ratio), n_patches)
     with _fp32_region(x):
         images = x.float()
         scores = torch.rand((b, n_patches), generator=generator, device=x.device)
@@ -428,7 +432,8 @@ def random_patch_with_pixel_mask(
         masked = torch.zeros((b, n_patches), dtype=torch.bool, device=x.device)
         masked.scatter_(1, chosen, True)
         masked = masked.view(b, 1, grid_h, grid_w)
-        masked = masked.repeat_interleave(patch, dim=2).repeat_interleave(patch, dim=3)[..., :h, :w]
+        masked = masked.repeat_interleave(patch_size, dim=2) \
+            .repeat_interleave(patch_size, dim=3)[..., :h, :w]
         pixel_mask = (~masked).float()
         filtered = images * pixel_mask
         if clamp:
@@ -438,11 +443,21 @@ def random_patch_with_pixel_mask(
 
 
 def random_patch(
-    x: torch.Tensor, ratio: float, patch: int, generator: torch.Generator, clamp: bool = True
+    x: torch.Tensor, patch_ratio: float, patch_size: int, generator: torch.Generator,
+    clamp: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random patch masking: ``(x_masked, freq_mask)``; see :func:`random_patch_with_pixel_mask`."""
-    filtered, freq_mask, _ = random_patch_with_pixel_mask(x, ratio, patch, generator, clamp)
+    filtered, freq_mask, _ = random_patch_with_pixel_mask(x, patch_ratio, patch_size, generator,
+                                                          clamp)
     return filtered, freq_mask
+
+
+def unmasked(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """No masking (the DINO baseline): the images as float32 and an all-ones mask; draws
+    nothing."""
+    _check_images(x, "none")
+    b, _, h, w = x.shape
+    return x.float(), torch.ones((b, 1, h, w), dtype=torch.float32, device=x.device)
 
 
 # ------------------------------------------------------------------------------ dispatch
@@ -463,23 +478,15 @@ def apply_filter(
     p_low: float = 0.5,
     clamp: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the filter ``name`` (one of :data:`FILTER_NAMES`); ``none`` returns the images
-    unchanged (as float32) with an all-ones mask. ``p_low``: MFM's low-pass probability;
-    ``clamp``: see the module docstring (``none`` ignores it). Size scaling of ``radius``
-    and ``patch_size`` is the caller's job."""
-    if name == "com_rcom":
-        return com_rcom(x, portions, p_com, generator, per_channel=per_channel, clamp=clamp)
-    if name == "mfm":
-        return mfm(x, radius, generator, p_low=p_low, clamp=clamp)
-    if name == "random_frequency":
-        return random_frequency(x, rho, generator, clamp=clamp)
-    if name == "random_patch":
-        return random_patch(x, patch_ratio, patch_size, generator, clamp=clamp)
-    if name == "none":
-        _check_images(x, "none")
-        b, _, h, w = x.shape
-        return x.float(), torch.ones((b, 1, h, w), dtype=torch.float32, device=x.device)
-    raise ConfigError(f"method.filter: unknown filter {name!r}; choose one of {', '.join(FILTER_NAMES)}")
+    """Run the filter ``name`` (a row of ``folk.filter_registry.FILTERS``) with those of the
+    arguments it takes; ``none`` returns the images unchanged (as float32) with an
+    all-ones mask. ``p_low``: MFM's low-pass probability; ``clamp``: see the module
+    docstring. Size scaling of ``radius`` and ``patch_size`` is the caller's job."""
+    spec = filter_spec(name)
+    given = dict(portions=portions, p_com=p_com, radius=radius, rho=rho,
+                 patch_ratio=patch_ratio, patch_size=patch_size, per_channel=per_channel,
+                 p_low=p_low, clamp=clamp)
+    return spec.load()(x, generator=generator, **{k: given[k] for k in spec.arguments})
 
 
 def centred_log_spectrum(x: torch.Tensor) -> torch.Tensor:

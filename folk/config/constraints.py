@@ -1,9 +1,10 @@
 """Ranges and choices for configuration keys (types come from ``defaults.yaml``)."""
+from folk.filter_registry import FILTERS
 
 _POS = {"exclusiveMinimum": 0}
 _NONNEG = {"minimum": 0}
 _PROB = {"minimum": 0, "maximum": 1}
-_FILTERS = ["com_rcom", "mfm", "random_frequency", "random_patch", "none"]
+_FILTERS = list(FILTERS)
 
 CONSTRAINTS: dict[str, dict] = {
     "data.dataset": {"enum": ["fashion_mnist", "imagefolder", "imagenet"]},
@@ -155,11 +156,6 @@ CONSTRAINTS: dict[str, dict] = {
                                                "segmentation", "robustness", "pixels"]}},
     "workflow.ablation_evals": {"items": {"enum": ["knn", "linear", "finetune", "fewshot",
                                                    "segmentation", "robustness", "pixels"]}},
-    "workflow.ablations.portions": {"items": {"minItems": 1, "items": {"exclusiveMinimum": 0,
-                                                                       "exclusiveMaximum": 1}}},
-    "workflow.ablations.p_com": {"items": _PROB},
-    "workflow.ablations.loss_weights": {"items": {"minItems": 2, "maxItems": 2, "items": _NONNEG}},
-    "workflow.ablations.epochs": {"items": {"minimum": 1}},
     "workflow.threads.prepare": {"minimum": 1},
     "workflow.threads.pretrain": {"minimum": 1},
     "workflow.threads.eval": {"minimum": 1},

@@ -9,7 +9,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn as nn
 
-from folk.config import scaled_patch, scaled_radius
+from folk.filter_registry import filter_spec
 
 
 def autocast_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
@@ -45,11 +45,9 @@ class FolkObjective(nn.Module):
         self.lambda_rec, self.lambda_kd = p["lambda_rec"], p["lambda_kd"]
         self.rec_reduction = p["rec_reduction"]
         self.filter_name = method["filter"]
-        self.filter_kwargs = dict(portions=list(f["portions"]), p_com=method["p_com"],
-                                  radius=scaled_radius(cfg), rho=f["random_rho"],
-                                  patch_ratio=f["patch_mask_ratio"],
-                                  patch_size=scaled_patch(cfg), per_channel=f["per_channel"],
-                                  p_low=f["mfm_p_low"], clamp=f["clamp"])
+        self.filter_spec = filter_spec(self.filter_name)
+        self.filter = self.filter_spec.load()
+        self.filter_kwargs = self.filter_spec.kwargs(cfg)
         self.filter_local_views = f["local_views"] == "same"
         self.cfg = cfg
         c = cfg["data"]["in_chans"]
@@ -69,8 +67,7 @@ class FolkObjective(nn.Module):
     def local_filter_kwargs(self, size: int) -> dict:
         """The filter's arguments for views of ``size`` px: the radius and patch side scale
         with the view, as they do with ``model.img_size`` (spectral portions need nothing)."""
-        return dict(self.filter_kwargs, radius=scaled_radius(self.cfg, size),
-                    patch_size=scaled_patch(self.cfg, size))
+        return self.filter_spec.kwargs(self.cfg, size)
 
     @torch.no_grad()
     def apply_center_update(self) -> None:
@@ -87,13 +84,11 @@ class FolkObjective(nn.Module):
         reconstruction stays on the global views. With ``none`` they reach the student
         unfiltered.
         """
-        from folk.filters import apply_filter
         from folk.losses import frequency_loss
 
         n = self.num_views
         globals_ = torch.cat(views[:n])
-        masked, mask = apply_filter(self.filter_name, globals_, generator=generator,
-                                    **self.filter_kwargs)
+        masked, mask = self.filter(globals_, generator=generator, **self.filter_kwargs)
         terms: dict[str, torch.Tensor] = {}
         with autocast(self.device, self.amp_dtype):
             logits, recon = self.student(self.normalize(masked))
@@ -110,9 +105,8 @@ class FolkObjective(nn.Module):
                 student_out = list(logits.chunk(n))
                 locals_ = list(views[2:])
                 if locals_ and self.filter_local_views:
-                    filtered, _ = apply_filter(
-                        self.filter_name, torch.cat(locals_), generator=generator,
-                        **self.local_filter_kwargs(locals_[0].shape[-1]))
+                    filtered, _ = self.filter(torch.cat(locals_), generator=generator,
+                                              **self.local_filter_kwargs(locals_[0].shape[-1]))
                     locals_ = list(filtered.chunk(len(locals_)))
                 for local in locals_:
                     student_out.append(self.student(self.normalize(local), reconstruct=False)[0])

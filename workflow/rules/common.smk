@@ -16,6 +16,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from folk.ablations import ablations
 from folk.config import check_filter_radii, load_config, read_params
 from folk.errors import ConfigError, FolkError
 from folk.launch.resources import check_workflow_slurm, rule_resources
@@ -78,9 +79,9 @@ def cli_overrides():
 
 def check_with_folk(path, overrides):
     """folk's own validation of the params file (its messages name the file and the key),
-    before Snakemake's schema check and before any job."""
+    before Snakemake's schema check and before any job; the configuration as folk reads it."""
     try:
-        load_config(path, overrides)
+        return load_config(path, overrides)
     except ConfigError as exc:
         raise WorkflowError(f"invalid params: {exc}") from None
 
@@ -108,31 +109,12 @@ def check_workflow_keys(cfg, source):
 
 # ------------------------------------------------------------------ runs
 
-def _value_label(value):
-    """`[0.005, 0.01]` -> `0.005_0.01`; `100` -> `100` (run names are directory names)."""
-    items = value if isinstance(value, list) else [value]
-    return "_".join(format(v, "g") if isinstance(v, float) else str(v) for v in items)
-
-
-def _ablation_sets(name, value):
-    """The `--set` items of one ablation value (workflow.ablations.<name>)."""
-    if name == "portions":
-        return [f"filter.portions={json.dumps(value)}"]
-    if name == "p_com":
-        return [f"filter.p_com={json.dumps(value)}"]
-    if name == "loss_weights":
-        return [f"pretrain.lambda_rec={json.dumps(value[0])}",
-                f"pretrain.lambda_kd={json.dumps(value[1])}"]
-    if name == "epochs":
-        return [f"pretrain.epochs={json.dumps(value)}"]
-    raise WorkflowError(f"unknown ablation 'workflow.ablations.{name}'")
-
-
-def build_runs(cfg):
+def build_runs(cfg, grids):
     """run name -> {variant, ablation, sets (the run's --set items), evals}, in order:
-    the main grid (workflow.variants), then each ablation grid applied to
-    workflow.ablation_variant. Every run's name and ablation go into its config so that
-    the report reads them rather than parsing directory names."""
+    the main grid (workflow.variants), then each ablation grid (``grids``, folk's reading
+    of workflow.ablations) applied to workflow.ablation_variant. Every run's name and
+    ablation go into its config so that the report reads them rather than parsing
+    directory names."""
     wf = cfg["workflow"]
     full = set(wf["eval_variants"] or wf["variants"])
     runs = {}
@@ -161,10 +143,10 @@ def build_runs(cfg):
         if wf["random_init"]:
             add(f"{RANDOM_INIT_RUN}-seed{seed}", base, "",
                 ["pretrain.epochs=0", f"experiment.seed={seed}"], wf["seed_evals"])
-    for ablation, values in wf["ablations"].items():
-        for value in values:
-            add(f"{base}-{ablation}{_value_label(value)}", base, ablation,
-                _ablation_sets(ablation, value), wf["ablation_evals"])
+    for grid in grids.values():
+        for value in grid.values:
+            add(grid.run_name(base, value), base, grid.name, grid.sets(value),
+                wf["ablation_evals"])
     return runs
 
 
@@ -374,7 +356,7 @@ def logged(command):
 put_folk_on_path()
 PARAMS = params_file()
 CLI_SETS = cli_overrides()
-check_with_folk(PARAMS, CLI_SETS)
+FOLK_CONFIG = check_with_folk(PARAMS, CLI_SETS)
 # the file as folk reads it (Snakemake's YAML reading makes booleans of on/off/yes/no)
 config.update(read_params(PARAMS))
 config.update(_apply_sets(config, CLI_SETS))  # the --config values, typed as folk reads them
@@ -389,7 +371,7 @@ if launched():
 
 EXP = config["experiment"]["name"]
 RUNS_DIR = os.path.join("runs", EXP)
-RUNS = build_runs(config)
+RUNS = build_runs(config, ablations(FOLK_CONFIG))
 if any("robustness" in r["evals"] for r in RUNS.values()):
     try:  # radii that mean nothing at model.img_size fail here, not after fine-tuning
         check_filter_radii(config, PARAMS)

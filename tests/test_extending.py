@@ -1,0 +1,80 @@
+"""docs/DESIGN.md, "How to add ...": each recipe there, followed as a user would, works.
+A filter or an evaluation is one new module plus one registry row, so each test writes the
+module into a temporary directory and adds the row before the rest of folk is imported
+(what editing the registry's file does), in a fresh interpreter."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from conftest import REPO, tiny_overrides
+
+TOY_FILTER = '''
+import torch
+
+
+def scale(x, generator, *, strength, clamp=True):
+    """A toy filter: the image at `strength` of its amplitude, every frequency kept."""
+    out = x.float() * strength
+    b, _, h, w = x.shape
+    return (out.clamp(0.0, 1.0) if clamp else out), torch.ones((b, 1, h, w))
+'''
+
+ADD_FILTER_ROW = '''
+from folk import filter_registry as registry
+
+registry.FILTERS["toy_scale"] = registry.FilterSpec(
+    "toy_filter:scale",
+    {"strength": registry.key("filter.random_rho"), "clamp": registry.key("filter.clamp")},
+    lambda cfg: f"toy scale ({cfg['filter']['random_rho']:g})")
+'''
+
+
+def run_python(code: str, path) -> dict:
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         env={"PYTHONPATH": f"{path}:{REPO}", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_toy_filter_is_one_module_and_one_registry_row(tmp_path, fashion_root):
+    (tmp_path / "toy_filter.py").write_text(TOY_FILTER)
+    overrides = tiny_overrides(fashion_root) + ["method.filter=toy_scale", "filter.random_rho=0.25"]
+    code = ADD_FILTER_ROW + textwrap.dedent(f'''
+        import json
+        import torch
+        from folk.config import load_config
+        from folk.engine.step import FolkObjective
+        from folk.errors import ConfigError
+        from folk.models import build_student_teacher
+
+        cfg = load_config(None, {overrides!r})
+        torch.manual_seed(0)
+        student, teacher = build_student_teacher(cfg)
+        objective = FolkObjective(cfg, student, teacher, torch.device("cpu"))
+        views = [torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(i))
+                 for i in range(2)]
+        loss, terms = objective(views, 0.04, torch.Generator().manual_seed(1))
+        filtered, _ = objective.filter(views[0], generator=torch.Generator(),
+                                       **objective.filter_kwargs)
+        try:
+            load_config(None, {overrides[:-2]!r} + ["method.filter=toy_other"])
+            refused = ""
+        except ConfigError as exc:
+            refused = str(exc)
+        print(json.dumps({{
+            "loss": float(loss), "terms": sorted(terms),
+            "max_error": float((filtered - 0.25 * views[0]).abs().max()),
+            "keys": list(registry.FILTERS["toy_scale"].config_keys),
+            "label": registry.FILTERS["toy_scale"].label(cfg), "refused": refused}}))
+        ''')
+    result = run_python(code, tmp_path)
+    assert result["max_error"] == 0.0  # the step's student views are the toy filter's
+    assert result["loss"] == result["loss"] and abs(result["loss"]) < 1e6
+    assert {"loss", "loss_kd", "loss_rec"} <= set(result["terms"])
+    assert result["keys"] == ["filter.random_rho", "filter.clamp"]
+    assert result["label"] == "toy scale (0.25)"
+    # the configuration's choices are the registry's rows
+    assert "'method.filter'" in result["refused"] and "toy_scale" in result["refused"]
