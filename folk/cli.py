@@ -16,8 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("folk.commands.pretrain", "pre-train one variant into a run directory"),
     "eval": ("folk.commands.eval", "evaluate a run directory (knn, linear, finetune, fewshot, "
                                "segmentation, robustness, pixels)"),
-    "bench": ("folk.bench", "measure pre-training step throughput against a DINO baseline"),
-    "prepare": ("folk.data.cli", "prepare a dataset and write its manifest"),
+    "bench": ("folk.commands.bench", "measure pre-training step throughput against a DINO "
+                                     "baseline"),
+    "prepare": ("folk.commands.prepare", "prepare a dataset and write its manifest"),
     "launch": ("folk.commands.launch", "submit pre-training or fine-tuning through submitit/SLURM"),
     "report": ("folk.commands.report", "generate the paper tables and figures from run results"),
     "config": ("folk.commands.config", "validate a params file and print the resolved configuration"),

@@ -116,7 +116,7 @@ def test_folk_prepare_photos(tmp_path, capsys):
 def test_reference_pipelines_make_what_their_sources_make(photos_root):
     import torch
 
-    from folk.bench_data import DecodeCrop, DinoReference, MfmReference
+    from folk.benchmark.input_path import DecodeCrop, DinoReference, MfmReference
     from folk.config import load_config
     from folk.data.classification import load_image
 
@@ -132,7 +132,7 @@ def test_reference_pipelines_make_what_their_sources_make(photos_root):
 
 
 def test_summary_says_what_bounds_the_run():
-    from folk.bench_data import summarise
+    from folk.benchmark.input_path import summarise
 
     fed = summarise(loader_per_core=100.0, step_ips=300.0, whole_ips=280.0, workers=4)
     assert fed["bound"] == "step" and fed["loader_images_per_s"] == 400.0
@@ -212,7 +212,7 @@ def test_bench_data_times_whatever_the_views_are(tmp_path, photos_root, capsys, 
     assert main(argv) == 0
     printed = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
     assert [r["measure"] for r in printed] == ["loader"] * 4 + ["step", "summary"]
-    from folk.bench_data import LOADER_WARMUP_IMAGES
+    from folk.benchmark.input_path import LOADER_WARMUP_IMAGES
 
     # the timed images and the warm-up's; photographs, decoded
     assert len(calls) == 3 + LOADER_WARMUP_IMAGES
@@ -249,7 +249,7 @@ def test_dino_reference_on_one_channel_images():
     the views keep one channel, so the workflow's data bench runs on it too."""
     from PIL import Image
 
-    from folk.bench_data import DinoReference
+    from folk.benchmark.input_path import DinoReference
     from folk.config import load_config
 
     cfg = load_config(REPO / "params" / "demo.yaml")

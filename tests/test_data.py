@@ -14,7 +14,7 @@ from PIL import Image
 
 from folk.config import load_config
 from folk.data import build_dataset, collate_skip_none, read_file_list
-from folk.data.cli import checked_root, prepare_fashion_mnist, prepare_fewshot
+from folk.data.prepare import checked_root, prepare_fashion_mnist, prepare_fewshot
 from folk.data.manifest import check_layout, read_manifest
 from folk.data.transforms import (PretrainViews, ResizeForEval, eval_transform, normalize,
                                   train_classifier_transform)

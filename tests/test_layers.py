@@ -12,16 +12,36 @@ from conftest import REPO
 PACKAGE = REPO / "folk"
 
 
-def imported_modules(path) -> set[str]:
-    """Every folk module ``path`` names in an import statement, anywhere in the file."""
+def parsed(path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def imported_names(path) -> set[str]:
+    """Every module ``path`` names in an import statement, anywhere in the file (and, for
+    ``from m import x``, ``m.x`` too)."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(parsed(path)):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return {n for n in names if n == "folk" or n.startswith("folk.")}
+    return names
+
+
+def in_package(names: set[str], package: str) -> set[str]:
+    return {n for n in names if n == package or n.startswith(f"{package}.")}
+
+
+def imported_modules(path) -> set[str]:
+    """Every folk module ``path`` names in an import statement, anywhere in the file."""
+    return in_package(imported_names(path), "folk")
+
+
+def library_modules() -> list:
+    """Every module of the package except the commands and the ``folk`` entry point."""
+    return [path for path in PACKAGE.rglob("*.py")
+            if path.parent != PACKAGE / "commands" and path != PACKAGE / "cli.py"]
 
 
 def modules_loaded_by(*modules: str) -> set[str]:
@@ -44,11 +64,38 @@ def test_the_engine_imports_nothing_from_the_evaluations():
 
 
 def test_only_the_cli_imports_the_commands():
-    for path in PACKAGE.rglob("*.py"):
-        if path.parent.name == "commands" or path == PACKAGE / "cli.py":
-            continue
+    for path in library_modules():
         commands = {m for m in imported_modules(path) if m.startswith("folk.commands")}
         assert not commands, f"{path.relative_to(REPO)} imports {sorted(commands)}"
+
+
+def test_no_library_imports_the_entry_point():
+    for path in library_modules():
+        entry = in_package(imported_modules(path), "folk.cli")
+        assert not entry, f"{path.relative_to(REPO)} imports {sorted(entry)}"
+
+
+PARSER_METHODS = {"add_argument", "add_argument_group", "add_mutually_exclusive_group",
+                  "add_subparsers", "add_parser", "parse_args", "parse_known_args"}
+
+
+def parser_calls(path) -> set[str]:
+    """The argparse methods ``path`` calls, by name, whatever the object."""
+    return {node.func.attr for node in ast.walk(parsed(path))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in PARSER_METHODS}
+
+
+def test_only_the_commands_parse_arguments():
+    """A library is called with values: the options, and the parsers that read them, belong
+    to the commands and ``folk.cli``."""
+    entry = PACKAGE / "cli.py"
+    assert in_package(imported_names(entry), "argparse") and parser_calls(entry)  # can fire
+    for path in library_modules():
+        imports = in_package(imported_names(path), "argparse")
+        assert not imports, f"{path.relative_to(REPO)} imports {sorted(imports)}"
+        calls = parser_calls(path)
+        assert not calls, f"{path.relative_to(REPO)} builds a command line: {sorted(calls)}"
 
 
 def test_the_workflow_imports_no_folk_module_that_loads_torch():

@@ -1,7 +1,7 @@
 """Datasets, transforms, label subsets and manifests.
 
 Public names are imported on first use, so that ``folk prepare --help`` (which imports
-``folk.data.cli``) does not pay for torch and torchvision.
+``folk.data.prepare``) does not pay for torch and torchvision.
 """
 from __future__ import annotations
 

@@ -236,7 +236,7 @@ class BenchRecord:
 
 
 _BENCH_KEYS = ("variant", "arch", "images_per_s", "device")
-# `folk bench --data` (folk.bench_data): the keys of every line, then those of each measure
+# `folk bench --data` (folk.benchmark.input_path): the keys of every line, then those of each measure
 _BENCH_DATA_KEYS = ("measure", "variant", "arch", "device")
 _BENCH_DATA_MEASURE_KEYS = {
     "loader": ("pipeline", "per_core"), "step": ("images_per_s",),

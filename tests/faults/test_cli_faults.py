@@ -202,7 +202,7 @@ def test_variant_is_a_name_not_a_path(run_dir, tmp_path, capsys, variant):
 
 def test_data_root_through_a_symlink_is_checked_resolved(tmp_path, monkeypatch, capsys):
     from folk.cli import main
-    from folk.data.cli import checked_root
+    from folk.data.prepare import checked_root
 
     project, outside = tmp_path / "project", tmp_path / "outside"
     (project / "real").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""``folk prepare DATASET --config F [--set ..]``: put a dataset where the config says,
+"""Dataset preparation, as ``folk prepare`` runs it: put a dataset where the config says,
 check it, and write its ``manifest.json``; or write the few-shot label lists; or
 (``photos``) write a small tree of JPEG photographs to measure the input path on
 (``folk.data.photos``).
@@ -12,27 +12,11 @@ import os
 import sys
 from pathlib import Path
 
-from folk.cli import add_config_arguments
-
-DATASETS = ("fashion_mnist", "imagefolder", "imagenet", "ade20k", "composite", "fewshot",
-            "photos")
+# what ``prepare`` can prepare
+TARGETS = ("fashion_mnist", "imagefolder", "imagenet", "ade20k", "composite", "fewshot",
+           "photos")
 FASHION_MNIST_DEFAULT_SOURCE = "/usr/share/datasets/fashion-mnist"
 APT_HINT = "apt-get install -y dataset-fashion-mnist"
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("dataset", choices=DATASETS, help="what to prepare")
-    add_config_arguments(parser)
-    parser.add_argument("--full", action="store_true",
-                        help="image folders: decode every image (default: a seeded sample)")
-    parser.add_argument("--sample-per-class", type=int, default=10, metavar="N",
-                        help="image folders: images decoded per class without --full "
-                             "(default 10)")
-    parser.add_argument("--force", action="store_true",
-                        help="redo the work even when the manifest matches the data")
-    parser.add_argument("--count", type=int, default=200, metavar="N",
-                        help="photos: training photographs to write (default 200; "
-                             "folk/data/photos.py)")
 
 
 def _say(msg: str) -> None:
@@ -351,28 +335,24 @@ def prepare_photos(cfg: dict, count: int = 200, force: bool = False) -> Path:
     return prepare_image_folder(cfg, "imagefolder", full=True, force=force)
 
 
-# ------------------------------------------------------------------ entry point
+# ------------------------------------------------------------------ any of them
 
-def run(args) -> int:
-    from folk.config import load_config
-    from folk.errors import ConfigError
-
-    cfg = load_config(args.config, args.overrides)
-    if args.sample_per_class < 1:
-        raise ConfigError(f"--sample-per-class must be >= 1, got {args.sample_per_class}")
-    if args.dataset == "fashion_mnist":
-        prepare_fashion_mnist(cfg, force=args.force)
-    elif args.dataset in ("imagefolder", "imagenet"):
-        prepare_image_folder(cfg, args.dataset, full=args.full,
-                             sample_per_class=args.sample_per_class, force=args.force)
-    elif args.dataset == "ade20k":
-        prepare_ade20k(cfg)
-    elif args.dataset == "composite":
-        prepare_composite(cfg)
-    elif args.dataset == "photos":
-        if args.count < 1:
-            raise ConfigError(f"--count must be >= 1, got {args.count}")
-        prepare_photos(cfg, args.count, force=args.force)
-    else:
-        prepare_fewshot(cfg)
-    return 0
+def prepare(cfg: dict, target: str, *, full: bool, sample_per_class: int, force: bool,
+            count: int):
+    """Prepare one of ``TARGETS`` as the config describes it. ``full`` and
+    ``sample_per_class`` concern image folders, ``count`` the photographs; ``force`` redoes
+    work the manifest says is done."""
+    if target not in TARGETS:
+        raise ValueError(f"cannot prepare {target!r}; one of {', '.join(TARGETS)}")
+    if target == "fashion_mnist":
+        return prepare_fashion_mnist(cfg, force=force)
+    if target in ("imagefolder", "imagenet"):
+        return prepare_image_folder(cfg, target, full=full, sample_per_class=sample_per_class,
+                                    force=force)
+    if target == "ade20k":
+        return prepare_ade20k(cfg)
+    if target == "composite":
+        return prepare_composite(cfg)
+    if target == "photos":
+        return prepare_photos(cfg, count, force=force)
+    return prepare_fewshot(cfg)

@@ -1,5 +1,5 @@
-"""``folk bench --data``: images/s of the pre-training input path on the config's dataset,
-split so that it says what bounds a run: the loader, the step, or neither.
+"""Images/s of the pre-training input path on the config's dataset, as ``folk bench --data``
+measures them, split so that it says what bounds a run: the loader, the step, or neither.
 
 Measurements, one JSON line each (``"type": "bench_data"``, ``"measure"`` naming which):
 
@@ -35,8 +35,8 @@ Measurements, one JSON line each (``"type": "bench_data"``, ``"measure"`` naming
     decode and crop the workers spend per image).
 ``step``
     The pre-training step alone on random tensors on the device: what ``folk bench``
-    measures (``folk.bench.measure``), same fields; with ``augment.photometric: device`` it
-    begins with the batch's photometric work, as the training iteration does.
+    measures (``folk.benchmark.step.measure``), same fields; with ``augment.photometric:
+    device`` it begins with the batch's photometric work, as the training iteration does.
 ``whole``
     The real path: the engine's own data set, transform and collation in a
     ``torch.utils.data.DataLoader`` with ``data.num_workers`` workers (the engine's
@@ -62,16 +62,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import os
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
-from folk.utils.io import append_jsonl
+from folk.benchmark.step import measure
+from folk.benchmark.timing import synchronize
 
 PIPELINES = ("pretrain_views", "dino_reference", "mfm_reference", "decode_crop")
 OURS = "pretrain_views"
@@ -305,7 +304,6 @@ def measure_whole(cfg: dict, batch: int, iterations: int, warmup: int,
     import torch
     from torch.utils.data import DataLoader
 
-    from folk.bench import _sync
     from folk.data.on_device import DeviceBatches
     from folk.engine.pretrain import Pretrainer
 
@@ -342,7 +340,7 @@ def measure_whole(cfg: dict, batch: int, iterations: int, warmup: int,
                 micro = trainer._next_iteration(batches)
                 if micro:  # empty when no image of the batch decoded, as in training
                     trainer._train_iteration(micro, epoch)
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             done = 0
             for _ in range(iterations):
@@ -350,7 +348,7 @@ def measure_whole(cfg: dict, batch: int, iterations: int, warmup: int,
                 if micro:  # counted as the engine counts its images/s
                     trainer._train_iteration(micro, epoch)
                     done += trainer.images_per_iter
-            _sync(device)
+            synchronize(device)
             seconds = time.perf_counter() - t0
         finally:
             del batches  # stops the workers now, not at garbage collection
@@ -391,26 +389,20 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-# ------------------------------------------------------------------ entry point
+# ------------------------------------------------------------------ all of it
 
-def run(args, cfg: dict) -> int:
-    """``folk bench --data`` with the loaded config of the one variant and backbone."""
-    from folk.bench import measure
-    from folk.data import build_dataset
-    from folk.errors import ConfigError
-    from folk.utils.provenance import device_name
-
-    batch = args.batch_size or cfg["pretrain"]["batch_size"]
-    for flag, value, least in (("--rounds", args.rounds, 1), ("--images", args.images, 1),
-                               ("--iterations", args.iterations, 0), ("--steps", args.steps, 1),
-                               ("--warmup", args.warmup, 0), ("--batch-size", batch, 1)):
-        if value < least:
-            raise ConfigError(f"{flag} must be >= {least}, got {value}")
+def measure_input_path(cfg: dict, *, batch: int, rounds: int, images: int, steps: int,
+                       warmup: int, iterations: int, compile_: bool, emit, say=None) -> None:
+    """Every measure of the module docstring, for the config of one variant and backbone:
+    ``emit(record)`` gets each JSON line as it is measured, ``say(text)`` the human account
+    (none without it)."""
     import torch
 
+    from folk.data import build_dataset
     from folk.engine.step import autocast_dtype
+    from folk.utils.provenance import device_name
 
-    say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    say = say or (lambda msg: None)
     dataset = build_dataset(cfg, "train")  # fails at once, naming the path, when absent
     device = device_name()  # before any thread count changes: it names the count
     dtype = autocast_dtype(cfg, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -420,23 +412,17 @@ def run(args, cfg: dict) -> int:
               "dataset": cfg["data"]["dataset"], "data_root": str(cfg["data"]["root"]),
               "dataset_images": len(dataset), "batch_size": batch,
               "photometric": cfg["augment"]["photometric"],
-              "num_workers": workers, "cores": _cores(), "compile": args.compile,
+              "num_workers": workers, "cores": _cores(), "compile": compile_,
               "device": device, "dtype": str(dtype or "float32").replace("torch.", "")}
-    out = Path(args.out) if args.out else None
-    records = []
 
-    def emit(record: dict) -> None:
-        record = {**common, **record}
-        records.append(record)
-        print(json.dumps(record), flush=True)
-        if out:
-            append_jsonl(out, record)
+    def line(record: dict) -> None:
+        emit({**common, **record})
 
     say(f"folk bench --data: {common['dataset']} '{common['data_root']}' "
         f"({len(dataset)} images), {common['img_size']} px, batch {batch}, photometric on "
-        f"{common['photometric']}; loader on one core, {args.rounds} rounds of "
-        f"{args.images} images")
-    loaders = measure_loaders(cfg, dataset, batch, args.images, args.rounds, say)
+        f"{common['photometric']}; loader on one core, {rounds} rounds of "
+        f"{images} images")
+    loaders = measure_loaders(cfg, dataset, batch, images, rounds, say)
     ours, dino, floor = loaders[OURS], loaders["dino_reference"], loaders["decode_crop"]
     for name in PIPELINES:
         record = {"measure": "loader", "pipeline": name, **loaders[name]}
@@ -444,24 +430,23 @@ def run(args, cfg: dict) -> int:
             record.update(
                 dino_per_core=dino["per_core"], mfm_per_core=loaders["mfm_reference"]["per_core"],
                 decode_crop_per_core=floor["per_core"])
-        emit(record)
+        line(record)
 
-    say(f"step alone ({common['variant']}, {common['arch']}): {args.steps} steps of {batch}")
-    step = measure(cfg, batch, args.steps, args.warmup, args.compile)
+    say(f"step alone ({common['variant']}, {common['arch']}): {steps} steps of {batch}")
+    step = measure(cfg, batch, steps, warmup, compile_)
     step.pop("device", None)  # named once in every line, before the thread count changed
-    emit({"measure": "step", **step})
+    line({"measure": "step", **step})
 
     whole = None
-    if args.iterations:
-        say(f"whole path: {workers} worker(s) feeding the step, {args.iterations} iterations")
-        whole = measure_whole(cfg, batch, args.iterations, args.warmup, args.compile)
-        emit({"measure": "whole", **whole})
+    if iterations:
+        say(f"whole path: {workers} worker(s) feeding the step, {iterations} iterations")
+        whole = measure_whole(cfg, batch, iterations, warmup, compile_)
+        line({"measure": "whole", **whole})
 
     summary = summarise(ours["per_core"], step["images_per_s"],
                         whole["images_per_s"] if whole else None, workers)
-    emit({"measure": "summary", **summary})
+    line({"measure": "summary", **summary})
     _print_summary(say, loaders, step, whole, summary, workers, common["cores"])
-    return 0
 
 
 def _print_summary(say, loaders, step, whole, summary, workers, cores) -> None:
