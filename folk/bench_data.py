@@ -408,12 +408,12 @@ def run(args, cfg: dict) -> int:
             raise ConfigError(f"{flag} must be >= {least}, got {value}")
     import torch
 
-    from folk.engine.step import autocast_dtype
+    from folk.engine.device import autocast_dtype
 
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     dataset = build_dataset(cfg, "train")  # fails at once, naming the path, when absent
     device = device_name()  # before any thread count changes: it names the count
-    dtype = autocast_dtype(cfg, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = autocast_dtype(cfg["pretrain"]["amp"], torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     workers = cfg["data"]["num_workers"]
     common = {"type": "bench_data", "variant": cfg["pretrain"]["variant"],
               "arch": cfg["model"]["arch"], "img_size": cfg["model"]["img_size"],

@@ -1,9 +1,22 @@
-"""The one way a per-sample draw is seeded."""
+"""The one way a per-sample draw is seeded: a seed derived from the sample's key, and the
+global RNGs started from it for the sample's transform, then put back.
+
+Pre-training derives its per-sample seeds with its own formula
+(``folk.engine.data.sample_seed``): every pre-trained run so far was made with it, and
+another derivation would change every augmentation of every run.
+"""
 from __future__ import annotations
 
 import contextlib
+import random
 
+import numpy as np
 import torch
+
+
+def key_seed(*key: int) -> int:
+    """A 32-bit seed that is a function of ``key`` (integers, each taken modulo 2**32)."""
+    return int(np.random.SeedSequence([k & 0xFFFFFFFF for k in key]).generate_state(1)[0])
 
 
 @contextlib.contextmanager
@@ -15,3 +28,22 @@ def seeded_cpu_rng(seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         yield
+
+
+@contextlib.contextmanager
+def seeded_global_rngs(seed: int):
+    """``seeded_cpu_rng`` for transforms that also draw from python's and numpy's RNGs
+    (timm's RandAugment and random erasing), through ``torch.manual_seed``: fine-tuning's
+    numbers were made that way, and in the main process it also reseeds the accelerator's
+    generator, which is not put back."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    torch_state = torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
