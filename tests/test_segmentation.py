@@ -454,7 +454,7 @@ def test_slide_inference_averages_overlapping_windows():
 
 # ---------------------------------------------------------------- resume
 
-def test_training_resumes_exactly_after_a_crash(tmp_path, monkeypatch):
+def test_training_resumes_exactly_after_a_crash(tmp_path):
     import logging
 
     import folk.evals.segmentation as segeval
@@ -483,16 +483,13 @@ def test_training_resumes_exactly_after_a_crash(tmp_path, monkeypatch):
     class Crash(Exception):
         pass
 
-    real_save = segeval.atomic_torch_save
+    def crash_after_checkpoint(boundary):
+        if boundary.checkpointed:
+            raise Crash
 
-    def save_then_crash(obj, path):
-        real_save(obj, path)
-        raise Crash
-
-    monkeypatch.setattr(segeval, "atomic_torch_save", save_then_crash)
     with pytest.raises(Crash):
-        segeval.train(fresh(), cfg, train_set, tmp_path / "b", torch.device("cpu"), None, log)
-    monkeypatch.setattr(segeval, "atomic_torch_save", real_save)
+        segeval.train(fresh(), cfg, train_set, tmp_path / "b", torch.device("cpu"), None, log,
+                      hooks=[crash_after_checkpoint])
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["iteration"] == 2
     torch.manual_seed(123)                         # the global RNG must come from the checkpoint
     resumed = fresh()
