@@ -1,9 +1,9 @@
 """The one way a per-sample draw is seeded: a seed derived from the sample's key, and the
 global RNGs started from it for the sample's transform, then put back.
 
-Pre-training derives its per-sample seeds with its own formula
-(``folk.engine.data.sample_seed``): every pre-trained run so far was made with it, and
-another derivation would change every augmentation of every run.
+Two derivations, both here: the evaluations' ``key_seed`` and pre-training's own formula
+(``sample_seed``). Every pre-trained run so far was made with the latter; moving it onto
+``key_seed`` would change every augmentation of every run.
 """
 from __future__ import annotations
 
@@ -12,6 +12,13 @@ import random
 
 import numpy as np
 import torch
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """Pre-training's seed of sample ``index`` in ``epoch`` (the loader's workers and
+    ``data.on_device`` alike)."""
+    # large odd multipliers keep (epoch, index) pairs from colliding for any realistic size
+    return (seed * 1_000_003 + epoch * 2_654_435_761 + index * 97_531) % (2 ** 63 - 1)
 
 
 def key_seed(*key: int) -> int:
