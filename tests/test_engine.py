@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from folk.engine.hooks import stop_after
 from folk.engine.pretrain import StopRequested
 from folk.training import pretrain
 from folk.errors import DataError, NonFiniteLossError, RunDirError
@@ -91,7 +92,7 @@ def test_resume_after_kill_equals_uninterrupted(tiny_cfg, tmp_path):
     cfg = tiny_cfg()  # 2 epochs x 4 iterations, checkpoint every 2
     pretrain(cfg, tmp_path / "straight")
     with pytest.raises(StopRequested):
-        pretrain(cfg, tmp_path / "killed", stop_after=5)  # dies after iteration 5
+        pretrain(cfg, tmp_path / "killed", hooks=[stop_after(5)])  # dies after iteration 5
     state = torch.load(tmp_path / "killed/checkpoints/last.pt", weights_only=True)
     assert state["iteration"] == 4  # iteration 5 was never checkpointed: it is redone
     pretrain(cfg, tmp_path / "killed")
@@ -181,7 +182,7 @@ def test_missing_data_fails_at_once_naming_the_path(tmp_path):
 
 def test_resume_with_a_different_configuration_is_refused(tiny_cfg, tmp_path):
     with pytest.raises(StopRequested):
-        pretrain(tiny_cfg(), tmp_path, stop_after=2)
+        pretrain(tiny_cfg(), tmp_path, hooks=[stop_after(2)])
     with pytest.raises(RunDirError, match=r"pretrain.base_lr"):
         pretrain(tiny_cfg("pretrain.base_lr=0.1"), tmp_path)
 

@@ -192,9 +192,10 @@ def test_folk_eval_finetune_end_to_end_and_rerun(run_dir, capsys):
     assert (out_dir / "metrics.json").read_bytes() == before
 
 
-def test_resume_after_interruption_equals_uninterrupted(run_dir, tmp_path, monkeypatch):
+def test_resume_after_interruption_equals_uninterrupted(run_dir, tmp_path):
     """Two interruptions (mid-epoch and just after an epoch-end checkpoint), the last part
     with a worker process: the classifier and the accuracy are bitwise those of one run."""
+    from folk.engine.hooks import StopRequested, stop_after
     from folk.evals import finetune
 
     cfg = eval_cfg(run_dir, "eval.finetune.epochs=2", *FAST)
@@ -202,17 +203,14 @@ def test_resume_after_interruption_equals_uninterrupted(run_dir, tmp_path, monke
     assert whole["iterations"] == 8
 
     parts = tmp_path / "parts"
-    monkeypatch.setattr(finetune, "_TEST_STOP_AFTER_STEPS", 3)
-    with pytest.raises(finetune._TestInterrupt):
-        finetune.train_classifier(cfg, run_dir, parts, LOG)  # steps 1-3, checkpoint at 3
+    with pytest.raises(StopRequested):  # steps 1-3, checkpoint at 3
+        finetune.train_classifier(cfg, run_dir, parts, LOG, hooks=[stop_after(3)])
     ckpt = torch.load(parts / "checkpoint.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["step"]) == (0, 3, 3)
-    monkeypatch.setattr(finetune, "_TEST_STOP_AFTER_STEPS", 2)
-    with pytest.raises(finetune._TestInterrupt):
-        finetune.train_classifier(cfg, run_dir, parts, LOG)  # steps 4-5: epoch end at 4
+    with pytest.raises(StopRequested):  # steps 4-5: epoch end at 4
+        finetune.train_classifier(cfg, run_dir, parts, LOG, hooks=[stop_after(2)])
     ckpt = torch.load(parts / "checkpoint.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["step"]) == (1, 0, 4)
-    monkeypatch.setattr(finetune, "_TEST_STOP_AFTER_STEPS", None)
     cfg["data"]["num_workers"] = 1  # the augmentation must not depend on the workers
     resumed = finetune.train_classifier(cfg, run_dir, parts, LOG)
 
@@ -227,15 +225,14 @@ def test_resume_after_interruption_equals_uninterrupted(run_dir, tmp_path, monke
     assert again == whole
 
 
-def test_checkpoint_of_another_configuration_is_refused(run_dir, tmp_path, monkeypatch):
+def test_checkpoint_of_another_configuration_is_refused(run_dir, tmp_path):
+    from folk.engine.hooks import StopRequested, stop_after
     from folk.errors import RunDirError
     from folk.evals import finetune
 
     cfg = eval_cfg(run_dir, "eval.finetune.epochs=1", *FAST)
-    monkeypatch.setattr(finetune, "_TEST_STOP_AFTER_STEPS", 3)
-    with pytest.raises(finetune._TestInterrupt):
-        finetune.train_classifier(cfg, run_dir, tmp_path, LOG)
-    monkeypatch.setattr(finetune, "_TEST_STOP_AFTER_STEPS", None)
+    with pytest.raises(StopRequested):
+        finetune.train_classifier(cfg, run_dir, tmp_path, LOG, hooks=[stop_after(3)])
     other = eval_cfg(run_dir, "eval.finetune.epochs=1", "eval.finetune.base_lr=1e-2", *FAST)
     with pytest.raises(RunDirError, match="checkpoint.pt"):
         finetune.train_classifier(other, run_dir, tmp_path, LOG)

@@ -176,6 +176,7 @@ def test_grid_heads_train_independently():
 
 
 def test_train_grid_resume_equals_uninterrupted(tmp_path):
+    from folk.engine.hooks import at_epoch_end
     from folk.evals.linear import train_grid
 
     x, y = separable_problem(n_per_class=20, dim=6, seed=2)
@@ -192,11 +193,11 @@ def test_train_grid_resume_equals_uninterrupted(tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train_grid(x, y, checkpoint=ckpt, on_epoch_end=stop_after_two, **args)
+        train_grid(x, y, checkpoint=ckpt, hooks=[at_epoch_end(stop_after_two)], **args)
     state = torch.load(ckpt, weights_only=True)
     assert int(state["epoch"]) == 2
     seen = []
-    resumed = train_grid(x, y, checkpoint=ckpt, on_epoch_end=seen.append, **args)
+    resumed = train_grid(x, y, checkpoint=ckpt, hooks=[at_epoch_end(seen.append)], **args)
     assert seen == [2, 3, 4]  # only the remaining epochs ran
     for a, b in zip(whole.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
@@ -204,7 +205,7 @@ def test_train_grid_resume_equals_uninterrupted(tmp_path):
     # a checkpoint of another setting is not resumed from
     seen.clear()
     other = dict(args, lrs=[0.02, 0.3])
-    train_grid(x, y, checkpoint=ckpt, on_epoch_end=seen.append, **other)
+    train_grid(x, y, checkpoint=ckpt, hooks=[at_epoch_end(seen.append)], **other)
     assert seen == [0, 1, 2, 3, 4]
 
 

@@ -317,12 +317,13 @@ def test_job_reads_its_configuration_through_the_current_defaults(tiny_cfg, tmp_
     the job still resumes its run instead of calling it another configuration."""
     import copy
 
+    from folk.engine.hooks import stop_after
     from folk.engine.pretrain import StopRequested, pretrain
     from folk.launch.jobs import PretrainJob
 
     cfg = tiny_cfg("pretrain.epochs=1")
     with pytest.raises(StopRequested):
-        pretrain(cfg, tmp_path, stop_after=2)  # config.yaml and last.pt written
+        pretrain(cfg, tmp_path, hooks=[stop_after(2)])  # config.yaml and last.pt written
     older = copy.deepcopy(cfg)
     del older["pretrain"]["clip_grad"]  # what an older defaults.yaml would have given
     done = PretrainJob(older, tmp_path)()

@@ -357,11 +357,12 @@ def test_on_device_needs_device_photometric(tiny_cfg):
 def assert_resume_equals_uninterrupted(cfg: dict, tmp_path) -> None:
     """A run killed after iteration 5 and resumed ends bitwise where an uninterrupted one
     does."""
+    from folk.engine.hooks import stop_after
     from folk.engine.pretrain import StopRequested, pretrain
 
     pretrain(cfg, tmp_path / "straight")
     with pytest.raises(StopRequested):
-        pretrain(cfg, tmp_path / "killed", stop_after=5)
+        pretrain(cfg, tmp_path / "killed", hooks=[stop_after(5)])
     pretrain(cfg, tmp_path / "killed")
     a = torch.load(tmp_path / "straight/backbone.pt", weights_only=True)
     b = torch.load(tmp_path / "killed/backbone.pt", weights_only=True)

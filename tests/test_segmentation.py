@@ -454,7 +454,7 @@ def test_slide_inference_averages_overlapping_windows():
 
 # ---------------------------------------------------------------- resume
 
-def test_training_resumes_exactly_after_a_crash(tmp_path, monkeypatch):
+def test_training_resumes_exactly_after_a_crash(tmp_path):
     import logging
 
     import folk.evals.segmentation as segeval
@@ -483,16 +483,13 @@ def test_training_resumes_exactly_after_a_crash(tmp_path, monkeypatch):
     class Crash(Exception):
         pass
 
-    real_save = segeval.atomic_torch_save
+    def crash_after_checkpoint(boundary):
+        if boundary.checkpointed:
+            raise Crash
 
-    def save_then_crash(obj, path):
-        real_save(obj, path)
-        raise Crash
-
-    monkeypatch.setattr(segeval, "atomic_torch_save", save_then_crash)
     with pytest.raises(Crash):
-        segeval.train(fresh(), cfg, train_set, tmp_path / "b", torch.device("cpu"), None, log)
-    monkeypatch.setattr(segeval, "atomic_torch_save", real_save)
+        segeval.train(fresh(), cfg, train_set, tmp_path / "b", torch.device("cpu"), None, log,
+                      hooks=[crash_after_checkpoint])
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["iteration"] == 2
     torch.manual_seed(123)                         # the global RNG must come from the checkpoint
     resumed = fresh()
@@ -504,6 +501,38 @@ def test_training_resumes_exactly_after_a_crash(tmp_path, monkeypatch):
     assert not torch.equal(ref_state["head.classifier.weight"], untrained)  # training moved it
     final = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert final["finished"] and "optimizer" not in final
+
+
+def test_a_checkpoint_of_other_settings_is_refused(tmp_path):
+    """It holds training over images: refused, naming it, not silently replaced."""
+    import logging
+
+    import folk.evals.segmentation as segeval
+    from folk.config import load_config
+    from folk.engine.hooks import StopRequested, stop_after
+    from folk.errors import RunDirError
+    from folk.evals.upernet import build_segmenter
+
+    root = make_ade_tree(tmp_path / "ade", n_train=3, n_val=1)
+    sets = [f"eval.segmentation.root={root}", "eval.segmentation.iterations=4",
+            "eval.segmentation.checkpoint_every=1", "eval.segmentation.batch_size=2",
+            "eval.segmentation.crop_size=32", "eval.segmentation.channels=16",
+            "eval.segmentation.scale=0", "data.num_workers=0"]
+    train_set = ADE20KSegmentation(root, "training",
+                                   transform=SegTrainTransform(32, 0, MEAN, STD, 255))
+    log = logging.getLogger("test-seg-refuse")
+    def train(lr: str) -> None:
+        cfg = load_config(None, sets + [f"eval.segmentation.lr={lr}"])
+        torch.manual_seed(0)
+        model = build_segmenter(tiny_vit(), False, cfg["eval"]["segmentation"])
+        segeval.train(model, cfg, train_set, tmp_path / "out", torch.device("cpu"), None, log,
+                      hooks=[stop_after(1)])
+
+    with pytest.raises(StopRequested):
+        train("1.0e-3")  # checkpoint.pt after iteration 1
+    with pytest.raises(RunDirError, match="checkpoint.pt"):
+        train("2.0e-3")
+    assert torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)["iteration"] == 1
 
 
 # ---------------------------------------------------------------- end to end

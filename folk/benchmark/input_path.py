@@ -399,13 +399,14 @@ def measure_input_path(cfg: dict, *, batch: int, rounds: int, images: int, steps
     import torch
 
     from folk.data import build_dataset
-    from folk.engine.step import autocast_dtype
+    from folk.engine.device import autocast_dtype
     from folk.utils.provenance import device_name
 
     say = say or (lambda msg: None)
     dataset = build_dataset(cfg, "train")  # fails at once, naming the path, when absent
     device = device_name()  # before any thread count changes: it names the count
-    dtype = autocast_dtype(cfg, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = autocast_dtype(cfg["pretrain"]["amp"],
+                           torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     workers = cfg["data"]["num_workers"]
     common = {"type": "bench_data", "variant": cfg["pretrain"]["variant"],
               "arch": cfg["model"]["arch"], "img_size": cfg["model"]["img_size"],

@@ -82,7 +82,6 @@ def measure(cfg: dict, batch: int, steps: int, warmup: int, compile_: bool) -> d
     import torch
 
     from folk.engine.pretrain import peak_memory_mb
-    from folk.filters import apply_filter
     from folk.models import ema_update
     from folk.utils.provenance import device_name
 
@@ -118,11 +117,11 @@ def measure(cfg: dict, batch: int, steps: int, warmup: int, compile_: bool) -> d
     n_masked = cfg["method"]["num_views"] * batch
     masked = torch.cat(views)[:n_masked]
     for _ in range(3):
-        apply_filter(objective.filter_name, masked, generator=gen, **objective.filter_kwargs)
+        objective.filter(masked, generator=gen, **objective.filter_kwargs)
     synchronize(device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        apply_filter(objective.filter_name, masked, generator=gen, **objective.filter_kwargs)
+        objective.filter(masked, generator=gen, **objective.filter_kwargs)
     synchronize(device)
     filter_s = (time.perf_counter() - t0) / steps
     return {"images_per_s": round(batch / step_s, 2), "step_time_ms": round(step_s * 1e3, 3),

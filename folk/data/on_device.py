@@ -104,7 +104,7 @@ class DeviceBatches:
 
     def __init__(self, dataset, views: PretrainViews, sampler, micro_batch: int, seed: int,
                  device: torch.device):
-        from folk.engine.data import sample_seed
+        from folk.utils.seeding import sample_seed
 
         if not views.on_device:
             raise DataError("data.on_device needs augment.photometric: device")

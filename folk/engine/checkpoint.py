@@ -1,14 +1,39 @@
-"""Training state in and out of ``checkpoints/last.pt``: atomic, tensors and plain types only,
-loaded with ``weights_only=True``."""
+"""Training state in and out of a loop's checkpoint file (``StateFile``): written atomically,
+tensors and plain types only, loaded with ``weights_only=True``, resumed only by the run
+that wrote it. Every training loop keeps its state this way: pre-training
+(``checkpoints/last.pt``), fine-tuning and segmentation (``checkpoint.pt``), the linear
+probe (``grid.pt``). A file is written by the holder of its directory's lock
+(``folk.utils.lock``, taken by ``folk pretrain`` and ``folk.evals.runner``), who also sweeps
+the temporary files a killed writer left (``folk.utils.io.remove_stale_temps``).
+
+Mismatch policy, the one rule (``refuse_or_discard``): a state file that belongs to another
+run (its identity differs from the current run's) or that cannot be read is never resumed.
+What happens instead depends only on what the file is, which its owner declares once
+(``disposable``):
+
+- the product of training over images (pre-training, fine-tuning, segmentation: every
+  step runs a backbone over a batch of images, hours at full size): refused, a RunDirError
+  (DamagedFileError when it is unreadable) naming the file and the remedy; throwing it
+  away is the user's decision;
+- a disposable cache (the linear probe's grid: seconds of training on features cached
+  elsewhere, recomputed exactly): a warning naming the file, and training starts afresh,
+  overwriting it.
+"""
 from __future__ import annotations
 
+import json
+import logging
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from folk.utils.io import atomic_torch_save
+from folk.errors import DamagedFileError, RunDirError
+from folk.utils.io import atomic_torch_save, load_torch_file
+
+AFRESH = "starting afresh"
 
 
 def rng_state() -> dict:
@@ -37,25 +62,66 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    atomic_torch_save(state, path)
+def refuse_or_discard(disposable: bool, problem: str, remedy: str,
+                      log: logging.Logger) -> None:
+    """The mismatch policy of the module docstring: ``problem`` (what is wrong with which
+    file) is a RunDirError ending in ``remedy``, or, for a disposable file, a warning."""
+    if not disposable:
+        raise RunDirError(f"{problem}; {remedy}")
+    log.warning("%s; %s", problem, AFRESH)
 
 
-CHECKPOINT_KEYS = ("iteration", "student", "teacher", "optimizer", "scaler", "objective",
-                   "filter_generator", "rng", "sampler", "skipped_images", "elapsed_s")
+def _plain(value: Any) -> Any:
+    # what a value reads back as after torch.save/load: tuples come back as lists
+    return json.loads(json.dumps(value))
 
 
-def checkpoint_remedy(path: Path) -> str:
-    return (f"move {path} away (or delete it) and run the same command again to start the "
-            f"run over from iteration 0")
+def _same(saved: Any, current: Any) -> bool:
+    if isinstance(current, torch.Tensor):
+        return isinstance(saved, torch.Tensor) and torch.equal(saved.cpu(), current.cpu())
+    try:
+        return _plain(saved) == _plain(current)
+    except (TypeError, ValueError):
+        return False
 
 
-def load_checkpoint(path: Path) -> dict:
-    """The training state of ``path``; DamagedFileError (naming it) when it is truncated,
-    foreign or lacks a key of CHECKPOINT_KEYS."""
-    from folk.utils.io import load_torch_file
+class StateFile:
+    """One loop's resumable state at ``path``.
 
-    return load_torch_file(path, checkpoint_remedy(path), CHECKPOINT_KEYS)
+    ``identity``: the entries (a fingerprint, a format number) a state must hold, equal, to
+    be resumed; ``save`` writes them into every state. ``disposable`` decides a mismatch
+    (module docstring); ``remedy``: what the user should do with a refused file (not
+    needed for a disposable one); ``other`` says whose the file is then ("a different
+    fine-tuning configuration"). ``required``: the keys without which a state is damaged."""
+
+    def __init__(self, path: Path, *, identity: dict[str, Any], disposable: bool,
+                 other: str, log: logging.Logger, remedy: str = "",
+                 required: tuple[str, ...] = ()):
+        self.path, self.identity, self.disposable = Path(path), identity, disposable
+        self.remedy, self.other, self.log, self.required = remedy, other, log, required
+
+    def load(self) -> dict | None:
+        """The saved state, or None when there is none to resume (no file, or a disposable
+        one that is unreadable or belongs to another run)."""
+        if not self.path.is_file():
+            return None
+        try:
+            state = load_torch_file(self.path, AFRESH if self.disposable else self.remedy,
+                                    self.required)
+        except DamagedFileError as exc:
+            if not self.disposable:
+                raise
+            self.log.warning("%s", exc)
+            return None
+        if not isinstance(state, dict) or not all(
+                key in state and _same(state[key], value) for key, value in self.identity.items()):
+            refuse_or_discard(self.disposable, f"{self.path} was written by {self.other}",
+                              self.remedy, self.log)
+            return None
+        return state
+
+    def save(self, state: dict) -> None:
+        atomic_torch_save({**self.identity, **state}, self.path)
 
 
 def first_non_finite(state, prefix: str = "") -> str | None:

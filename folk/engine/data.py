@@ -8,12 +8,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from folk.utils.seeding import seeded_cpu_rng
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    # large odd multipliers keep (epoch, index) pairs from colliding for any realistic size
-    return (seed * 1_000_003 + epoch * 2_654_435_761 + index * 97_531) % (2 ** 63 - 1)
+from folk.utils.seeding import sample_seed, seeded_cpu_rng
 
 
 class SeededViews(Dataset):

@@ -51,12 +51,10 @@ def env_dist_info() -> DistInfo:
 
 
 def init_distributed() -> tuple[DistInfo, torch.device]:
+    from folk.engine.device import training_device
+
     info = env_dist_info()
-    if torch.cuda.is_available():
-        device = torch.device("cuda", info.local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+    device = training_device(info.local_rank)
     if info.enabled and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 rank=info.rank, world_size=info.world_size)

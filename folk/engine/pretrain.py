@@ -5,12 +5,13 @@ Run-directory contract: docs/DESIGN.md. Rank 0 writes every file.
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from folk.engine import checkpoint as ckpt
 from folk.data.transforms import PretrainViews, finish_views
 from folk.engine.data import EpochSampler, SeededViews
 from folk.engine.distributed import all_reduce_mean, barrier, host_min, init_distributed
+from folk.engine.hooks import Boundary, Hook, StopRequested, call_hooks
 from folk.engine.step import FolkObjective
 from folk.errors import ConfigError, DamagedFileError, NonFiniteLossError, RunDirError
 from folk.engine.records import rewind_records
@@ -31,14 +33,10 @@ from folk.utils.io import append_jsonl, atomic_torch_save, atomic_write_json, re
 RESUMABLE_CHANGES = ("data.root", "data.num_workers", "pretrain.checkpoint_every",
                      "pretrain.log_every", "launch.", "slurm.", "eval.", "workflow.",
                      "experiment.dataset_note")
-
-
-class StopRequested(Exception):
-    """A signal asked the run to stop after checkpointing."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"stopped by signal {signum}")
-        self.signum = signum
+# what last.pt must hold (Pretrainer.state)
+CHECKPOINT_KEYS = ("iteration", "student", "teacher", "optimizer", "scaler", "objective",
+                   "filter_generator", "rng", "sampler", "skipped_images", "elapsed_s")
+log = logging.getLogger("folk.pretrain")
 
 
 class SignalCheckpointer:
@@ -87,9 +85,16 @@ def check_same_run(saved: dict, cfg: dict, run_dir: Path) -> None:
         details = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:6])
         if len(changed) > 6:
             details += f", and {len(changed) - 6} more: {', '.join(changed[6:])}"
-        raise RunDirError(f"{run_dir} holds a run with a different configuration "
-                          f"({run_dir / 'config.yaml'}: {details}); use another --out, or "
-                          f"delete the directory to start over")
+        # the run's identity is its config.yaml: a run of another one is refused (a product)
+        ckpt.refuse_or_discard(
+            False, f"{run_dir} holds a run with a different configuration "
+                   f"({run_dir / 'config.yaml'}: {details})",
+            "use another --out, or delete the directory to start over", log)
+
+
+def checkpoint_remedy(path: Path) -> str:
+    return (f"move {path} away (or delete it) and run the same command again to start the "
+            f"run over from iteration 0")
 
 
 def micro_batching(batch_size: int, world: int, accum_steps: int, max_micro: int
@@ -164,9 +169,10 @@ Monitor = Callable[[dict, nn.Module], dict]  # (config, backbone) -> the fields 
 class Pretrainer:
     """The pre-training loop of one run directory. ``monitor`` measures the backbone every
     ``pretrain.knn_every`` epochs and at the initialisation (the commands give the
-    evaluations' k-NN monitor, ``folk.training``); the loop only calls it."""
+    evaluations' k-NN monitor, ``folk.training``); the loop only calls it. ``hooks``: called
+    at every step boundary (``folk.engine.hooks``)."""
 
-    def __init__(self, cfg: dict, run_dir: Path, stop_after: int | None = None,
+    def __init__(self, cfg: dict, run_dir: Path, hooks: Sequence[Hook] = (),
                  monitor: Monitor | None = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.p = cfg["pretrain"]
@@ -175,8 +181,13 @@ class Pretrainer:
                               "train through folk.training.pretrain (as `folk pretrain` does), "
                               "or give Pretrainer a monitor")
         self.monitor = monitor
-        self.stop_after = stop_after  # tests: behave as if killed after this iteration
+        self.hooks = tuple(hooks)
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
+        # its identity is config.yaml beside it (check_same_run), not an entry of the file
+        self.state_file = ckpt.StateFile(
+            self.ckpt_path, identity={}, disposable=False,
+            remedy=checkpoint_remedy(self.ckpt_path), other="another run", log=log,
+            required=CHECKPOINT_KEYS)
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
     # ------------------------------------------------------------------ set-up
@@ -296,7 +307,7 @@ class Pretrainer:
                 f"{bad} is non-finite after iteration {it} (the update of {which} made it so, "
                 f"with every loss term finite); it is not checkpointed: {self._last_good()}")
         if self.dist.is_main:
-            ckpt.save_checkpoint(self.ckpt_path, state)
+            self.state_file.save(state)
         self.saved_iteration = self.iteration
         barrier()
 
@@ -308,7 +319,7 @@ class Pretrainer:
                 f"iterations) is left as it was")
 
     def restore(self) -> None:
-        state = ckpt.load_checkpoint(self.ckpt_path)
+        state = self.state_file.load()
         try:
             self._restore(state)
         except (RuntimeError, KeyError, IndexError, TypeError, ValueError) as exc:
@@ -316,7 +327,7 @@ class Pretrainer:
             detail = (str(exc).strip().splitlines() or [""])[0][:200]
             raise DamagedFileError(f"{self.ckpt_path}: does not fit this run's model and state "
                                    f"({type(exc).__name__}: {detail}); "
-                                   f"{ckpt.checkpoint_remedy(self.ckpt_path)}") from None
+                                   f"{checkpoint_remedy(self.ckpt_path)}") from None
 
     def _restore(self, state: dict) -> None:
         self.student.load_state_dict(state["student"])
@@ -493,14 +504,19 @@ class Pretrainer:
                         # before the checkpoint: it then holds the epoch's records and the
                         # RNG state after them, so no stop can fall between the two
                         self._epoch_end(epoch)
-                    if at_ckpt or stop or self.iteration == end:
+                    saved = at_ckpt or stop or self.iteration == end
+                    if saved:
                         self.save()
                     if stop:
                         bar.close()
                         handler.chain()
-                    if self.stop_after is not None and self.iteration >= self.stop_after:
+                    try:
+                        call_hooks(self.hooks, Boundary(
+                            self.iteration, epoch, self.iteration % self.iters_per_epoch == 0,
+                            saved))
+                    except BaseException:
                         bar.close()
-                        raise StopRequested(0)
+                        raise
                 bar.close()
                 del batches
         finally:
@@ -571,10 +587,10 @@ def run_started(run_dir: Path) -> bool:
     return (run_dir / "checkpoints" / "last.pt").is_file() or (run_dir / "DONE.json").is_file()
 
 
-def pretrain(cfg: dict, run_dir: str | Path, stop_after: int | None = None,
+def pretrain(cfg: dict, run_dir: str | Path, hooks: Sequence[Hook] = (),
              monitor: Monitor | None = None) -> dict:
     """Train ``cfg`` into ``run_dir``; resume from its checkpoint; no-op when DONE.json exists.
-    ``monitor``: see Pretrainer."""
+    ``hooks``, ``monitor``: see Pretrainer."""
     from folk.config import load_run_config
 
     run_dir = Path(run_dir)
@@ -585,7 +601,7 @@ def pretrain(cfg: dict, run_dir: str | Path, stop_after: int | None = None,
         _check_finished(run_dir)
         print(f"{run_dir / 'DONE.json'} exists: run already finished", file=sys.stderr)
         return {}
-    trainer = Pretrainer(cfg, run_dir, stop_after, monitor)
+    trainer = Pretrainer(cfg, run_dir, hooks, monitor)
     trainer.setup()
     if trainer.dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -4,25 +4,11 @@ Shared by the training loop and ``folk bench`` so that what is benchmarked is wh
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 import torch.nn as nn
 
+from folk.engine.device import autocast, autocast_dtype
 from folk.filter_registry import filter_spec
-
-
-def autocast_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
-    amp = cfg["pretrain"]["amp"]
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[amp]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class FolkObjective(nn.Module):
@@ -58,7 +44,7 @@ class FolkObjective(nn.Module):
                                         p["sinkhorn_iterations"],
                                         defer_center_update=True).to(device) \
             if self.distillation else None
-        self.amp_dtype = autocast_dtype(cfg, device)
+        self.amp_dtype = autocast_dtype(cfg["pretrain"]["amp"], device)
         self.device = device
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,9 @@ _DATA_KEYS_IRRELEVANT = ("num_workers", "source")
 
 
 def eval_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    from folk.engine.device import training_device
+
+    return training_device()
 
 
 def load_eval_backbone(run_dir: str | Path, cfg: dict) -> nn.Module:

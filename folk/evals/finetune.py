@@ -27,7 +27,6 @@ stopped (bitwise on the CPU).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -42,22 +41,18 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from folk.engine.checkpoint import rng_state, set_rng_state
+from folk.engine.checkpoint import StateFile, refuse_or_discard, rng_state, set_rng_state
+from folk.engine.device import autocast, autocast_dtype, training_device
+from folk.engine.hooks import Boundary, Hook, call_hooks
 from folk.errors import ConfigError, DataError, NonFiniteLossError, RunDirError
 from folk.recipes import is_resnet
 from folk.utils.io import atomic_torch_save, atomic_write_json
+from folk.utils.seeding import key_seed, seeded_global_rngs
 
 CHECKPOINT_FORMAT = 1
 LR_BASE_BATCH = 512  # base_lr is given per this many images (MFM)
 HEAD_INIT_STD = 2e-5  # MFM/BEiT: timm's 0.02 times their init_scale 0.001
-
-# Test hook: when set, training raises _TestInterrupt after this many optimiser steps of
-# the current process (after writing any checkpoint due at that step).
-_TEST_STOP_AFTER_STEPS: int | None = None
-
-
-class _TestInterrupt(RuntimeError):
-    """Raised by the test hook to simulate a killed job."""
+OTHER_CONFIGURATION = "a different fine-tuning configuration"
 
 
 # ------------------------------------------------------------------ the classifier
@@ -116,24 +111,6 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, layer_deca
 
 # ------------------------------------------------------------------ data
 
-@contextlib.contextmanager
-def _seeded_rngs(*key: int):
-    """Seed python/numpy/torch's global RNGs from ``key`` for the block, then put the
-    previous states back: the augmentation of one image becomes a function of ``key``."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    torch_state = torch.get_rng_state()
-    seed = int(np.random.SeedSequence([k & 0xFFFFFFFF for k in key]).generate_state(1)[0])
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        torch.set_rng_state(torch_state)
-
-
 class SeededAugmentation(Dataset):
     """``base[indices[i]]`` through ``transform``, the randomness seeded by
     (seed, epoch, i); an undecodable image stays None (``collate_skip_none`` drops it)."""
@@ -150,7 +127,7 @@ class SeededAugmentation(Dataset):
         if item is None:
             return None
         image, label = item
-        with _seeded_rngs(self.seed, self.epoch, int(i)):
+        with seeded_global_rngs(key_seed(self.seed, self.epoch, int(i))):
             return self.transform(image), label
 
 
@@ -195,11 +172,8 @@ def _suffix(tag: str) -> str:
 # ------------------------------------------------------------------ training
 
 def device_and_amp(cfg: dict) -> tuple[torch.device, torch.dtype | None]:
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    amp = cfg["eval"]["finetune"]["amp"]
-    if amp == "fp32" or (amp == "auto" and device.type != "cuda"):
-        return device, None
-    return device, torch.bfloat16
+    device = training_device()
+    return device, autocast_dtype(cfg["eval"]["finetune"]["amp"], device)
 
 
 def _check_config(cfg: dict, batch_size: int, epochs: int) -> None:
@@ -237,8 +211,7 @@ def _evaluate(model: nn.Module, cfg: dict, device, amp_dtype, log) -> dict[str, 
             if len(labels) == 0:
                 continue
             images, labels = images.to(device, non_blocking=True), labels.to(device)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                enabled=amp_dtype is not None):
+            with autocast(device, amp_dtype):
                 logits = model(images)
             top = logits.float().topk(max(ks), dim=1).indices
             hits = top == labels[:, None]
@@ -269,7 +242,7 @@ def _fingerprint(cfg: dict, *, tag: str, seed: int, epochs: int, batch_size: int
 
 def train_classifier(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logger, *,
                      train_indices: Sequence[int] | None = None, epochs: int | None = None,
-                     tag: str = "", seed: int | None = None) -> dict:
+                     tag: str = "", seed: int | None = None, hooks: Sequence[Hook] = ()) -> dict:
     """Fine-tune the run's backbone and report its test accuracy.
 
     ``train_indices`` index the *whole* training split (``build_base_dataset``, as few-shot
@@ -278,6 +251,7 @@ def train_classifier(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logge
     to ``experiment.seed``. Files, with ``-<tag>`` before the extension when a tag is given:
     ``checkpoint.pt`` (while training), ``classifier.pt`` (the fine-tuned model's state dict)
     and ``result.json``; a call whose ``result.json`` matches returns it without training.
+    ``hooks``: called after every optimiser step (``folk.engine.hooks``).
 
     Returns ``{"metrics": {"top1", ["top5"]}, "epochs", "seed", "dataset", "train_images",
     "iterations", "batch_size"}``.
@@ -331,8 +305,8 @@ def train_classifier(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logge
         if done.get("fingerprint") == fingerprint:
             log.info("%s exists: fine-tuning %s already done", result_path, tag or "")
             return done["result"]
-        raise RunDirError(f"{result_path} was written by a different fine-tuning configuration; "
-                          f"delete it (and {classifier_path.name}) to fine-tune again")
+        refuse_or_discard(False, f"{result_path} was written by {OTHER_CONFIGURATION}",
+                          f"delete it (and {classifier_path.name}) to fine-tune again", log)
 
     # ---- model, optimiser, schedule
     from timm.data import Mixup
@@ -366,14 +340,12 @@ def train_classifier(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logge
     train_set = SeededAugmentation(base, indices, train_transform(cfg), seed)
     sampler_gen = torch.Generator().manual_seed(seed)
     start_epoch, start_step, step = 0, 0, 0
-    if ckpt_path.is_file():
-        from folk.utils.io import load_torch_file
-
-        ckpt = load_torch_file(ckpt_path, "delete it to start this fine-tuning over")
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT \
-                or ckpt.get("fingerprint") != fingerprint:
-            raise RunDirError(f"{ckpt_path} was written by a different fine-tuning "
-                              f"configuration; delete it to start this fine-tuning over")
+    state_file = StateFile(ckpt_path, identity={"format": CHECKPOINT_FORMAT,
+                                                "fingerprint": fingerprint},
+                           disposable=False, remedy="delete it to start this fine-tuning over",
+                           other=OTHER_CONFIGURATION, log=log)
+    ckpt = state_file.load()
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, start_step, step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["step"]
@@ -389,14 +361,13 @@ def train_classifier(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logge
                  f" ({amp_dtype})" if amp_dtype else "")
 
     def save_checkpoint(epoch: int, step_in_epoch: int, sampler_state: torch.Tensor) -> None:
-        atomic_torch_save({
-            "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch,
+        state_file.save({
+            "epoch": epoch,
             "step_in_epoch": step_in_epoch, "step": step, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": {"num_updates": step},
             "sampler": sampler_state, "rng": rng_state(),
-        }, ckpt_path)
+        })
 
-    steps_this_process = 0
     loader_gen = torch.Generator()  # worker base seeds: not drawn from the global RNG
     for epoch in range(start_epoch, epochs):
         epoch_state = sampler_gen.get_state()
@@ -427,8 +398,7 @@ def train_classifier(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logge
                     images, targets = mixup(images, labels)
                 else:
                     targets = labels
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                    enabled=amp_dtype is not None):
+                with autocast(device, amp_dtype):
                     loss = criterion(model(images), targets)
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(f"fine-tuning{_suffix(tag)}: loss is "
@@ -437,17 +407,16 @@ def train_classifier(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logge
                 step_loss += loss.item() / accum
             optimizer.step()
             step += 1
-            steps_this_process += 1
             loss_sum += step_loss
             loss_n += 1
             bar.set_postfix(loss=f"{step_loss:.4f}")
             last = step_in_epoch + 1 == steps_per_epoch
+            saved = last or step % ft["checkpoint_every"] == 0
             if last:
                 save_checkpoint(epoch + 1, 0, sampler_gen.get_state())
-            elif step % ft["checkpoint_every"] == 0:
+            elif saved:
                 save_checkpoint(epoch, step_in_epoch + 1, epoch_state)
-            if _TEST_STOP_AFTER_STEPS is not None and steps_this_process >= _TEST_STOP_AFTER_STEPS:
-                raise _TestInterrupt(f"test hook: stopped after {steps_this_process} steps")
+            call_hooks(hooks, Boundary(step, epoch, last, saved))
         bar.close()
         seconds = time.time() - started
         images_done = (steps_per_epoch - skip) * batch_size

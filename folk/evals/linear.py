@@ -29,14 +29,14 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from folk.errors import DamagedFileError
-from folk.utils.io import atomic_torch_save, load_torch_file
+from folk.engine.checkpoint import StateFile
+from folk.engine.hooks import Boundary, Hook, call_hooks
 
 MOMENTUM = 0.9
 INIT_STD = 0.01  # DINO's LinearClassifier initialisation
@@ -91,10 +91,11 @@ def _fingerprint(train_x: torch.Tensor, train_y: torch.Tensor, settings: dict) -
 def train_grid(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int,
                lrs: Sequence[float], epochs: int, batch_size: int, seed: int,
                checkpoint: Path | None = None, log: logging.Logger | None = None,
-               on_epoch_end: Callable[[int], None] | None = None) -> nn.ModuleList:
+               hooks: Sequence[Hook] = ()) -> nn.ModuleList:
     """Train one classifier per learning rate on (train_x, train_y); resumes from
-    ``checkpoint`` when it holds a grid of the same setting. ``on_epoch_end(epoch)`` runs
-    after each epoch's checkpoint (progress reports; tests use it to interrupt)."""
+    ``checkpoint`` when it holds a grid of the same setting, a disposable cache
+    (``folk.engine.checkpoint``). ``hooks``: called after every step, the epoch's last one
+    after the epoch's checkpoint (``folk.engine.hooks``)."""
     log = log or logging.getLogger("folk.evals.linear")
     device = train_x.device
     n, dim = train_x.shape
@@ -102,24 +103,21 @@ def train_grid(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int,
     opt = make_optimizer(grid, lrs)
     settings = dict(lrs=list(map(float, lrs)), epochs=epochs, batch_size=batch_size,
                     seed=seed, num_classes=num_classes)
-    fingerprint = _fingerprint(train_x, train_y, settings)
     start_epoch = 0
-    state = None
-    if checkpoint is not None and checkpoint.is_file():
-        try:  # the grid is a resumable cache: a damaged one is retrained, not fatal
-            state = load_torch_file(checkpoint, "it is retrained",
-                                    required=("epoch", "grid", "optimizer", "fingerprint"))
-        except DamagedFileError as exc:
-            log.warning("linear: %s; starting afresh", exc)
-    if state is not None:
-        if torch.equal(state["fingerprint"].cpu(), fingerprint):
+    state_file = None
+    if checkpoint is not None:
+        # seconds of training on features cached elsewhere: a grid of other settings, or a
+        # damaged one, is retrained
+        state_file = StateFile(checkpoint,
+                               identity={"fingerprint": _fingerprint(train_x, train_y, settings)},
+                               disposable=True, other="a probe of other settings or features",
+                               log=log, required=("epoch", "grid", "optimizer"))
+        state = state_file.load()
+        if state is not None:
             grid.load_state_dict(state["grid"])
             opt.load_state_dict(state["optimizer"])
             start_epoch = int(state["epoch"])
             log.info("linear: resuming from %s after epoch %d", checkpoint, start_epoch)
-        else:
-            log.warning("linear: %s was trained with other settings or features; "
-                        "starting afresh", checkpoint)
 
     train_y = train_y.to(device)
     steps_per_epoch = math.ceil(n / batch_size)
@@ -141,15 +139,17 @@ def train_grid(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int,
             per_head.sum().backward()
             opt.step()
             running += per_head.detach() * idx.numel()
-        if checkpoint is not None:
-            atomic_torch_save({"epoch": torch.tensor(epoch + 1), "grid": grid.state_dict(),
-                               "optimizer": opt.state_dict(), "fingerprint": fingerprint},
-                              checkpoint)
+            if step + 1 < steps_per_epoch:
+                call_hooks(hooks, Boundary(epoch * steps_per_epoch + step + 1, epoch, False,
+                                           False))
+        if state_file is not None:
+            state_file.save({"epoch": torch.tensor(epoch + 1), "grid": grid.state_dict(),
+                             "optimizer": opt.state_dict()})
         losses = (running / n).tolist()
         log.info("linear epoch %d/%d: loss per lr %s", epoch + 1, epochs,
                  " ".join(f"{lr:g}:{loss:.4f}" for lr, loss in zip(lrs, losses)))
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
+        call_hooks(hooks, Boundary((epoch + 1) * steps_per_epoch, epoch, True,
+                                   state_file is not None))
     return grid
 
 

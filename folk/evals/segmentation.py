@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -21,11 +22,12 @@ import torch.nn.functional as F
 
 from folk.data.segmentation import (COMPOSITE_NUM_CLASSES, ADE20KSegmentation, SegEvalTransform,
                                     SegTrainTransform, check_ade20k_layout, reduce_zero_label)
-from folk.engine.checkpoint import rng_state, set_rng_state
+from folk.engine.checkpoint import StateFile, rng_state, set_rng_state
+from folk.engine.device import autocast, autocast_dtype, training_device
+from folk.engine.hooks import Boundary, Hook, call_hooks
 from folk.errors import ConfigError, DataError, NonFiniteLossError
 from folk.models import is_resnet, load_backbone
-from folk.utils.io import atomic_torch_save
-from folk.utils.seeding import seeded_cpu_rng
+from folk.utils.seeding import key_seed, seeded_cpu_rng
 
 CHECKPOINT = "checkpoint.pt"
 LOG_EVERY = 50
@@ -151,8 +153,7 @@ class SeededSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         index, draw = key
-        state = np.random.SeedSequence([self.seed, draw]).generate_state(1)[0]
-        with seeded_cpu_rng(int(state)):
+        with seeded_cpu_rng(key_seed(self.seed, draw)):
             return self.dataset[index]
 
 
@@ -273,8 +274,7 @@ def evaluate(model, dataset, seg: dict, device, amp_dtype, num_workers: int, log
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=num_workers)
     for image, target in tqdm(loader, desc="segmentation eval", disable=None):
         image, target = image.to(device), target.to(device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                            enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             logits = slide_inference(model, image, seg["num_classes"], seg["crop_size"],
                                      seg["stride"], seg["batch_size"])
         if logits.shape[-2:] != target.shape[-2:]:
@@ -301,10 +301,11 @@ def evaluate(model, dataset, seg: dict, device, amp_dtype, num_workers: int, log
 # ---------------------------------------------------------------- training
 
 def _amp_dtype(cfg: dict, device):
-    amp = cfg["pretrain"]["amp"]
-    if device.type != "cuda" or amp == "fp32":
+    # no precision setting of its own: pre-training's, on CUDA only (its CPU results were
+    # made in fp32 whatever pre-training used)
+    if device.type != "cuda":
         return None
-    return torch.float16 if amp == "fp16" else torch.bfloat16
+    return autocast_dtype(cfg["pretrain"]["amp"], device)
 
 
 def _fingerprint(cfg: dict) -> dict:
@@ -313,22 +314,11 @@ def _fingerprint(cfg: dict) -> dict:
             "feature_source": cfg["eval"]["feature_source"], "seed": cfg["experiment"]["seed"]}
 
 
-def _load_checkpoint(path: Path, cfg: dict, log) -> dict | None:
-    if not path.is_file():
-        return None
-    from folk.utils.io import load_torch_file
-
-    ckpt = load_torch_file(path, "delete it to start this segmentation evaluation over")
-    if not isinstance(ckpt, dict) or \
-            ckpt.get("fingerprint") != json.loads(json.dumps(_fingerprint(cfg))):
-        log.warning("%s was written with other eval.segmentation settings: starting over", path)
-        return None
-    return ckpt
-
-
-def train(model, cfg: dict, train_set, out_dir: Path, device, amp_dtype, log) -> None:
+def train(model, cfg: dict, train_set, out_dir: Path, device, amp_dtype, log,
+          hooks: Sequence[Hook] = ()) -> None:
     """Train (resuming from ``out_dir/checkpoint.pt``); the final checkpoint keeps only the
-    network, marked finished, so a crash during evaluation never retrains."""
+    network, marked finished, so a crash during evaluation never retrains. ``hooks``:
+    called after every iteration (``folk.engine.hooks``)."""
     from tqdm import tqdm
 
     seg = cfg["eval"]["segmentation"]
@@ -339,7 +329,10 @@ def train(model, cfg: dict, train_set, out_dir: Path, device, amp_dtype, log) ->
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     path = out_dir / CHECKPOINT
     start = 0
-    ckpt = _load_checkpoint(path, cfg, log)
+    state_file = StateFile(path, identity={"fingerprint": _fingerprint(cfg)}, disposable=False,
+                           remedy="delete it to start this segmentation evaluation over",
+                           other="other eval.segmentation settings", log=log)
+    ckpt = state_file.load()
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         if ckpt["finished"]:
@@ -352,12 +345,11 @@ def train(model, cfg: dict, train_set, out_dir: Path, device, amp_dtype, log) ->
         log.info("resuming from %s at iteration %d", path, start)
 
     def save(iteration: int, finished: bool) -> None:
-        state = {"iteration": iteration, "finished": finished, "model": model.state_dict(),
-                 "fingerprint": _fingerprint(cfg)}
+        state = {"iteration": iteration, "finished": finished, "model": model.state_dict()}
         if not finished:
             state.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
                          rng=rng_state())
-        atomic_torch_save(state, path)
+        state_file.save(state)
 
     sampler = BatchStream(len(train_set), seg["batch_size"], seed, start, total)
     loader = torch.utils.data.DataLoader(
@@ -375,8 +367,7 @@ def train(model, cfg: dict, train_set, out_dir: Path, device, amp_dtype, log) ->
             g["lr"] = seg["lr"] * g["lr_scale"] * factor
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                            enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             logits, aux = model.forward_train(images)
         loss = seg_loss(logits, targets, seg["ignore_index"])
         if aux is not None:
@@ -393,8 +384,13 @@ def train(model, cfg: dict, train_set, out_dir: Path, device, amp_dtype, log) ->
         if done % LOG_EVERY == 0 or done == total:
             log.info("iteration %d/%d loss %.4f lr %.3g", done, total, loss.item(),
                      seg["lr"] * factor)
-        if done % seg["checkpoint_every"] == 0 and done < total:
+        saved = done % seg["checkpoint_every"] == 0 and done < total
+        if saved:
             save(done, finished=False)
+        # the stream's epochs: permutations of the training set, which batches straddle
+        epoch = it * seg["batch_size"] // len(train_set)
+        call_hooks(hooks, Boundary(done, epoch,
+                                   done * seg["batch_size"] // len(train_set) > epoch, saved))
     save(total, finished=True)
 
 
@@ -407,7 +403,7 @@ def run(cfg: dict, run_dir: Path, out_dir: Path, log) -> dict:
     log.info("%s at %s: %s", seg["dataset"], seg["root"],
              ", ".join(f"{s} {v['images']} images" for s, v in info["splits"].items()))
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = training_device()
     amp_dtype = _amp_dtype(cfg, device)
     seed = cfg["experiment"]["seed"]
     data = cfg["data"]

@@ -96,11 +96,12 @@ def run_dir(tiny_cfg, tmp_path) -> Path:
 @pytest.fixture
 def checkpointed(tiny_cfg, tmp_path, one_thread) -> Path:
     """A run stopped after its checkpoint at iteration 2 (of 8)."""
+    from folk.engine.hooks import stop_after
     from folk.engine.pretrain import StopRequested, pretrain
 
     path = tmp_path / "ckrun"
     with pytest.raises(StopRequested):
-        pretrain(tiny_cfg(), path, stop_after=2)
+        pretrain(tiny_cfg(), path, hooks=[stop_after(2)])
     return path
 
 
@@ -301,11 +302,12 @@ def small_tmpfs(tmp_path):
 
 def test_full_disk_on_a_real_tmpfs(small_tmpfs, tiny_cfg, fashion_root, capsys, one_thread):
     from folk.cli import main
+    from folk.engine.hooks import stop_after
     from folk.engine.pretrain import StopRequested, pretrain
 
     run = small_tmpfs / "run"
     with pytest.raises(StopRequested):
-        pretrain(tiny_cfg(), run, stop_after=2)
+        pretrain(tiny_cfg(), run, hooks=[stop_after(2)])
     ckpt = run / "checkpoints" / "last.pt"
     before = ckpt.read_bytes()
     with open(small_tmpfs / "filler", "wb") as f:  # take every block left

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from folk.config import load_config
+from folk.engine.hooks import stop_after
 from folk.engine.pretrain import Pretrainer, StopRequested
 from folk.training import pretrain
 from folk.errors import NonFiniteLossError, RunDirError
@@ -138,7 +139,7 @@ def test_stop_at_any_moment_then_resume_equals_uninterrupted(tiny_cfg, reference
         if how == "monitor":
             _monitor_dies_at_epoch(patch, at)
         with pytest.raises((StopRequested, Killed)):
-            pretrain(cfg, run_dir, stop_after=at if how == "stop_after" else None)
+            pretrain(cfg, run_dir, hooks=[stop_after(at)] if how == "stop_after" else ())
     if resumed_at is not None:  # the checkpoints of the configuration: every 3, epoch ends
         state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
         assert state["iteration"] == resumed_at
@@ -199,7 +200,7 @@ def test_undecodable_batches_do_not_shift_the_resume_position(bad_batch, tmp_pat
     uninterrupted run did (a replacement batch drawn in its place would shift every later one)."""
     cfg, straight, _ = bad_batch
     with pytest.raises(StopRequested):
-        pretrain(cfg, tmp_path, stop_after=2)
+        pretrain(cfg, tmp_path, hooks=[stop_after(2)])
     pretrain(cfg, tmp_path)
     assert_same_run(straight, tmp_path)
 
@@ -358,7 +359,7 @@ def test_resume_keeps_every_record_but_a_damaged_one(tiny_cfg, reference, tmp_pa
     cfg = tiny_cfg(*BOUNDARY_RUN)
     run_dir = tmp_path / "run"
     with pytest.raises(StopRequested):
-        pretrain(cfg, run_dir, stop_after=5)  # checkpoint of iteration 4; 5 is redone
+        pretrain(cfg, run_dir, hooks=[stop_after(5)])  # checkpoint of iteration 4; 5 is redone
     metrics = run_dir / "metrics.jsonl"
     lines = metrics.read_text().splitlines()
     assert json.loads(lines[2])["iteration"] == 2  # after the k-NN record and iteration 1
