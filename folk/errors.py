@@ -16,7 +16,17 @@ class FolkError(Exception):
 
 
 class ConfigError(FolkError):
-    """An invalid configuration: unknown key, wrong type, value out of range."""
+    """An invalid configuration: unknown key, wrong type, value out of range.
+
+    ``key`` is the dotted configuration key at fault (``data.mean``, never ``data.mean[0]``)
+    and ``source`` the file or ``--set`` override the message names, each None where there is
+    none: callers act on them (validation names the override that set the key) without
+    parsing the message."""
+
+    def __init__(self, message: str, *, key: str | None = None, source: str | None = None):
+        super().__init__(message)
+        self.key = key
+        self.source = source
 
 
 class DataError(FolkError):
