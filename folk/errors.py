@@ -16,20 +16,17 @@ class FolkError(Exception):
 
 
 class ConfigError(FolkError):
-    """An invalid configuration: unknown key, wrong type, value out of range. ``key`` is the
-    dotted configuration key at fault and ``source`` the file or override that gave it,
-    when the raiser knows them."""
+    """An invalid configuration: unknown key, wrong type, value out of range.
+
+    ``key`` is the dotted configuration key at fault (``data.mean``, never ``data.mean[0]``)
+    and ``source`` the file or ``--set`` override the message names, each None where there is
+    none: callers act on them (validation names the override that set the key) without
+    parsing the message."""
 
     def __init__(self, message: str, *, key: str | None = None, source: str | None = None):
         super().__init__(message)
-        self.key, self.source = key, source
-
-    def __reduce__(self):
-        return _config_error, (str(self), self.key, self.source)
-
-
-def _config_error(message: str, key: str | None, source: str | None) -> ConfigError:
-    return ConfigError(message, key=key, source=source)
+        self.key = key
+        self.source = source
 
 
 class DataError(FolkError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import itertools
 import math
 import re
 from pathlib import Path
@@ -69,22 +70,28 @@ def _merge(base: dict, update: dict, source: str, prefix: str = "",
     for key, value in update.items():
         path = f"{prefix}{key}"
         if key not in base:
-            known = _flat_keys(base, prefix)
-            hint = difflib.get_close_matches(path, known, n=1)
-            extra = f" (did you mean '{hint[0]}'?)" if hint else ""
-            raise ConfigError(f"{source}: unknown key '{path}'{extra}")
+            raise _unknown_key(path, base, prefix, source)
         if path == ablations.SECTION:  # named entries: merged, or added, one by one
             ablations.merge_entries(base[key], value, source, origins)
         elif isinstance(base[key], dict) and path not in FREE_FORM:
             if not isinstance(value, dict):
                 raise ConfigError(
-                    f"{source}: key '{path}' must be a mapping, got {value!r}")
+                    f"{source}: key '{path}' must be a mapping, got {value!r}",
+                    key=path, source=source)
             _merge(base[key], value, source, path + ".", origins)
         else:
             base[key] = value
             # leaves only: a section is not "set" by a source that sets one of its keys
             if origins is not None:
                 origins[path] = source
+
+
+def _unknown_key(path: str, section: dict, prefix: str, source: str) -> ConfigError:
+    """``path`` is not a key of ``section`` (the keys under ``prefix``); the nearest one
+    is suggested."""
+    hint = difflib.get_close_matches(path, _flat_keys(section, prefix), n=1)
+    extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+    return ConfigError(f"{source}: unknown key '{path}'{extra}", key=path, source=source)
 
 
 def _params_resolvers(loader: type) -> type:
@@ -200,12 +207,13 @@ def yaml_load(text_or_stream) -> Any:
 def parse_override(item: str) -> tuple[str, Any]:
     """``a.b=value`` with value read as YAML (``[1, 2]``, ``true``, ``1e-3``)."""
     if "=" not in item:
-        raise ConfigError(f"--set: expected key=value, got '{item}'")
+        raise ConfigError(f"--set: expected key=value, got '{item}'", source="--set")
     key, raw = item.split("=", 1)
     try:
         value = yaml_load(raw) if raw != "" else ""
     except (yaml.YAMLError, RecursionError) as exc:
-        raise ConfigError(f"--set {key}: cannot parse value '{raw}': {exc}") from None
+        raise ConfigError(f"--set {key}: cannot parse value '{raw}': {exc}",
+                          key=key.strip(), source=f"--set {key}") from None
     return key.strip(), value
 
 
@@ -226,33 +234,34 @@ def read_params(path: str | Path) -> dict:
     the file and what is wrong with it."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}", source=str(path))
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_PARAMS_BYTES + 1)  # never more, whatever the file claims
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}",
+                          source=str(path)) from None
     if len(raw) > MAX_PARAMS_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_PARAMS_BYTES} bytes, the limit for a "
-                          f"params file; is it the right file?")
+                          f"params file; is it the right file?", source=str(path))
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8); a "
-                          f"params file is YAML text") from None
+                          f"params file is YAML text", source=str(path)) from None
     try:
         data = yaml_load(text)
     except YAMLLimitError as exc:
-        raise ConfigError(f"{path}: refused: {exc}") from None
+        raise ConfigError(f"{path}: refused: {exc}", source=str(path)) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {exc}", source=str(path)) from None
     except RecursionError:  # a limit above should catch this first; never a traceback
-        raise ConfigError(f"{path}: nested too deeply to read") from None
+        raise ConfigError(f"{path}: nested too deeply to read", source=str(path)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of configuration keys, got "
-                          f"{_type_name(data)}")
+                          f"{_type_name(data)}", source=str(path))
     return data
 
 
@@ -284,81 +293,6 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _check_type(path: str, default: Any, value: Any, source: str) -> None:
-    if path in ENUM_NULLABLE:
-        return
-    if path in NULLABLE:
-        if value is None:
-            return
-        default = NULLABLE[path]
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-        want = "a boolean"
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        want = "an integer"
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        want = "a number"
-    elif isinstance(default, str):
-        ok = isinstance(value, str)
-        want = "a string"
-    elif isinstance(default, list):
-        ok = isinstance(value, list)
-        want = "a list"
-    elif isinstance(default, dict):
-        ok = isinstance(value, dict)
-        want = "a mapping"
-    else:
-        ok, want = True, ""
-    if not ok:
-        raise ConfigError(f"{source}: key '{path}' must be {want}, got {value!r} "
-                          f"({_type_name(value)})")
-    if isinstance(default, list) and default and isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_type(f"{path}[{i}]", default[0], item, source)
-
-
-def _walk(defaults_tree: dict, cfg: dict, source: str, prefix: str = "") -> None:
-    for key, default in defaults_tree.items():
-        path = f"{prefix}{key}"
-        value = cfg[key]
-        if isinstance(default, dict) and path not in FREE_FORM:
-            _walk(default, value, source, path + ".")
-        else:
-            _check_type(path, default, value, source)
-
-
-def _check_constraint(path: str, value: Any, rule: dict, source: str) -> None:
-    def bad(msg: str) -> ConfigError:
-        return ConfigError(f"{source}: key '{path}' = {value!r} {msg}")
-
-    if value is None and rule.get("nullable"):
-        return
-    if "enum" in rule and value not in rule["enum"]:
-        raise bad(f"is not one of {rule['enum']}")
-    if isinstance(value, list):
-        if "minItems" in rule and len(value) < rule["minItems"]:
-            raise bad(f"needs at least {rule['minItems']} item(s)")
-        if "maxItems" in rule and len(value) > rule["maxItems"]:
-            raise bad(f"allows at most {rule['maxItems']} item(s)")
-        if "items" in rule:
-            for item in value:
-                _check_constraint(path, item, rule["items"], source)
-        return
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise bad("must be finite")
-        if "minimum" in rule and value < rule["minimum"]:
-            raise bad(f"must be >= {rule['minimum']}")
-        if "maximum" in rule and value > rule["maximum"]:
-            raise bad(f"must be <= {rule['maximum']}")
-        if "exclusiveMinimum" in rule and value <= rule["exclusiveMinimum"]:
-            raise bad(f"must be > {rule['exclusiveMinimum']}")
-        if "exclusiveMaximum" in rule and value >= rule["exclusiveMaximum"]:
-            raise bad(f"must be < {rule['exclusiveMaximum']}")
-
-
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     """``{"a.b": value}`` for every leaf of a nested configuration."""
     out = {}
@@ -378,14 +312,11 @@ def _get(cfg: dict, path: str) -> Any:
 
 
 def validate(cfg: dict, source: str = "configuration", origins: dict | None = None) -> None:
-    """Types against the defaults, ranges and choices against CONSTRAINTS, then the rules
+    """Types, choices and ranges through jsonschema (the generated schema), then the rules
     that tie keys together. Raises ConfigError naming the key and the file (or the
     ``--set`` override) that gave it its value."""
     try:
-        _walk(_defaults_shared(), cfg, source)  # reads the tree only: no copy needed
-        _check_variant(cfg, source)
-        for path, rule in CONSTRAINTS.items():
-            _check_constraint(path, _get(cfg, path), rule, source)
+        _check_schema(cfg, source)
         resolved = resolve(cfg)
         _check_finite(resolved, source)
         ablations.check_ablations(resolved, source, _leaf_keys(), _key_schema)
@@ -393,13 +324,7 @@ def validate(cfg: dict, source: str = "configuration", origins: dict | None = No
         _cross_checks(resolved, source)
         _check_architecture(resolved, source)
     except ConfigError as exc:
-        message = str(exc)
-        key = message.split("key '", 1)[1].split("'", 1)[0] if "key '" in message else ""
-        key = key.split("[", 1)[0]
-        origin = _origin(origins or {}, key)
-        if origin and message.startswith(source + ": "):
-            message = origin + ": " + message[len(source) + 2:]
-        raise ConfigError(message) from None
+        raise _named_by_origin(exc, source, origins or {}) from None
 
 
 @functools.lru_cache(maxsize=1)
@@ -417,6 +342,184 @@ def _key_schema(path: str) -> dict:
     return node
 
 
+def _named_by_origin(exc: ConfigError, source: str, origins: dict) -> ConfigError:
+    """``exc`` naming the file or override that set its key in place of ``source`` (the
+    params file, which may not mention the key at all)."""
+    origin = _origin(origins, exc.key) if exc.key else None
+    if origin is None or exc.source != source:
+        return exc
+    return ConfigError(origin + str(exc)[len(source):], key=exc.key, source=origin)
+
+
+# ---------------------------------------------------------------- validation: the schema
+
+def _check_schema(cfg: dict, source: str) -> None:
+    """The schema's verdict as one ConfigError. Of several wrong keys, the one reported is
+    the one folk has always reported: types first (in the order of defaults.yaml), then the
+    variant, then choices and ranges (in the order of CONSTRAINTS)."""
+    errors = list(_schema_validator().iter_errors(cfg))
+    wrong_types = _type_errors(errors)
+    if wrong_types:
+        raise _type_error(_first_in_defaults_order(wrong_types), source)
+    _check_variant(cfg, source)
+    wrong_values = [e for e in errors if e.validator in _VALUE_TEXTS]
+    if wrong_values:
+        raise _value_error(_first_in_constraints_order(wrong_values), source)
+
+
+def _schema_validator():
+    stat = DEFAULTS_PATH.stat()
+    return _build_schema_validator(str(DEFAULTS_PATH), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _build_schema_validator(path: str, mtime_ns: int, size: int):
+    # keyed by the defaults file's identity, as _parse_defaults is: an edited defaults.yaml
+    # is a new schema. jsonschema is imported here, not with the module: the modules that
+    # import folk.config for its helpers (scaled_patch, flatten) never validate
+    import jsonschema
+
+    draft = jsonschema.Draft202012Validator
+    kind = jsonschema.validators.extend(
+        draft, type_checker=draft.TYPE_CHECKER.redefine("integer", _is_integer),
+        validators={keyword: _finite_first(draft.VALIDATORS[keyword])
+                    for keyword in _RANGE_KEYWORDS})
+    return kind(_validation_schema())
+
+
+def _is_integer(checker, value: Any) -> bool:
+    # YAML tells 5 from 5.0 and folk has always refused 5.0 for an integer key; the JSON
+    # schema drafts since 6 count 5.0 as an integer
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_RANGE_KEYWORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _finite_first(range_check):
+    """The jsonschema keyword ``range_check`` refusing nan and the infinities before it
+    compares: every comparison with nan is false, so a range alone lets nan through. The
+    error's keyword is "finite" (a float that YAML reads from ``.nan`` or ``.inf``)."""
+    def check(validator, bound, instance, schema):
+        if isinstance(instance, float) and not math.isfinite(instance):
+            from jsonschema import ValidationError
+
+            yield ValidationError(f"{instance!r} is not finite", validator="finite")
+            return
+        yield from range_check(validator, bound, instance, schema)
+    return check
+
+
+def _validation_schema() -> dict:
+    """json_schema() with the constraints that it leaves out added back, which folk has
+    always checked: the range of an ENUM_NULLABLE key (only its types and choices are
+    generated) and the item rules of a list whose default is empty (no item schema is
+    generated for it). The workflow's schema stays as it is generated."""
+    schema = json_schema()
+    for path, rule in CONSTRAINTS.items():
+        node = schema
+        for part in path.split("."):
+            node = node["properties"][part]
+        _add_missing_rules(node, rule)
+    return schema
+
+
+def _add_missing_rules(node: dict, rule: dict) -> None:
+    for keyword, value in rule.items():
+        if keyword == "nullable":  # the generated types and choices have null already
+            continue
+        if keyword == "items" and isinstance(node.get("items"), dict):
+            _add_missing_rules(node["items"], value)
+        else:
+            node.setdefault(keyword, copy.deepcopy(value))
+
+
+def _split_path(error) -> tuple[str, tuple[int, ...]]:
+    """The dotted key of a jsonschema error and the list indices below it."""
+    parts = list(error.absolute_path)
+    names = list(itertools.takewhile(lambda part: isinstance(part, str), parts))
+    return ".".join(names), tuple(parts[len(names):])
+
+
+def _type_errors(errors: list) -> list:
+    """The type errors, unknown keys included. An ENUM_NULLABLE key is the exception: a
+    value that is not one of its choices has always been reported as such, whatever its type."""
+    refused_choices = {tuple(e.absolute_path) for e in errors if e.validator == "enum"}
+    return [e for e in errors if e.validator in ("type", "additionalProperties")
+            and not (_split_path(e)[0] in ENUM_NULLABLE
+                     and tuple(e.absolute_path) in refused_choices)]
+
+
+def _first_in_defaults_order(errors: list):
+    """By key as defaults.yaml lists them (a section before its keys), then by list item."""
+    positions = {path: i for i, path in enumerate(_flat_keys(_defaults_shared()))}
+
+    def order(error) -> tuple:
+        key, indices = _split_path(error)
+        return positions.get(key, -1), indices
+    return min(errors, key=order)
+
+
+_TYPE_WORDS = {"boolean": "a boolean", "integer": "an integer", "number": "a number",
+               "string": "a string", "array": "a list", "object": "a mapping"}
+
+
+def _type_error(error, source: str) -> ConfigError:
+    key, indices = _split_path(error)
+    if error.validator == "additionalProperties":
+        extra = next(name for name in error.instance if name not in error.schema["properties"])
+        section = _get(_defaults_shared(), key) if key else _defaults_shared()
+        return _unknown_key(f"{key}.{extra}" if key else extra, section,
+                            f"{key}." if key else "", source)
+    types = error.validator_value if isinstance(error.validator_value, list) \
+        else [error.validator_value]
+    want = _TYPE_WORDS[next(t for t in types if t != "null")]
+    path = key + "".join(f"[{i}]" for i in indices)
+    return ConfigError(f"{source}: key '{path}' must be {want}, got {error.instance!r} "
+                       f"({_type_name(error.instance)})", key=key, source=source)
+
+
+# the checks of one value (a key's, or an item's of a list) in the order they have always
+# run: its choices, its length, its items, then its range
+_VALUE_KEYWORDS = ("enum", "minItems", "maxItems", "items", "finite", *_RANGE_KEYWORDS)
+
+_VALUE_TEXTS = {"enum": "is not one of {}", "minItems": "needs at least {} item(s)",
+                "maxItems": "allows at most {} item(s)", "finite": "must be finite",
+                "minimum": "must be >= {}", "maximum": "must be <= {}",
+                "exclusiveMinimum": "must be > {}", "exclusiveMaximum": "must be < {}"}
+
+
+def _first_in_constraints_order(errors: list):
+    """By key as CONSTRAINTS lists them, then as the checks of one value run
+    (_VALUE_KEYWORDS), an item's checks in the place of "items"."""
+    positions = {path: i for i, path in enumerate(CONSTRAINTS)}
+    items = _VALUE_KEYWORDS.index("items")
+
+    def order(error) -> tuple:
+        key, indices = _split_path(error)
+        descent = [step for i in indices for step in (items, i)]
+        return (positions.get(key, len(positions)), *descent,
+                _VALUE_KEYWORDS.index(error.validator))
+    return min(errors, key=order)
+
+
+def _value_error(error, source: str) -> ConfigError:
+    """The message names the key, not the item (``a.b``, not ``a.b[0]``), with the item's
+    value and the choices as CONSTRAINTS states them (the schema adds null to some)."""
+    key, indices = _split_path(error)
+    bound = error.validator_value
+    if error.validator == "enum":
+        rule = CONSTRAINTS.get(key, {})
+        for _ in indices:
+            rule = rule.get("items", {})
+        bound = rule.get("enum", bound)
+    text = _VALUE_TEXTS[error.validator].format(bound)
+    return ConfigError(f"{source}: key '{key}' = {error.instance!r} {text}",
+                       key=key, source=source)
+
+
+# ---------------------------------------------------------------- validation: cross-key rules
+
 def _check_finite(node: Any, source: str, path: str = "") -> None:
     """nan and inf are floats to YAML (``.nan``, ``.inf``) and pass every type check, and a
     range check cannot catch nan (every comparison with it is false); no key of folk means
@@ -429,7 +532,8 @@ def _check_finite(node: Any, source: str, path: str = "") -> None:
         for i, value in enumerate(node):
             _check_finite(value, source, f"{path}[{i}]")
     elif isinstance(node, float) and not math.isfinite(node):
-        raise ConfigError(f"{source}: key '{path}' = {node!r} must be a finite number")
+        raise ConfigError(f"{source}: key '{path}' = {node!r} must be a finite number",
+                          key=path.split("[", 1)[0], source=source)
 
 
 # numpy's legacy seeding (np.random.seed, used with experiment.seed) takes 0 <= seed < 2**32
@@ -446,7 +550,8 @@ def _check_seeds(cfg: dict, source: str) -> None:
     for key, seed in seeds:
         if isinstance(seed, int) and not lo <= seed < hi:
             raise ConfigError(f"{source}: key '{key}' = {seed!r} must be between {lo} and "
-                              f"2**32 - 1 (the seeds numpy accepts)")
+                              f"2**32 - 1 (the seeds numpy accepts)",
+                              key=key.split("[", 1)[0], source=source)
 
 
 def _check_architecture(cfg: dict, source: str) -> None:
@@ -460,7 +565,7 @@ def _check_architecture(cfg: dict, source: str) -> None:
         hint = difflib.get_close_matches(name, sorted(known), n=1)
         extra = f" (did you mean '{hint[0]}'?)" if hint else ""
         raise ConfigError(f"{source}: key 'model.arch' = {arch!r} is not a timm "
-                          f"architecture{extra}")
+                          f"architecture{extra}", key="model.arch", source=source)
     if recipes.is_resnet(arch):
         return
     own = dict(_arch_defaults(known.get(name, "")))
@@ -470,12 +575,14 @@ def _check_architecture(cfg: dict, source: str) -> None:
         mark = lambda key: "" if m[key] else f" ({arch}'s own)"  # noqa: E731
         raise ConfigError(f"{source}: key 'model.embed_dim' = {embed_dim}{mark('embed_dim')} "
                           f"is not divisible by model.num_heads = {num_heads}"
-                          f"{mark('num_heads')}: attention splits the width across heads")
+                          f"{mark('num_heads')}: attention splits the width across heads",
+                          key="model.embed_dim", source=source)
     patch = m["patch_size"]
     crop = cfg["eval"]["segmentation"]["crop_size"]
     if crop % patch != 0:
         raise ConfigError(f"{source}: key 'eval.segmentation.crop_size' = {crop} is not a "
-                          f"multiple of model.patch_size = {patch}")
+                          f"multiple of model.patch_size = {patch}",
+                          key="eval.segmentation.crop_size", source=source)
 
 
 @functools.lru_cache(maxsize=1)
@@ -550,7 +657,7 @@ def _check_variant(cfg: dict, source: str) -> None:
     variant = cfg["pretrain"]["variant"]
     if variant not in VARIANTS:
         raise ConfigError(f"{source}: key 'pretrain.variant' = {variant!r} is not one "
-                          f"of {sorted(VARIANTS)}")
+                          f"of {sorted(VARIANTS)}", key="pretrain.variant", source=source)
 
 
 def _cross_checks(cfg: dict, source: str) -> None:
@@ -559,31 +666,36 @@ def _cross_checks(cfg: dict, source: str) -> None:
     for v in cfg["workflow"]["variants"]:
         if v not in VARIANTS:
             raise ConfigError(f"{source}: key 'workflow.variants' has unknown variant {v!r}; "
-                              f"known: {sorted(VARIANTS)}")
+                              f"known: {sorted(VARIANTS)}", key="workflow.variants",
+                              source=source)
     size = m["img_size"]
     radius = scaled_radius(cfg)
     if radius >= size / 2:
         raise ConfigError(
             f"{source}: key 'filter.mfm_radius' = {f['mfm_radius']} gives radius {radius:.2f} px "
-            f"at img_size {size}, larger than the image (must be < {size / 2})")
+            f"at img_size {size}, larger than the image (must be < {size / 2})",
+            key="filter.mfm_radius", source=source)
     if not recipes.is_resnet(m["arch"]) and size % m["patch_size"] != 0:
         raise ConfigError(f"{source}: key 'model.patch_size' = {m['patch_size']} does not divide "
-                          f"model.img_size = {size}")
+                          f"model.img_size = {size}", key="model.patch_size", source=source)
     if len(cfg["data"]["mean"]) != cfg["data"]["in_chans"] or \
             len(cfg["data"]["std"]) != cfg["data"]["in_chans"]:
+        # two keys at fault and no one of them to blame: the params file stays the source
         raise ConfigError(f"{source}: keys 'data.mean'/'data.std' need data.in_chans = "
-                          f"{cfg['data']['in_chans']} values")
+                          f"{cfg['data']['in_chans']} values", source=source)
     if p["batch_size"] % p["accum_steps"] != 0:
         raise ConfigError(f"{source}: key 'pretrain.batch_size' = {p['batch_size']} is not a "
-                          f"multiple of pretrain.accum_steps = {p['accum_steps']}")
+                          f"multiple of pretrain.accum_steps = {p['accum_steps']}",
+                          key="pretrain.batch_size", source=source)
     if cfg["data"]["on_device"] and cfg["augment"]["photometric"] != "device":
         raise ConfigError(f"{source}: key 'data.on_device' = true needs augment.photometric = "
                           f"'device' (got {cfg['augment']['photometric']!r}): the views are "
-                          f"made on the device")
+                          f"made on the device", key="data.on_device", source=source)
     for path in ("augment.crop_scale", "augment.local_crops_scale"):
         lo, hi = _get(cfg, path)
         if not 0 < lo <= hi <= 1:
-            raise ConfigError(f"{source}: key '{path}' = {[lo, hi]} must satisfy 0 < lo <= hi <= 1")
+            raise ConfigError(f"{source}: key '{path}' = {[lo, hi]} must satisfy "
+                              f"0 < lo <= hi <= 1", key=path, source=source)
 
 
 def check_filter_radii(cfg: dict, source: str = "configuration") -> None:
@@ -602,13 +714,15 @@ def check_filter_radii(cfg: dict, source: str = "configuration") -> None:
             raise ConfigError(
                 f"{source}: key 'eval.robustness.filter_radii' has {r:g} (stated at {ref:g} px), "
                 f"{px:.2f} px at model.img_size = {size}: its low-pass keeps only the zero "
-                f"frequency; give radii above {ref / size:.3g} at {ref:g} px")
+                f"frequency; give radii above {ref / size:.3g} at {ref:g} px",
+                key="eval.robustness.filter_radii", source=source)
         kept = sum(1 for d in distances if d < px * px)
         if kept in masks:
             raise ConfigError(
                 f"{source}: key 'eval.robustness.filter_radii': {masks[kept]:g} and {r:g} (at "
                 f"{ref:g} px) give the same filter at model.img_size = {size} (no frequency "
-                f"lies between {masks[kept] * size / ref:.2f} and {px:.2f} px)")
+                f"lies between {masks[kept] * size / ref:.2f} and {px:.2f} px)",
+                key="eval.robustness.filter_radii", source=source)
         masks[kept] = r
 
 
@@ -674,10 +788,11 @@ def load_run_config(run_dir: str | Path) -> dict:
     """The resolved ``config.yaml`` of a run directory, re-validated."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise ConfigError(f"run directory not found: {run_dir}")
+        raise ConfigError(f"run directory not found: {run_dir}", source=str(run_dir))
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise ConfigError(f"{run_dir}: no config.yaml; is this a folk run directory?")
+        raise ConfigError(f"{run_dir}: no config.yaml; is this a folk run directory?",
+                          source=str(run_dir))
     return load_config(path)
 
 
@@ -698,7 +813,8 @@ def eval_config(run_dir: Path, params: str | None, overrides: list[str]) -> dict
         key, value = parse_override(item)
         if not key.startswith(EVAL_OVERRIDABLE):
             raise ConfigError(f"--set {key}: an evaluation may only change "
-                              f"{', '.join(EVAL_OVERRIDABLE)}; '{key}' belongs to the run")
+                              f"{', '.join(EVAL_OVERRIDABLE)}; '{key}' belongs to the run",
+                              key=key, source=f"--set {key}")
         cfg = merge_into(cfg, _nest(key, value), f"--set {key}")
     validate(cfg, params or str(Path(run_dir) / "config.yaml"))
     return resolve(cfg)

@@ -33,7 +33,7 @@ _FLAG = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
 def _err(key: str, value, why: str) -> ConfigError:
-    return ConfigError(f"key '{key}' = {value!r} {why}")
+    return ConfigError(f"key '{key}' = {value!r} {why}", key=key)
 
 
 def check_extra_sbatch(extra: dict) -> dict[str, object]:
