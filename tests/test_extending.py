@@ -78,3 +78,42 @@ def test_a_toy_filter_is_one_module_and_one_registry_row(tmp_path, fashion_root)
     assert result["label"] == "toy scale (0.25)"
     # the configuration's choices are the registry's rows
     assert "'method.filter'" in result["refused"] and "toy_scale" in result["refused"]
+
+
+def test_a_toy_variant_is_one_registry_row(tmp_path):
+    code = textwrap.dedent('''
+        import json
+        from folk.variants import VARIANTS
+
+        VARIANTS["toy_rcom_one_view"] = dict(filter="com_rcom", num_views=1, reconstruction=True,
+                                             distillation=True, p_com=0.0, augment="dino",
+                                             optim="dino")
+        from folk.config import load_config
+
+        cfg = load_config(None, ["pretrain.variant=toy_rcom_one_view"])
+        print(json.dumps({"method": cfg["method"], "preset": cfg["augment"]["preset"],
+                          "recipe": cfg["pretrain"]["optim_recipe"],
+                          "lr": cfg["pretrain"]["base_lr"]}))
+        ''')
+    result = run_python(code, tmp_path)
+    assert result["method"] == {"filter": "com_rcom", "num_views": 1, "reconstruction": True,
+                                "distillation": True, "p_com": 0.0}
+    # the row names the recipes it trains with, and resolution fills them in
+    assert (result["preset"], result["recipe"]) == ("dino", "dino")
+    assert result["lr"] == 1.0e-3  # DINO's 5e-4 per 256 images, stated per 512
+
+
+def test_a_new_ablation_is_one_entry_of_workflow_ablations():
+    from folk.ablations import ablations
+    from folk.config import load_config
+
+    cfg = load_config(None, ["workflow.ablations.drop_path={set: model.drop_path, "
+                             "values: [0.0, 0.2], labels: [stochastic depth]}"])
+    grid = ablations(cfg)["drop_path"]
+    assert grid.title == "Ablation: drop_path" and grid.labels == ("stochastic depth",)
+    assert [grid.run_name("folk", v) for v in grid.values] == ["folk-drop_path0", "folk-drop_path0.2"]
+    assert grid.sets(0.2) == ["model.drop_path=0.2"]
+    # the defaults' entries are still there, and a list alone changes one's values
+    cfg = load_config(None, ["workflow.ablations.p_com=[0.1]"])
+    assert ablations(cfg)["p_com"].values == (0.1,)
+    assert ablations(cfg)["p_com"].sets(0.1) == ["filter.p_com=0.1"]
