@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from folk.errors import ConfigError
+from folk.utils.text import fmt_number
 
 # Keys at this value hold for views of filter.mfm_radius_ref_size px: a radius or a patch
 # side stated for 224 px images means proportionally less at 32 px
@@ -62,20 +63,13 @@ RADIUS = Argument(("filter.mfm_radius", REF_SIZE_KEY, "model.img_size"), scaled_
 PATCH_SIDE = Argument(("filter.patch_mask_size", REF_SIZE_KEY, "model.img_size"), scaled_patch)
 
 
-def _number(value: float) -> str:
-    """0.5, 1, 0.005: how a label writes a configuration number."""
-    if isinstance(value, float) and value.is_integer() and abs(value) >= 1:
-        return str(int(value))
-    return f"{value:g}"
-
-
 def _com_rcom_label(cfg: dict) -> str:
     p = cfg["method"]["p_com"]
     if p == 1.0:
         return "Com only"
     if p == 0.0:
         return "RCom only"
-    return f"Com/RCom (p_com={_number(p)})"
+    return f"Com/RCom (p_com={fmt_number(p)})"
 
 
 @dataclass(frozen=True)
@@ -111,17 +105,17 @@ FILTERS: dict[str, FilterSpec] = {
     "mfm": FilterSpec(
         "folk.filters:mfm",
         {"radius": RADIUS, "p_low": key("filter.mfm_p_low"), "clamp": key("filter.clamp")},
-        lambda cfg: (f"MFM low/high-pass (r={_number(cfg['filter']['mfm_radius'])}"
+        lambda cfg: (f"MFM low/high-pass (r={fmt_number(cfg['filter']['mfm_radius'])}"
                      f"@{cfg['filter']['mfm_radius_ref_size']}px)")),
     "random_frequency": FilterSpec(
         "folk.filters:random_frequency",
         {"rho": key("filter.random_rho"), "clamp": key("filter.clamp")},
-        lambda cfg: f"random frequency (rho={_number(cfg['filter']['random_rho'])})"),
+        lambda cfg: f"random frequency (rho={fmt_number(cfg['filter']['random_rho'])})"),
     "random_patch": FilterSpec(
         "folk.filters:random_patch",
         {"patch_ratio": key("filter.patch_mask_ratio"), "patch_size": PATCH_SIDE,
          "clamp": key("filter.clamp")},
-        lambda cfg: (f"random patch ({_number(cfg['filter']['patch_mask_ratio'] * 100)}%, "
+        lambda cfg: (f"random patch ({fmt_number(cfg['filter']['patch_mask_ratio'] * 100)}%, "
                      f"{cfg['filter']['patch_mask_size']}px)")),
     "none": FilterSpec("folk.filters:unmasked", {}, lambda cfg: "none (unmasked views)"),
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 from folk.recipes import is_resnet
+from folk.utils.text import fmt_number
 
 _VIT = re.compile(r"^(?:vit|deit)\w*?_(tiny|small|base|large|huge|giant)_patch(\d+)")
 _VIT_SIZES = {"tiny": "T", "small": "S", "base": "B", "large": "L", "huge": "H", "giant": "g"}
@@ -71,15 +72,6 @@ def run_dataset_label(cfg: dict) -> str:
     if d["dataset"] == "imagefolder":
         label = label.replace("ImageFolder", f"ImageFolder:{str(d['root']).rstrip('/').split('/')[-1]}")
     return label
-
-
-def fmt_number(value: float) -> str:
-    """Compact text of a configuration number: 0.5, 1, 0.005."""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float) and value.is_integer() and abs(value) >= 1:
-        return str(int(value))
-    return f"{value:g}"
 
 
 def fmt_value(value) -> str:
