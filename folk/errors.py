@@ -5,6 +5,8 @@ command or its configuration is wrong (running it again unchanged fails the same
 when something went wrong while doing the work (data, numerics, the system).
 """
 
+import signal
+
 USAGE = 2
 FAILURE = 1
 
@@ -64,8 +66,6 @@ class SignalExit(BaseException):
     A BaseException, like KeyboardInterrupt, so that ``except Exception`` does not eat it."""
 
     def __init__(self, signum: int):
-        import signal
-
         self.signum = int(signum)
         try:
             name = signal.Signals(self.signum).name

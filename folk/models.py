@@ -9,12 +9,15 @@ import copy
 import math
 from pathlib import Path
 
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from folk.config import load_run_config
 from folk.errors import DamagedFileError, RunDirError
 from folk.recipes import is_resnet
+from folk.utils.io import load_torch_file
 
 
 def backbone_kwargs(cfg: dict) -> dict:
@@ -39,8 +42,6 @@ def build_backbone(cfg: dict, drop_path: float | None = None, deterministic: boo
     """``deterministic``: no stochastic depth and every dropout rate 0 (the teacher's).
     ``dilated_stride`` (ResNet only): the last stages dilated instead of strided so that the
     output stride is 8 or 16 (DeepLab); the parameters are the same tensors."""
-    import timm
-
     kwargs = backbone_kwargs(cfg)
     if drop_path is not None:
         kwargs["drop_path_rate"] = drop_path
@@ -63,8 +64,6 @@ def output_stride(cfg: dict) -> int:
 def load_backbone(run_dir: str | Path, source: str = "teacher", drop_path: float | None = None,
                   dilated_stride: int | None = None) -> tuple[nn.Module, dict]:
     """Build the run's backbone from its ``config.yaml`` and load its final weights."""
-    from folk.config import load_run_config
-
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     name = {"teacher": "backbone.pt", "student": "student_backbone.pt"}[source]
@@ -72,7 +71,6 @@ def load_backbone(run_dir: str | Path, source: str = "teacher", drop_path: float
     if not path.is_file():
         raise RunDirError(f"{run_dir}: no {name}; pre-training has not finished in this run "
                           f"directory")
-    from folk.utils.io import load_torch_file
 
     backbone = build_backbone(cfg, drop_path=drop_path, dilated_stride=dilated_stride)
     # finish() writes the weights from the final checkpoint, which a resumed run restores

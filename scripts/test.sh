@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Set up, then run the test suite on CPU: unit and end-to-end tests, then the tests against a
-# real one-node SLURM cluster on localhost (needs root to install and start it; skipped
-# otherwise with a message). Extra arguments go to pytest.
+# Set up, then lint (ruff, configured in pyproject.toml) and run the test suite on CPU: unit
+# and end-to-end tests, then the tests against a real one-node SLURM cluster on localhost
+# (needs root to install and start it; skipped otherwise with a message). Extra arguments go
+# to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
+# before the tests, which take minutes: a finding fails the run at once
+ruff check folk tests workflow/scripts scripts
 python -m pytest -q -ra "$@"
 if [ -f tests/slurm/run_slurm_tests.sh ]; then
   if [ "$(id -u)" = 0 ]; then

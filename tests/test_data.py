@@ -185,8 +185,9 @@ def test_prepare_fewshot_checks_user_list(fm_root, tmp_path):
 def test_segmentation_preparation_dispatches(tmp_path, monkeypatch, capsys):
     """ade20k and composite go to folk.data.segmentation; the ade20k check's result lands in
     the manifest (a stand-in module records the calls)."""
-    import sys
     import types
+
+    import folk.data.prepare as prepare
 
     calls = []
     fake = types.ModuleType("folk.data.segmentation")
@@ -194,7 +195,7 @@ def test_segmentation_preparation_dispatches(tmp_path, monkeypatch, capsys):
         ("check", Path(root), num_classes)) or {"splits": {"training": 4, "validation": 2}}
     fake.build_composite = lambda cfg: calls.append(("build", cfg["eval"]["segmentation"]["root"])) \
         or {"dataset": "fashion_mnist_composite", "splits": {"training": {"images": 7}}}
-    monkeypatch.setitem(sys.modules, "folk.data.segmentation", fake)
+    monkeypatch.setattr(prepare, "segmentation", fake)
     from folk.cli import main
 
     seg = tmp_path / "ade"

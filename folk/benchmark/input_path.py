@@ -66,11 +66,25 @@ import math
 import os
 import random
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
+import torch
+from PIL import ImageFilter, ImageOps
+from torch.utils.data import DataLoader
+from torchvision import transforms as T
+
 from folk.benchmark.step import measure
 from folk.benchmark.timing import synchronize
+from folk.data import build_dataset, collate_skip_none
+from folk.data import transforms as data_transforms
+from folk.data.on_device import DeviceBatches
+from folk.engine.data import EpochSampler, SeededViews
+from folk.engine.device import autocast_dtype
+from folk.engine.pretrain import Pretrainer
+from folk.errors import DataError
+from folk.utils.provenance import device_name
 
 PIPELINES = ("pretrain_views", "dino_reference", "mfm_reference", "decode_crop")
 OURS = "pretrain_views"
@@ -90,8 +104,6 @@ class DinoReference:
     solarize_prob = (0.0, 0.2)
 
     def __init__(self, cfg: dict):
-        from torchvision import transforms as T
-
         size, scale = cfg["model"]["img_size"], tuple(cfg["augment"]["crop_scale"])
         self.geometric = T.Compose([
             T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
@@ -106,8 +118,6 @@ class DinoReference:
                                     T.Normalize(cfg["data"]["mean"], cfg["data"]["std"])])
 
     def __call__(self, img):
-        from PIL import ImageFilter, ImageOps
-
         views = []
         for blur_p, solarize_p in zip(self.blur_prob, self.solarize_prob):
             view = self.colour(self.geometric(img))
@@ -125,8 +135,6 @@ class MfmReference:
     n_views = 1
 
     def __init__(self, cfg: dict):
-        from torchvision import transforms as T
-
         self.transform = T.Compose([
             T.RandomResizedCrop(cfg["model"]["img_size"], scale=MFM_CROP_SCALE,
                                 interpolation=T.InterpolationMode.BICUBIC),
@@ -144,8 +152,6 @@ class DecodeCrop:
     n_views = 2
 
     def __init__(self, cfg: dict):
-        from torchvision import transforms as T
-
         self.transform = T.Compose([
             T.RandomResizedCrop(cfg["model"]["img_size"],
                                 scale=tuple(cfg["augment"]["crop_scale"]),
@@ -161,11 +167,8 @@ class DecodeCrop:
 def build_pipelines(cfg: dict, dataset) -> dict:
     """pipeline name -> SeededViews over ``dataset``: every side pays the same per-item
     seeding and indexing, so that only the transforms differ."""
-    from folk.data.transforms import PretrainViews
-    from folk.engine.data import SeededViews
-
     seed = cfg["experiment"]["seed"]
-    transforms = {OURS: PretrainViews(cfg), "dino_reference": DinoReference(cfg),
+    transforms = {OURS: data_transforms.PretrainViews(cfg), "dino_reference": DinoReference(cfg),
                   "mfm_reference": MfmReference(cfg), "decode_crop": DecodeCrop(cfg)}
     return {name: SeededViews(dataset, t, seed) for name, t in transforms.items()}
 
@@ -182,8 +185,6 @@ def views_per_image(transform) -> int | None:
 @contextlib.contextmanager
 def one_core():
     """Torch on one thread, as in a DataLoader worker; the caller's count afterwards."""
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -196,8 +197,6 @@ def round_keys(n: int, images: int, seed: int, round_: int) -> list[tuple[int, i
     """``images`` (epoch, index) keys in the engine sampler's order, continuing into the
     next epoch when the data set is smaller; each round has epochs of its own, so rounds
     make different views of the same images."""
-    from folk.engine.data import EpochSampler
-
     sampler = EpochSampler(n, n, 0, 1, seed)
     keys: list[tuple[int, int]] = []
     epoch = round_ * (images // n + 1)
@@ -210,8 +209,6 @@ def round_keys(n: int, images: int, seed: int, round_: int) -> list[tuple[int, i
 
 def time_loader(views, keys, batch: int) -> tuple[float, int]:
     """(seconds, images kept) to make and collate the items of ``keys`` in batches."""
-    from folk.data import collate_skip_none
-
     kept = 0
     t0 = time.perf_counter()
     for start in range(0, len(keys), batch):
@@ -240,8 +237,6 @@ def measure_loaders(cfg: dict, dataset, batch: int, images: int, rounds: int,
                 random.seed(seed * 1009 + r)  # DINO's coin flips: the same in every run
                 seconds, kept = time_loader(pipelines[name], keys, batch)
                 if kept == 0:
-                    from folk.errors import DataError
-
                     raise DataError(f"no image of '{cfg['data']['root']}' could be decoded")
                 rates[name].append(kept / seconds)
                 say(f"  round {r + 1}/{rounds}: {name:>15s} {kept / seconds:8.1f} images/s")
@@ -276,8 +271,6 @@ class _ConsecutiveEpochs:
     never waits on an epoch boundary's new iterator and refilled prefetch queue."""
 
     def __init__(self, n: int, per_epoch: int, total: int, seed: int):
-        from folk.engine.data import EpochSampler
-
         self.sampler = EpochSampler(n, per_epoch, 0, 1, seed)
         self.total = total
 
@@ -299,14 +292,6 @@ class _ConsecutiveEpochs:
 def measure_whole(cfg: dict, batch: int, iterations: int, warmup: int,
                   compile_: bool) -> dict:
     """The engine's loader feeding the engine's iteration, timed over ``iterations``."""
-    import tempfile
-
-    import torch
-    from torch.utils.data import DataLoader
-
-    from folk.data.on_device import DeviceBatches
-    from folk.engine.pretrain import Pretrainer
-
     cfg = copy.deepcopy(cfg)
     p = cfg["pretrain"]
     p.update(batch_size=batch, accum_steps=1, knn_every=0, compile="on" if compile_ else "off",
@@ -396,12 +381,6 @@ def measure_input_path(cfg: dict, *, batch: int, rounds: int, images: int, steps
     """Every measure of the module docstring, for the config of one variant and backbone:
     ``emit(record)`` gets each JSON line as it is measured, ``say(text)`` the human account
     (none without it)."""
-    import torch
-
-    from folk.data import build_dataset
-    from folk.engine.device import autocast_dtype
-    from folk.utils.provenance import device_name
-
     say = say or (lambda msg: None)
     dataset = build_dataset(cfg, "train")  # fails at once, naming the path, when absent
     device = device_name()  # before any thread count changes: it names the count

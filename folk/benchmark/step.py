@@ -11,7 +11,16 @@ from __future__ import annotations
 
 import time
 
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from folk.benchmark.timing import synchronize
+from folk.data import transforms as data_transforms
+from folk.data.photometric import draw_params
+from folk.engine.pretrain import param_groups, peak_memory_mb
+from folk.engine.step import FolkObjective
+from folk.models import build_student_teacher, ema_update
+from folk.utils.provenance import device_name
 
 BASELINE = "dino_2view"
 
@@ -22,8 +31,6 @@ def _sig(x: float) -> float:
 
 
 def _step_flops(step, device) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
     counter = FlopCounterMode(display=False)
     with counter:
         step()
@@ -33,12 +40,6 @@ def _step_flops(step, device) -> float:
 
 def _step_setup(cfg: dict, batch: int, compile_: bool):
     """Networks, objective, optimiser and random views on the device, as training builds them."""
-    import torch
-
-    from folk.engine.pretrain import param_groups
-    from folk.engine.step import FolkObjective
-    from folk.models import build_student_teacher
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     student, teacher = build_student_teacher(cfg)
@@ -61,30 +62,19 @@ def _device_augmentation(cfg: dict, batch: int, device):
     """With ``augment.photometric: device`` the step starts with the batch's photometric
     work: a function turning the loader's uint8 crops and parameter rows into the step's
     views, timed with it; None when the workers do that work."""
-    import torch
-
-    from folk.data.photometric import draw_params
-    from folk.data.transforms import PretrainViews, finish_views
-
     if cfg["augment"]["photometric"] != "device":
         return None
-    made = PretrainViews(cfg)
+    made = data_transforms.PretrainViews(cfg)
     c, size = cfg["data"]["in_chans"], cfg["model"]["img_size"]
     gen = torch.Generator().manual_seed(0)
     crops = [torch.randint(0, 256, (batch, c, size, size), generator=gen,
                            dtype=torch.uint8).to(device) for _ in range(2)]
     rows = torch.stack([torch.stack([draw_params(spec, gen) for spec in made.specs[:2]])
                         for _ in range(batch)]).to(device)
-    return lambda: finish_views(crops + [rows], made)
+    return lambda: data_transforms.finish_views(crops + [rows], made)
 
 
 def measure(cfg: dict, batch: int, steps: int, warmup: int, compile_: bool) -> dict:
-    import torch
-
-    from folk.engine.pretrain import peak_memory_mb
-    from folk.models import ema_update
-    from folk.utils.provenance import device_name
-
     device, student, teacher, objective, opt, views, gen = _step_setup(cfg, batch, compile_)
 
     augment = _device_augmentation(cfg, batch, device)

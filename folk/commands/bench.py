@@ -7,7 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+from folk.benchmark.input_path import measure_input_path
+from folk.benchmark.step import BASELINE, step_record
 from folk.cli import add_config_arguments
+from folk.config import load_config
+from folk.errors import ConfigError
+from folk.utils.io import append_jsonl
 
 
 def add_arguments(parser) -> None:
@@ -38,9 +43,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from folk.benchmark.step import BASELINE, step_record
-    from folk.config import load_config
-
     base_overrides = list(args.overrides)
     archs = [a for a in args.archs.split(",") if a] or [None]
     variants = [v for v in args.variants.split(",") if v]
@@ -70,10 +72,6 @@ def run(args) -> int:
 
 
 def _run_input_path(args, variants: list, archs: list) -> int:
-    from folk.benchmark.input_path import measure_input_path
-    from folk.config import load_config
-    from folk.errors import ConfigError
-
     if len(variants) != 1 or len(archs) != 1:
         raise ConfigError(f"--data measures one variant on one backbone (the loader does not "
                           f"depend on them), got --variants {args.variants!r} --archs "
@@ -98,8 +96,6 @@ def _run_input_path(args, variants: list, archs: list) -> int:
 
 def _emit(record: dict, out: Path | None) -> None:
     """A JSON line on stdout, appended to ``--out`` too when given."""
-    from folk.utils.io import append_jsonl
-
     print(json.dumps(record), flush=True)
     if out:
         append_jsonl(out, record)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import yaml
 
 from folk.cli import add_config_arguments
+from folk.config import _get, load_config
 
 
 def add_arguments(parser) -> None:
@@ -12,8 +13,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from folk.config import _get, load_config
-
     cfg = load_config(args.config, args.overrides)
     if args.get:
         value = _get(cfg, args.get)

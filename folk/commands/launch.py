@@ -10,6 +10,9 @@ import json
 import sys
 
 from folk.cli import add_config_arguments
+from folk.config import load_config
+from folk.engine.pretrain import StopRequested
+from folk.launch.submit import launch
 
 LAUNCH_KEYS = ("launch.", "slurm.", "experiment.name", "experiment.run_name")
 
@@ -33,10 +36,6 @@ def _split_finetune_overrides(overrides: list[str]) -> tuple[list[str], list[str
 
 
 def run(args) -> int:
-    from folk.config import load_config
-    from folk.engine.pretrain import StopRequested
-    from folk.launch.submit import launch
-
     if args.task == "pretrain":
         cfg = load_config(args.config, args.overrides)
         eval_sets: list[str] = []

@@ -3,7 +3,9 @@ label lists, or the JPEG photographs, as ``folk.data.prepare`` makes them."""
 from __future__ import annotations
 
 from folk.cli import add_config_arguments
-from folk.data.prepare import TARGETS
+from folk.config import load_config
+from folk.data.prepare import TARGETS, prepare
+from folk.errors import ConfigError
 
 
 def add_arguments(parser) -> None:
@@ -22,10 +24,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from folk.config import load_config
-    from folk.data.prepare import prepare
-    from folk.errors import ConfigError
-
     cfg = load_config(args.config, args.overrides)
     if args.sample_per_class < 1:
         raise ConfigError(f"--sample-per-class must be >= 1, got {args.sample_per_class}")

@@ -8,6 +8,12 @@ import sys
 from pathlib import Path
 
 from folk.cli import add_config_arguments
+from folk.config import load_config
+from folk.engine.pretrain import StopRequested
+from folk.errors import SignalExit
+from folk.training import pretrain
+from folk.utils.io import remove_stale_temps
+from folk.utils.lock import exclusive
 
 
 def add_arguments(parser) -> None:
@@ -30,25 +36,16 @@ def _is_main_process() -> bool:
 def _run_dir_lock(run_dir: Path):
     """The run directory's lock, taken by the main process only: under torchrun or srun
     every rank runs this command on the same directory."""
-    from folk.utils.lock import exclusive
-
     if not _is_main_process():
         return contextlib.nullcontext()
     return exclusive(run_dir, "folk pretrain " + shlex.join(sys.argv[1:]))
 
 
 def run(args) -> int:
-    from folk.config import load_config
-    from folk.errors import SignalExit
-
     cfg = load_config(args.config, args.overrides)  # every key checked before data is read
     run_dir = Path(args.out)
     ckpt = run_dir / "checkpoints" / "last.pt"
     with _run_dir_lock(run_dir):
-        from folk.engine.pretrain import StopRequested
-        from folk.training import pretrain
-        from folk.utils.io import remove_stale_temps
-
         # only the lock holder may sweep: a rival's temporary files would be live ones
         remove_stale_temps(run_dir, run_dir / "checkpoints")
         try:

@@ -1,6 +1,8 @@
 """``folk report --runs DIR --out results/``: tables, figures and README from run results."""
 from __future__ import annotations
 
+from folk.report import build_report
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--runs", default="runs",
@@ -20,8 +22,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from folk.report import build_report
-
     report = build_report(args.runs, args.out, ref_path=args.ref, q=args.q, radius=args.radius,
                           seed=args.seed, photo_size=args.photo_size)
     with_results = sum(t.has_results for t in report.tables)

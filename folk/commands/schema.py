@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from folk.config import json_schema_yaml
+from folk.errors import ConfigError
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="workflow/schemas/config.schema.yaml")
@@ -11,9 +14,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from folk.config import json_schema_yaml
-    from folk.errors import ConfigError
-
     text = json_schema_yaml()
     out = Path(args.out)
     if args.check:

@@ -9,18 +9,22 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import importlib.util
 import itertools
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
+import jsonschema
 import yaml
 
 from folk import ablations, recipes
 from folk.config.constraints import CONSTRAINTS, ENUM_NULLABLE
 from folk.errors import ConfigError
 from folk.filter_registry import scaled_patch, scaled_radius  # noqa: F401  (their home for callers)
+from folk.utils.io import atomic_write_text
 from folk.variants import VARIANTS
 
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
@@ -375,10 +379,7 @@ def _schema_validator():
 @functools.lru_cache(maxsize=4)
 def _build_schema_validator(path: str, mtime_ns: int, size: int):
     # keyed by the defaults file's identity, as _parse_defaults is: an edited defaults.yaml
-    # is a new schema. jsonschema is imported here, not with the module: the modules that
-    # import folk.config for its helpers (scaled_patch, flatten) never validate
-    import jsonschema
-
+    # is a new schema
     draft = jsonschema.Draft202012Validator
     kind = jsonschema.validators.extend(
         draft, type_checker=draft.TYPE_CHECKER.redefine("integer", _is_integer),
@@ -402,9 +403,7 @@ def _finite_first(range_check):
     error's keyword is "finite" (a float that YAML reads from ``.nan`` or ``.inf``)."""
     def check(validator, bound, instance, schema):
         if isinstance(instance, float) and not math.isfinite(instance):
-            from jsonschema import ValidationError
-
-            yield ValidationError(f"{instance!r} is not finite", validator="finite")
+            yield jsonschema.ValidationError(f"{instance!r} is not finite", validator="finite")
             return
         yield from range_check(validator, bound, instance, schema)
     return check
@@ -594,11 +593,8 @@ def _timm_architectures() -> dict[str, str]:
     would cost ``folk config`` seconds. The names are those of ``@register_model``
     functions and of ``register_model_deprecations`` tables, which is how timm registers
     them; when timm is imported already, its registry is used instead."""
-    import importlib.util
-    import sys
-
     if "timm" in sys.modules:
-        from timm.models import _registry
+        from timm.models import _registry  # noqa: PLC0415  torch-free: timm only when loaded
 
         names = {n: "" for n in sys.modules["timm"].list_models()}
         names.update({n: "" for n in getattr(_registry, "_deprecated_models", {})})
@@ -610,8 +606,6 @@ def _timm_architectures() -> dict[str, str]:
 
 
 def _scan_timm() -> dict[str, str]:
-    import importlib.util
-
     spec = importlib.util.find_spec("timm")
     if spec is None or not spec.submodule_search_locations:
         return {}
@@ -779,8 +773,6 @@ def dump_config(cfg: dict) -> str:
 
 
 def save_config(cfg: dict, path: str | Path) -> None:
-    from folk.utils.io import atomic_write_text
-
     atomic_write_text(Path(path), dump_config(cfg))
 
 

@@ -1,7 +1,7 @@
 """Datasets, transforms, label subsets and manifests.
 
-Public names are imported on first use, so that ``folk prepare --help`` (which imports
-``folk.data.prepare``) does not pay for torch and torchvision.
+Public names are imported on first use, so that importing one submodule (``folk.data.subsets``
+needs numpy only) does not load the others, and torch with them.
 """
 from __future__ import annotations
 

@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
+from PIL import Image
 from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from folk.data.subsets import class_balanced_indices
 from folk.errors import DataError
 
 log = logging.getLogger("folk.data")
@@ -124,8 +128,6 @@ class FashionMNIST(Dataset):
         return len(self.targets)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
         img = Image.fromarray(np.array(self.images[i]))  # 2-D uint8: mode "L"
         if self.mode == "RGB":
             img = img.convert("RGB")  # replicate the grey channel
@@ -170,8 +172,6 @@ def convert_image(img, mode: str):
     by ITU-R 601-2 luma); an alpha channel is dropped, not composited, as torchvision's
     ImageFolder does; 16-bit and float images are rescaled to 0..255 first (``_to_8bit``).
     Raises UnusableImage (or Pillow's error) for what cannot be converted faithfully."""
-    from PIL import Image
-
     if img.mode in _SIXTEEN_BIT_MODES or img.mode == "F":
         img = Image.fromarray(_to_8bit(img), mode="L")
     return img.convert(mode)
@@ -181,8 +181,6 @@ def load_image(path: str, mode: str):
     """The decoded image converted to ``mode`` (``convert_image``), or None (warned once
     per path) when the file cannot be read, decoded or converted faithfully: one bad file
     must not stop a long run, and the caller counts the None items as skipped."""
-    from PIL import Image
-
     try:
         with open(path, "rb") as f:
             img = Image.open(f)
@@ -257,8 +255,6 @@ def scan_split(root: Path, split_dir: str) -> tuple[list[str], list[tuple[str, i
     classes without images are kept, so callers can report them. Every directory is
     entered once and every file listed once, however symbolic links point
     (``_list_images``)."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
     split_path = root / split_dir
     classes = sorted(e.name for e in os.scandir(split_path) if e.is_dir())
     seen_dirs: set = set()
@@ -378,8 +374,6 @@ def build_dataset(cfg: dict, split: str, transform: Callable | None = None):
     when ``data.train_subset``/``data.test_subset`` > 0 (seed ``experiment.seed``).
     Items ``(image, label)``, image a PIL image (RGB if data.in_chans == 3, else "L") or
     ``transform(image)``; None for an undecodable image."""
-    from folk.data.subsets import class_balanced_indices
-
     ds = build_base_dataset(cfg, split, transform)
     n = cfg["data"]["train_subset" if split == "train" else "test_subset"]
     if n and n < len(ds):
@@ -400,8 +394,6 @@ def collate_skip_none(batch: list):
     stacked (or, when each item holds a list of views, a list with one stacked tensor per
     view), labels a LongTensor, n_skipped the number of None items dropped. A batch of
     only None gives empty tensors (and an empty list for multi-view items)."""
-    import torch
-
     kept = [item for item in batch if item is not None]
     skipped = len(batch) - len(kept)
     if not kept:

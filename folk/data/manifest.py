@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+from PIL import Image
 
+from folk.data.classification import convert_image, scan_split
 from folk.errors import DataError
+from folk.utils.io import atomic_write_json
+from folk.utils.provenance import now_iso
 
 MANIFEST = "manifest.json"
 SCHEMA = "folk.manifest/1"
@@ -27,9 +31,6 @@ SCHEMA = "folk.manifest/1"
 def write_manifest(root: str | Path, info: dict) -> Path:
     """Write ``<root>/manifest.json`` (atomically): ``info`` plus ``schema`` and
     ``created_at`` (unless given)."""
-    from folk.utils.io import atomic_write_json
-    from folk.utils.provenance import now_iso
-
     if "dataset" not in info:
         raise ValueError("a manifest needs a 'dataset' entry")
     record = {"schema": SCHEMA, **info}
@@ -92,10 +93,6 @@ def listing_digest(root: str | Path, paths: Iterable[str]) -> str:
 def decode_error(path: str) -> str | None:
     """Why the image at ``path`` cannot be decoded (or converted as the datasets convert
     it), or None when it can."""
-    from PIL import Image
-
-    from folk.data.classification import convert_image
-
     try:
         with open(path, "rb") as f:
             img = Image.open(f)
@@ -120,8 +117,6 @@ def check_layout(root: str | Path, splits: Iterable[str], *, num_classes: int | 
     ``num_classes`` of them when given), and images that decode (a seeded sample of
     ``sample_per_class`` per class, or all with ``full``). Raises one DataError listing
     every problem with its path; returns the manifest entries otherwise."""
-    from folk.data.classification import scan_split
-
     root, splits = Path(root), list(splits)
     say = progress or (lambda msg: None)
     problems: list[str] = []

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from folk.data.photometric import to_unit_float
+from folk.data.photometric import draw_params, to_unit_float
 from folk.data.transforms import PretrainViews
 from folk.errors import DataError
-from folk.utils.seeding import seeded_cpu_rng
+from folk.utils.seeding import sample_seed, seeded_cpu_rng
 
 log = logging.getLogger("folk.data.on_device")
 
@@ -65,8 +65,6 @@ def draw_view_params(geometry: list[tuple[v2.RandomResizedCrop, float]], specs: 
     """Per view of one sample: (crop box (top, left, height, width), flipped, photometric
     row), drawn from the global RNG seeded with ``key`` in the loader path's order;
     ``geometry`` from ``_geometry``, ``image`` any tensor of the images' shape."""
-    from folk.data.photometric import draw_params
-
     out = []
     with seeded_cpu_rng(key):
         for (crop, flip_p), spec in zip(geometry, specs):
@@ -104,8 +102,6 @@ class DeviceBatches:
 
     def __init__(self, dataset, views: PretrainViews, sampler, micro_batch: int, seed: int,
                  device: torch.device):
-        from folk.utils.seeding import sample_seed
-
         if not views.on_device:
             raise DataError("data.on_device needs augment.photometric: device")
         self.images, self.labels = load_split(dataset, device)

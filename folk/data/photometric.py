@@ -293,7 +293,7 @@ def _blur_through(sums):
     tap of the kernel, at 0.47-0.66 ms for any sigma on a 224 px view on one core, where the
     eager passes take 0.36 ms at sigma 0.3 (5 live taps) to 1.52 ms at 2.0 (23)."""
     def blur(x: torch.Tensor, sigma: torch.Tensor, size: int) -> torch.Tensor:
-        n, c, h, w = x.shape
+        n, _, h, w = x.shape
         pad = size // 2
         taps = gaussian_kernels(sigma.to(x.dtype), size).view(n, 1, 1, 1, size)
         padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")  # as gaussian_blur pads
@@ -318,7 +318,8 @@ def _compiled_ops() -> dict:
 def cpp_compiler() -> str | None:
     """The C++ compiler ``torch.compile``'s CPU backend would use, or None."""
     try:
-        from torch._inductor.cpp_builder import get_cpp_compiler
+        # inductor is heavy and only torch.compile uses it
+        from torch._inductor.cpp_builder import get_cpp_compiler  # noqa: PLC0415
 
         return get_cpp_compiler()
     except Exception:  # the lookup raises its own error types when none is found

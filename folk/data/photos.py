@@ -27,7 +27,16 @@ does.
 """
 from __future__ import annotations
 
+import io
+import json
+import shutil
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from folk.errors import ConfigError, DataError
+from folk.utils.io import atomic_write_json
 
 # class name -> (library, loader name); stereo_motorcycle gives (left, right, disparity)
 SOURCES: dict[str, tuple[str, str]] = {
@@ -51,23 +60,19 @@ RECIPE = 1
 def load_sources() -> dict:
     """class name -> RGB uint8 array of every source picture; a DataError names what is
     missing (both libraries ship these files in their wheels)."""
-    import numpy as np
-
-    from folk.errors import DataError
-
     out, failed = {}, []
     sklearn_images = None
     for name, (library, key) in SOURCES.items():
         try:
             if library == "skimage":
-                import skimage.data
+                import skimage.data  # noqa: PLC0415  in the try: a missing package is a DataError
 
                 image = getattr(skimage.data, key)()
                 if isinstance(image, tuple):
                     image = image[0]
             else:
                 if sklearn_images is None:
-                    from sklearn.datasets import load_sample_images
+                    from sklearn.datasets import load_sample_images  # noqa: PLC0415  as above
 
                     bunch = load_sample_images()
                     sklearn_images = {Path(f).name: img
@@ -100,10 +105,6 @@ def _crop_box(h: int, w: int, rng) -> tuple[int, int, int, int]:
 
 
 def _render(source, rng) -> bytes:
-    import io
-
-    from PIL import Image
-
     img = Image.fromarray(source)
     img = img.crop(_crop_box(source.shape[0], source.shape[1], rng))
     if rng.random() < 0.5:
@@ -129,14 +130,6 @@ def write_photos(root: str | Path, count: int = 200, seed: int = 0, train_split:
                  test_split: str = "test", progress=None) -> dict:
     """Write the photograph tree under ``root`` (module docstring); returns the request
     recorded in ``root/photos.json``. Nothing is written when the same request already is."""
-    import json
-    import shutil
-
-    import numpy as np
-
-    from folk.errors import ConfigError, DataError
-    from folk.utils.io import atomic_write_json
-
     if count < len(SOURCES):
         raise ConfigError(f"--count {count}: the photograph tree needs at least one image "
                           f"per class, {len(SOURCES)} in all")

@@ -9,8 +9,23 @@ Everything written stays under the dataset root the config names (``data.root``,
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
+
+from torchvision import datasets as torchvision_datasets
+
+from folk.data import segmentation
+from folk.data.classification import (FASHION_MNIST_CLASSES, FASHION_MNIST_COUNTS,
+                                      FASHION_MNIST_FILES, FashionMNIST, build_base_dataset,
+                                      scan_split)
+from folk.data.manifest import (check_layout, listing_digest, raw_files_info, raw_files_intact,
+                                read_manifest, write_manifest)
+from folk.data.photos import SOURCES, write_photos
+from folk.data.subsets import (FEWSHOT_DIR, class_balanced_indices, fewshot_list_name,
+                               read_file_list, write_file_list)
+from folk.errors import ConfigError, DataError
+from folk.utils.io import atomic_write_bytes, atomic_write_json
 
 # what ``prepare`` can prepare
 TARGETS = ("fashion_mnist", "imagefolder", "imagenet", "ade20k", "composite", "fewshot",
@@ -32,8 +47,6 @@ def checked_root(value: str, key: str) -> Path:
     directory (the project), so nothing is written outside it by accident. Checked on the
     resolved path: a symlink on the way (``data -> /elsewhere``) leads out as surely as
     ``..`` does."""
-    from folk.errors import ConfigError
-
     if not value:
         raise ConfigError(f"key '{key}' is empty")
     p = Path(value)
@@ -56,16 +69,12 @@ def _inside(root: Path, *parts: str) -> Path:
     """``root/parts``, refused if it resolves outside ``root`` (a symlink out of it)."""
     target = root.joinpath(*parts)
     if not target.resolve().is_relative_to(root.resolve()):
-        from folk.errors import DataError
-
         raise DataError(f"'{target}' resolves to '{target.resolve()}', outside the dataset "
                         f"root '{root}'; refusing to write there")
     return target
 
 
 def _require_dataset(cfg: dict, want: str) -> None:
-    from folk.errors import ConfigError
-
     if cfg["data"]["dataset"] != want:
         raise ConfigError(f"`folk prepare {want}` but the config has data.dataset = "
                           f"'{cfg['data']['dataset']}' (data.root '{cfg['data']['root']}'); "
@@ -75,9 +84,6 @@ def _require_dataset(cfg: dict, want: str) -> None:
 def _guard_other_dataset(root: Path, dataset: str) -> dict | None:
     """The manifest already in ``root``; a DataError when it belongs to another dataset
     (so that preparing one dataset never overwrites another's manifest)."""
-    from folk.data.manifest import read_manifest
-    from folk.errors import DataError
-
     old = read_manifest(root)
     if old and old.get("dataset") != dataset:
         raise DataError(f"'{root / 'manifest.json'}' belongs to dataset "
@@ -89,8 +95,6 @@ def _guard_other_dataset(root: Path, dataset: str) -> dict | None:
 # ------------------------------------------------------------------ fashion_mnist
 
 def _copy_files(src: Path, names, dst_root: Path) -> None:
-    from folk.utils.io import atomic_write_bytes
-
     for name in names:
         atomic_write_bytes(_inside(dst_root, name), (src / name).read_bytes())
 
@@ -98,27 +102,18 @@ def _copy_files(src: Path, names, dst_root: Path) -> None:
 def _download_fashion_mnist(root: Path, names) -> str:
     """torchvision's own download into ``<root>/.download`` (removed afterwards); returns
     the source description. Raises what torchvision raises."""
-    import shutil
-
-    from torchvision.datasets import FashionMNIST
-
     tmp = _inside(root, ".download")
     try:
-        FashionMNIST(str(tmp), train=True, download=True)
-        FashionMNIST(str(tmp), train=False, download=True)
+        torchvision_datasets.FashionMNIST(str(tmp), train=True, download=True)
+        torchvision_datasets.FashionMNIST(str(tmp), train=False, download=True)
         raw = tmp / "FashionMNIST" / "raw"
         _copy_files(raw, names, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return f"torchvision download ({', '.join(FashionMNIST.mirrors)})"
+    return f"torchvision download ({', '.join(torchvision_datasets.FashionMNIST.mirrors)})"
 
 
 def prepare_fashion_mnist(cfg: dict, force: bool = False) -> Path:
-    from folk.data.classification import (FASHION_MNIST_CLASSES, FASHION_MNIST_COUNTS,
-                                          FASHION_MNIST_FILES, FashionMNIST)
-    from folk.data.manifest import raw_files_info, raw_files_intact, write_manifest
-    from folk.errors import DataError
-
     _require_dataset(cfg, "fashion_mnist")
     root = checked_root(cfg["data"]["root"], "data.root")
     names = [f for pair in FASHION_MNIST_FILES.values() for f in pair]
@@ -172,8 +167,6 @@ def prepare_fashion_mnist(cfg: dict, force: bool = False) -> Path:
 def _link_source_splits(root: Path, source: Path, splits) -> None:
     """Make ``<root>/<split>`` a link to ``<source>/<split>`` so the data stays where it is
     and only the manifest is written under the root."""
-    from folk.errors import DataError
-
     root.mkdir(parents=True, exist_ok=True)
     for split in splits:
         link, target = root / split, (source / split).resolve()
@@ -189,9 +182,6 @@ def _link_source_splits(root: Path, source: Path, splits) -> None:
 
 
 def _folder_digests(root: Path, splits) -> dict | None:
-    from folk.data.classification import scan_split
-    from folk.data.manifest import listing_digest
-
     out = {}
     for split in splits:
         if not (root / split).is_dir():
@@ -203,8 +193,6 @@ def _folder_digests(root: Path, splits) -> dict | None:
 
 def prepare_image_folder(cfg: dict, dataset: str, *, full: bool = False,
                          sample_per_class: int = 10, force: bool = False) -> Path:
-    from folk.data.manifest import check_layout, write_manifest
-
     _require_dataset(cfg, dataset)
     d = cfg["data"]
     root = checked_root(d["root"], "data.root")
@@ -235,13 +223,10 @@ def prepare_image_folder(cfg: dict, dataset: str, *, full: bool = False,
 # ------------------------------------------------------------------ segmentation
 
 def prepare_ade20k(cfg: dict) -> Path:
-    from folk.data.manifest import write_manifest
-    from folk.data.segmentation import check_ade20k_layout
-
     root = checked_root(cfg["eval"]["segmentation"]["root"], "eval.segmentation.root")
     _guard_other_dataset(root, "ade20k")
     _say(f"ade20k: checking '{root}'")
-    info = check_ade20k_layout(root, num_classes=cfg["eval"]["segmentation"]["num_classes"])
+    info = segmentation.check_ade20k_layout(root, num_classes=cfg["eval"]["segmentation"]["num_classes"])
     _inside(root, "manifest.json")
     path = write_manifest(root, {"dataset": "ade20k", "root": str(root), **(info or {})})
     _say(f"ade20k: wrote '{path}'")
@@ -249,12 +234,10 @@ def prepare_ade20k(cfg: dict) -> Path:
 
 
 def prepare_composite(cfg: dict):
-    from folk.data.segmentation import build_composite
-
     checked_root(cfg["eval"]["segmentation"]["root"], "eval.segmentation.root")
     _say(f"composite: building the Fashion-MNIST segmentation set in "
          f"'{cfg['eval']['segmentation']['root']}'")
-    result = build_composite(cfg)
+    result = segmentation.build_composite(cfg)
     counts = {s: v.get("images") if isinstance(v, dict) else v
               for s, v in (result or {}).get("splits", {}).items()}
     _say(f"composite: done ({', '.join(f'{s} {n} images' for s, n in counts.items())})")
@@ -268,11 +251,6 @@ def prepare_fewshot(cfg: dict) -> Path:
     per shot count, drawn from the whole training split with ``class_balanced_indices``;
     ``data.fewshot_file``, when set, is checked against the training split. An index of the
     lists goes to ``<data.root>/fewshot/lists.json``."""
-    from folk.data.classification import build_base_dataset
-    from folk.data.subsets import (FEWSHOT_DIR, class_balanced_indices, fewshot_list_name,
-                                   read_file_list, write_file_list)
-    from folk.utils.io import atomic_write_json
-
     root = checked_root(cfg["data"]["root"], "data.root")
     fs = cfg["eval"]["fewshot"]
     ds = build_base_dataset(cfg, "train")
@@ -310,9 +288,6 @@ def prepare_photos(cfg: dict, count: int = 200, force: bool = False) -> Path:
     """The photograph tree of ``folk.data.photos`` written into ``data.root`` (an image
     folder in every other respect: ``data.dataset: imagefolder``), then checked and given a
     manifest as ``folk prepare imagefolder`` does."""
-    from folk.data.photos import SOURCES, write_photos
-    from folk.errors import ConfigError
-
     d = cfg["data"]
     if d["dataset"] != "imagefolder":
         raise ConfigError(f"`folk prepare photos` writes an image folder but the config has "

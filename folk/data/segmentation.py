@@ -26,7 +26,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from folk.data.classification import FASHION_MNIST_CLASSES, UnusableImage, convert_image
+from folk.data.classification import (FASHION_MNIST_CLASSES, FashionMNIST, UnusableImage,
+                                      convert_image)
 from folk.errors import DataError
 from folk.utils.io import atomic_write_bytes, atomic_write_json
 
@@ -251,8 +252,6 @@ class ADE20KSegmentation(Dataset):
 def load_fashion_mnist(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, 28, 28) uint8, labels (N,)) of the prepared ``train`` or ``test`` split,
     read by the classification data layer (one IDX reader for the project)."""
-    from folk.data.classification import FashionMNIST
-
     ds = FashionMNIST(root, split)
     return np.asarray(ds.images), ds.targets
 

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from folk.errors import DataError
+from folk.utils.io import atomic_write_text
 
 FEWSHOT_DIR = "fewshot"
 
@@ -167,8 +168,6 @@ def read_file_list(path: str | Path, dataset) -> np.ndarray:
 def write_file_list(path: str | Path, dataset, indices, header: str = "") -> Path:
     """Write the root-relative paths of ``dataset[indices]``, one per line (atomically);
     ``header`` lines are written as ``#`` comments."""
-    from folk.utils.io import atomic_write_text
-
     names = _item_names(dataset)
     lines = [f"# {h}" for h in header.splitlines()]
     lines += [names[int(i)] for i in np.sort(np.asarray(indices, dtype=np.int64))]

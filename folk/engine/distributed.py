@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from folk.engine.device import training_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -51,8 +53,6 @@ def env_dist_info() -> DistInfo:
 
 
 def init_distributed() -> tuple[DistInfo, torch.device]:
-    from folk.engine.device import training_device
-
     info = env_dist_info()
     device = training_device(info.local_rank)
     if info.enabled and not dist.is_initialized():

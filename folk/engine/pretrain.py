@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import resource
 import signal
 import sys
@@ -15,19 +16,26 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-from folk.config import save_config
-from folk.engine import checkpoint as ckpt
+from folk.config import flatten, load_run_config, save_config
+from folk.data import build_dataset, collate_skip_none
+from folk.data.on_device import DeviceBatches
 from folk.data.transforms import PretrainViews, finish_views
+from folk.engine import checkpoint as ckpt
 from folk.engine.data import EpochSampler, SeededViews
 from folk.engine.distributed import all_reduce_mean, barrier, host_min, init_distributed
 from folk.engine.hooks import Boundary, Hook, StopRequested, call_hooks
+from folk.engine.records import rewind_records
 from folk.engine.step import FolkObjective
 from folk.errors import ConfigError, DamagedFileError, NonFiniteLossError, RunDirError
-from folk.engine.records import rewind_records
+from folk.models import build_student_teacher, ema_update
+from folk.schedules import pretrain_schedules
 from folk.utils.io import append_jsonl, atomic_torch_save, atomic_write_json, read_jsonl
+from folk.utils.provenance import now_iso, provenance
 
 # keys that may differ when a run directory is resumed: they do not change what is trained
 RESUMABLE_CHANGES = ("data.root", "data.num_workers", "pretrain.checkpoint_every",
@@ -76,8 +84,6 @@ class SignalCheckpointer:
 
 
 def check_same_run(saved: dict, cfg: dict, run_dir: Path) -> None:
-    from folk.config import flatten
-
     a, b = flatten(saved), flatten(cfg)
     changed = sorted(k for k in set(a) | set(b)
                      if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES))
@@ -156,8 +162,6 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str):
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=initial, disable=not enabled, unit="it", dynamic_ncols=True,
                 desc=desc,
                 mininterval=1.0 if sys.stderr.isatty() else 15.0, file=sys.stderr)
@@ -192,9 +196,6 @@ class Pretrainer:
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
-        from folk.data import build_dataset, collate_skip_none
-        from folk.models import build_student_teacher
-
         cfg, p = self.cfg, self.p
         self.dist, self.device = init_distributed()
         if p["deterministic"]:
@@ -203,7 +204,6 @@ class Pretrainer:
         seed = cfg["experiment"]["seed"]
         torch.manual_seed(seed + self.dist.rank)
         np.random.seed(seed + self.dist.rank)
-        import random
         random.seed(seed + self.dist.rank)
 
         dataset = build_dataset(cfg, "train")  # fails at once, naming the path, if absent
@@ -229,7 +229,6 @@ class Pretrainer:
                                     self.accum_steps, self.dist.rank, world, seed)
         workers = cfg["data"]["num_workers"]
         if cfg["data"]["on_device"]:
-            from folk.data.on_device import DeviceBatches
             self.loader = DeviceBatches(dataset, self.views, self.sampler, self.micro_batch,
                                         seed, self.device)
         else:
@@ -262,7 +261,6 @@ class Pretrainer:
             if self.teacher is not None:
                 self.objective.teacher = torch.compile(self.teacher)
 
-        from folk.schedules import pretrain_schedules
         self.schedules = pretrain_schedules(cfg, self.iters_per_epoch, p["batch_size"])
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(param_groups(self.student, p["no_wd_tokens"]),
@@ -381,7 +379,6 @@ class Pretrainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         if self.teacher is not None:
-            from folk.models import ema_update
             ema_update(self.teacher, self.student, float(self.schedules["momentum"][it]))
         names = sorted(terms_sum)
         self.term_names = names
@@ -395,7 +392,6 @@ class Pretrainer:
             return handler.received is not None
         if not at_log:
             return False
-        import torch.distributed as dist
 
         flag = torch.tensor([handler.received or 0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -538,8 +534,6 @@ class Pretrainer:
         append_jsonl(self.metrics_path, record)
 
     def finish(self) -> dict:
-        from folk.utils.provenance import now_iso, provenance
-
         wall = self.elapsed + (time.time() - self.t_start)
         done = {}
         if self.dist.is_main:
@@ -591,8 +585,6 @@ def pretrain(cfg: dict, run_dir: str | Path, hooks: Sequence[Hook] = (),
              monitor: Monitor | None = None) -> dict:
     """Train ``cfg`` into ``run_dir``; resume from its checkpoint; no-op when DONE.json exists.
     ``hooks``, ``monitor``: see Pretrainer."""
-    from folk.config import load_run_config
-
     run_dir = Path(run_dir)
     if (run_dir / "config.yaml").is_file() and run_started(run_dir):
         check_same_run(load_run_config(run_dir), cfg, run_dir)

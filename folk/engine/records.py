@@ -8,6 +8,7 @@ again and would put a torn line in the middle of the records the resumed run app
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -24,8 +25,6 @@ def damaged_path(path: Path) -> Path:
 def rewind_records(path: Path, iteration: int) -> None:
     """Rewrite ``path`` keeping the records of iterations <= ``iteration``; damaged lines
     go to :func:`damaged_path` first, so that a crash in between duplicates, never loses."""
-    import json
-
     records, damaged = read_jsonl_lines(path)
     if damaged:
         aside = damaged_path(path)

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from folk.engine.device import autocast, autocast_dtype
 from folk.filter_registry import filter_spec
+from folk.losses import DistillationLoss, frequency_loss
 
 
 class FolkObjective(nn.Module):
@@ -22,7 +23,6 @@ class FolkObjective(nn.Module):
     def __init__(self, cfg: dict, student: nn.Module, teacher: nn.Module | None,
                  device: torch.device):
         super().__init__()
-        from folk.losses import DistillationLoss
 
         method, p, f = cfg["method"], cfg["pretrain"], cfg["filter"]
         self.student, self.teacher = student, teacher
@@ -70,8 +70,6 @@ class FolkObjective(nn.Module):
         reconstruction stays on the global views. With ``none`` they reach the student
         unfiltered.
         """
-        from folk.losses import frequency_loss
-
         n = self.num_views
         globals_ = torch.cat(views[:n])
         masked, mask = self.filter(globals_, generator=generator, **self.filter_kwargs)

@@ -26,11 +26,16 @@ stated at ``filter.mfm_radius_ref_size`` px and scaled like the pre-training rad
 """
 from __future__ import annotations
 
+import io
 import math
 
+import numpy as np
 import torch
+from PIL import Image
+from torchvision.transforms.v2.functional import gaussian_blur as tv_blur
 
 from folk.errors import ConfigError, DataError
+from folk.filters import mfm_low_pass_mask
 
 CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "jpeg", "contrast")
 
@@ -94,8 +99,6 @@ def gaussian_noise(x: torch.Tensor, severity: int, generator: torch.Generator,
 
 
 def gaussian_blur(x: torch.Tensor, severity: int, table: str = "imagenet_c") -> torch.Tensor:
-    from torchvision.transforms.v2.functional import gaussian_blur as tv_blur
-
     _check_images(x, "gaussian_blur")
     h, w = x.shape[-2:]
     sigma = scaled_size(_param("gaussian_blur", severity, table), min(h, w),
@@ -108,11 +111,6 @@ def gaussian_blur(x: torch.Tensor, severity: int, table: str = "imagenet_c") -> 
 def jpeg(x: torch.Tensor, severity: int, table: str = "imagenet_c") -> torch.Tensor:
     """Save each image as a JPEG at the severity's quality with Pillow (as ImageNet-C did,
     default 4:2:0 chroma subsampling for colour) and decode it again, on the CPU."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
     _check_images(x, "jpeg")
     quality = int(_param("jpeg", severity, table))
     as_bytes = (x.detach().float().cpu() * 255.0).round_().clamp_(0, 255).to(torch.uint8)
@@ -151,13 +149,11 @@ def corrupt(x: torch.Tensor, name: str, severity: int, *, table: str = "imagenet
 # ------------------------------------------------------------------ frequency filters
 
 def _circular_filter(x: torch.Tensor, radius_px: float, keep_low: bool) -> torch.Tensor:
-    # MFM's centred circular mask (strict <), shared with the pre-training filters
-    from folk.filters import mfm_low_pass_mask
-
     _check_images(x, "frequency filter")
     if not radius_px > 0:
         raise ConfigError(f"eval.robustness.filter_radii: radius must be > 0, got {radius_px!r}")
     h, w = x.shape[-2:]
+    # MFM's centred circular mask (strict <), shared with the pre-training filters
     low = mfm_low_pass_mask(h, w, radius_px, x.device)
     keep = low if keep_low else ~low
     keep = torch.fft.ifftshift(keep.float(), dim=(-2, -1))

@@ -20,10 +20,14 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
 
-from folk.errors import ConfigError, DataError
-from folk.models import is_resnet
-from folk.utils.io import atomic_torch_save
+from folk.data import build_dataset, collate_skip_none
+from folk.data.transforms import eval_transform
+from folk.engine.device import training_device
+from folk.errors import ConfigError, DamagedFileError, DataError
+from folk.models import is_resnet, load_backbone
+from folk.utils.io import atomic_torch_save, load_torch_file
 
 # bump when the layout of extracted features changes, to retire old cache files
 CACHE_VERSION = 1
@@ -32,15 +36,11 @@ _DATA_KEYS_IRRELEVANT = ("num_workers", "source")
 
 
 def eval_device() -> torch.device:
-    from folk.engine.device import training_device
-
     return training_device()
 
 
 def load_eval_backbone(run_dir: str | Path, cfg: dict) -> nn.Module:
     """The run's teacher or student backbone (``eval.feature_source``), in eval mode."""
-    from folk.models import load_backbone
-
     backbone, _ = load_backbone(run_dir, cfg["eval"]["feature_source"])
     return backbone.eval()
 
@@ -167,9 +167,6 @@ def _read_cache(path: Path, log: logging.Logger) -> dict | None:
     """A cache file's contents, or None (with a warning naming the file) when it is
     truncated, foreign or inconsistent: a cache is only ever a copy of what the backbone
     computes, so a damaged one is recomputed and overwritten, never an error."""
-    from folk.errors import DamagedFileError
-    from folk.utils.io import load_torch_file
-
     try:
         cached = load_torch_file(path, "recomputing it", ("features", "labels", "skipped"))
         feats, labels, skipped = cached["features"], cached["labels"], cached["skipped"]
@@ -189,11 +186,6 @@ def _read_cache(path: Path, log: logging.Logger) -> dict | None:
 def _run_backbone(backbone: nn.Module, cfg: dict, split: str, n_last_blocks: int,
                   avgpool_patchtokens: bool, indices: Sequence[int] | None,
                   transform: Callable | None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    from tqdm import tqdm
-
-    from folk.data import build_dataset, collate_skip_none
-    from folk.data.transforms import eval_transform
-
     dataset: Dataset = build_dataset(cfg, split, transform if transform is not None
                                      else eval_transform(cfg))
     if indices is not None:

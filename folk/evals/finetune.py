@@ -39,14 +39,24 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+from PIL import Image, ImageOps
+from timm.data import Mixup, create_transform
+from timm.data import auto_augment as aa
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
+from folk.data.classification import build_base_dataset, build_dataset, collate_skip_none
+from folk.data.transforms import eval_transform
 from folk.engine.checkpoint import StateFile, refuse_or_discard, rng_state, set_rng_state
 from folk.engine.device import autocast, autocast_dtype, training_device
 from folk.engine.hooks import Boundary, Hook, call_hooks
 from folk.errors import ConfigError, DataError, NonFiniteLossError, RunDirError
+from folk.models import build_backbone, load_backbone
 from folk.recipes import is_resnet
-from folk.utils.io import atomic_torch_save, atomic_write_json
+from folk.utils.io import atomic_torch_save, atomic_write_json, load_torch_file
 from folk.utils.seeding import key_seed, seeded_global_rngs
 
 CHECKPOINT_FORMAT = 1
@@ -84,9 +94,6 @@ def load_classifier(cfg: dict, path: Path) -> nn.Module:
     """The fine-tuned classifier saved in ``path`` (``classifier.pt``): architecture from
     ``cfg``, pooling from the saved tensors (``fc_norm`` exists only with mean pooling),
     no drop path."""
-    from folk.models import build_backbone
-    from folk.utils.io import load_torch_file
-
     state = load_torch_file(path, "delete it and run the fine-tuning evaluation again to "
                                   "rewrite it")
     model = build_backbone(cfg, drop_path=0.0)
@@ -103,8 +110,6 @@ def load_classifier(cfg: dict, path: Path) -> nn.Module:
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, layer_decay: float):
     """timm AdamW with BEiT's layer-wise lr decay (groups carry ``lr_scale``)."""
-    from timm.optim import create_optimizer_v2
-
     return create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay,
                                layer_decay=layer_decay)
 
@@ -135,8 +140,6 @@ def _posterize_compat(img, bits_to_keep, **_):
     """timm's posterize for Pillow 13 (installed here), which rejects bits=0: keeping 0 bits
     gives a black image, as older Pillow did (RandAugment's 'inc' posterize reaches 0 bits
     at magnitude 10)."""
-    from PIL import Image, ImageOps
-
     if bits_to_keep >= 8:
         return img
     if bits_to_keep <= 0:
@@ -146,9 +149,6 @@ def _posterize_compat(img, bits_to_keep, **_):
 
 def train_transform(cfg: dict):
     """timm's training pipeline for fine-tuning (RandAugment, random erasing, bicubic)."""
-    from timm.data import create_transform
-    from timm.data import auto_augment as aa
-
     ft = cfg["eval"]["finetune"]
     transform = create_transform(
         input_size=cfg["model"]["img_size"], is_training=True, color_jitter=None,
@@ -190,11 +190,6 @@ def _check_config(cfg: dict, batch_size: int, epochs: int) -> None:
 
 def _evaluate(model: nn.Module, cfg: dict, device, amp_dtype, log) -> dict[str, float]:
     """top-1 (and top-5 with more than 5 classes) accuracy in percent on the test split."""
-    from tqdm import tqdm
-
-    from folk.data import build_dataset, collate_skip_none
-    from folk.data.transforms import eval_transform
-
     test = build_dataset(cfg, "test", transform=eval_transform(cfg))
     loader = DataLoader(test, batch_size=cfg["eval"]["batch_size"], shuffle=False,
                         num_workers=cfg["data"]["num_workers"], collate_fn=collate_skip_none,
@@ -256,12 +251,6 @@ def train_classifier(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logge
     Returns ``{"metrics": {"top1", ["top5"]}, "epochs", "seed", "dataset", "train_images",
     "iterations", "batch_size"}``.
     """
-    from tqdm import tqdm
-
-    from folk.data import collate_skip_none
-    from folk.data.classification import build_base_dataset, build_dataset
-    from folk.models import load_backbone
-
     ft = cfg["eval"]["finetune"]
     seed = cfg["experiment"]["seed"] if seed is None else int(seed)
     epochs = ft["epochs"] if epochs is None else int(epochs)
@@ -309,10 +298,6 @@ def train_classifier(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logge
                           f"delete it (and {classifier_path.name}) to fine-tune again", log)
 
     # ---- model, optimiser, schedule
-    from timm.data import Mixup
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-    from timm.scheduler import CosineLRScheduler
-
     device, amp_dtype = device_and_amp(cfg)
     # every global RNG from the seed: the head's initialisation (torch), mixup (numpy),
     # drop path (torch); a resumed run overwrites them with the checkpoint's states

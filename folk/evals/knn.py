@@ -14,6 +14,10 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from folk.errors import ConfigError, DataError
+from folk.evals import features
+from folk.evals.common import features_cache_dir
+
 DEFAULT_CHUNK = 256
 
 
@@ -99,8 +103,6 @@ def knn_metrics(train_feats: torch.Tensor, train_labels: torch.Tensor,
 
 def check_labels(cfg: dict, labels: torch.Tensor, split: str) -> None:
     """Labels must index the configured classes, and a split must not be empty."""
-    from folk.errors import ConfigError, DataError
-
     if labels.numel() == 0:
         raise DataError(f"{cfg['data']['dataset']} {split} split ({cfg['data']['root']}): "
                         f"no usable images")
@@ -119,12 +121,10 @@ def knn_eval(cfg: dict, train_x: torch.Tensor, train_y: torch.Tensor, test_x: to
              test_y: torch.Tensor, log) -> tuple[dict[str, float], str]:
     """``folk eval knn``'s protocol on given features: (knn_metrics for every k of
     eval.knn.k, the name of the primary metric)."""
-    from folk.evals.features import eval_device
-
     kcfg = cfg["eval"]["knn"]
     check_labels(cfg, train_y, "train")
     check_labels(cfg, test_y, "test")
-    device = eval_device()
+    device = features.eval_device()
     metrics = knn_metrics(train_x.to(device), train_y, test_x, test_y, kcfg["k"],
                           kcfg["temperature"], cfg["data"]["num_classes"])
     for name, value in metrics.items():
@@ -133,15 +133,12 @@ def knn_eval(cfg: dict, train_x: torch.Tensor, train_y: torch.Tensor, test_x: to
 
 
 def run(cfg: dict, run_dir: Path, out_dir: Path, log) -> dict:
-    from folk.evals.common import features_cache_dir
-    from folk.evals.features import extract_features, load_eval_backbone
-
     kcfg = cfg["eval"]["knn"]
-    backbone = load_eval_backbone(run_dir, cfg)
+    backbone = features.load_eval_backbone(run_dir, cfg)
     cache = features_cache_dir(run_dir)
     layout = dict(avgpool_patchtokens=kcfg["avgpool_patchtokens"])
-    train_x, train_y = extract_features(backbone, cfg, "train", cache, log=log, **layout)
-    test_x, test_y = extract_features(backbone, cfg, "test", cache, log=log, **layout)
+    train_x, train_y = features.extract_features(backbone, cfg, "train", cache, log=log, **layout)
+    test_x, test_y = features.extract_features(backbone, cfg, "test", cache, log=log, **layout)
     metrics, primary = knn_eval(cfg, train_x, train_y, test_x, test_y, log)
     return dict(dataset=cfg["data"]["dataset"], split="test", metrics=metrics,
                 primary=primary, seed=cfg["experiment"]["seed"], epochs=0)

@@ -35,8 +35,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from folk.data.subsets import split_train_val
 from folk.engine.checkpoint import StateFile
 from folk.engine.hooks import Boundary, Hook, call_hooks
+from folk.errors import DataError
+from folk.evals import features
+from folk.evals.common import features_cache_dir
+from folk.evals.knn import check_labels
 
 MOMENTUM = 0.9
 INIT_STD = 0.01  # DINO's LinearClassifier initialisation
@@ -182,8 +187,6 @@ def select_lr(grid: nn.ModuleList, val_x: torch.Tensor, val_y: torch.Tensor,
 def split_indices(labels: torch.Tensor, val_fraction: float, seed: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, val) positions: class-stratified, seeded (``folk.data.subsets``)."""
-    from folk.data.subsets import split_train_val
-
     train_idx, val_idx = split_train_val(labels.tolist(), val_fraction, seed)
     return (torch.as_tensor(list(train_idx), dtype=torch.int64),
             torch.as_tensor(list(val_idx), dtype=torch.int64))
@@ -206,10 +209,6 @@ def probe(cfg: dict, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch
     """The protocol of the module docstring on given features: ``{"top1", "val_top1",
     "best_lr"}`` (+ ``"top5"`` when data.num_classes > 5), test accuracies in percent.
     The grid is checkpointed to ``out_dir/grid.pt``."""
-    from folk.errors import DataError
-    from folk.evals.features import eval_device
-    from folk.evals.knn import check_labels
-
     lcfg = cfg["eval"]["linear"]
     seed = cfg["experiment"]["seed"]
     num_classes = cfg["data"]["num_classes"]
@@ -224,7 +223,7 @@ def probe(cfg: dict, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch
     log.info("linear: %d training, %d validation (held out from train), %d test images; "
              "feature dim %d", len(fit_idx), len(val_idx), len(test_y), train_x.shape[1])
 
-    device = eval_device()
+    device = features.eval_device()
     train_x = train_x.to(device)
     test_x = test_x.to(device)
     if lcfg["standardize"]:
@@ -248,18 +247,15 @@ def probe(cfg: dict, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch
 
 
 def run(cfg: dict, run_dir: Path, out_dir: Path, log) -> dict:
-    from folk.evals.common import features_cache_dir
-    from folk.evals.features import extract_features, load_eval_backbone
-
     lcfg = cfg["eval"]["linear"]
     layout = dict(n_last_blocks=lcfg["n_last_blocks"],
                   avgpool_patchtokens=lcfg["avgpool_patchtokens"])
-    backbone = load_eval_backbone(run_dir, cfg)
+    backbone = features.load_eval_backbone(run_dir, cfg)
     cache = features_cache_dir(run_dir)
     # both splits are extracted before training so that a missing split fails early;
     # the test features are used only after the learning rate has been chosen
-    train_x, train_y = extract_features(backbone, cfg, "train", cache, log=log, **layout)
-    test_x, test_y = extract_features(backbone, cfg, "test", cache, log=log, **layout)
+    train_x, train_y = features.extract_features(backbone, cfg, "train", cache, log=log, **layout)
+    test_x, test_y = features.extract_features(backbone, cfg, "test", cache, log=log, **layout)
     del backbone
     metrics = probe(cfg, train_x, train_y, test_x, test_y, out_dir, log)
     return dict(dataset=cfg["data"]["dataset"], split="test", metrics=metrics,

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from folk.data import build_dataset
+from folk.data.subsets import class_balanced_indices
+from folk.evals.features import extract_features
+from folk.evals.knn import knn_accuracy
+
 
 def knn_monitor(cfg: dict, backbone) -> dict:
     """Weighted 20-NN top-1 of ``backbone``'s features, extracted the way ``folk eval knn``
     extracts them (uncached: the weights change between calls)."""
-    from folk.data import build_dataset
-    from folk.data.subsets import class_balanced_indices
-    from folk.evals.features import extract_features
-    from folk.evals.knn import knn_accuracy
-
     p, seed = cfg["pretrain"], cfg["experiment"]["seed"]
     n_classes = cfg["data"]["num_classes"]
     parts = {}

@@ -28,6 +28,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from folk.data import build_dataset
+from folk.errors import ConfigError
+from folk.evals.features import extract_features
+from folk.evals.knn import knn_eval
+from folk.evals.linear import probe
+
 
 class RawPixels(nn.Module):
     """A parameterless stand-in for a backbone whose embedding of an image is the image
@@ -60,8 +66,6 @@ def _physical_memory() -> int | None:
 
 def check_memory(cfg: dict, sizes: dict[str, int]) -> None:
     """Refuse, before decoding any image, pixel features that cannot fit in memory."""
-    from folk.errors import ConfigError
-
     need = feature_bytes(cfg, sum(sizes.values()))
     have = _physical_memory()
     if have is not None and need > have:
@@ -76,18 +80,12 @@ def check_memory(cfg: dict, sizes: dict[str, int]) -> None:
 def pixel_features(cfg: dict, split: str, log=None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(features float32 [N, in_chans * img_size**2], labels int64 [N])`` of ``split``:
     the eval-transformed images flattened (undecodable images skipped, as everywhere)."""
-    from folk.evals.features import extract_features
-
     d = cfg["data"]
     return extract_features(RawPixels(d["in_chans"], cfg["model"]["img_size"]), cfg, split,
                             None, log=log)
 
 
 def run(cfg: dict, run_dir: Path, out_dir: Path, log) -> dict:
-    from folk.data import build_dataset
-    from folk.evals.knn import knn_eval
-    from folk.evals.linear import probe
-
     sizes = {split: len(build_dataset(cfg, split)) for split in ("train", "test")}
     check_memory(cfg, sizes)
     log.info("pixels: raw eval-transformed pixels as features (%d x %d px, %d channel(s)); "

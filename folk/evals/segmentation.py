@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+from tqdm import tqdm
 
 from folk.data.segmentation import (COMPOSITE_NUM_CLASSES, ADE20KSegmentation, SegEvalTransform,
                                     SegTrainTransform, check_ade20k_layout, reduce_zero_label)
@@ -26,6 +30,7 @@ from folk.engine.checkpoint import StateFile, rng_state, set_rng_state
 from folk.engine.device import autocast, autocast_dtype, training_device
 from folk.engine.hooks import Boundary, Hook, call_hooks
 from folk.errors import ConfigError, DataError, NonFiniteLossError
+from folk.evals.upernet import build_segmenter
 from folk.models import is_resnet, load_backbone
 from folk.utils.seeding import key_seed, seeded_cpu_rng
 
@@ -221,8 +226,6 @@ def slide_inference(model, image: torch.Tensor, num_classes: int, crop: int, str
 
 
 def segmentation_metrics(num_classes: int, ignore_index: int, device):
-    from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
-
     return {
         "miou": MulticlassJaccardIndex(num_classes, average="macro",
                                        ignore_index=ignore_index).to(device),
@@ -234,10 +237,6 @@ def segmentation_metrics(num_classes: int, ignore_index: int, device):
 def label_histogram(dataset: ADE20KSegmentation, num_classes: int) -> np.ndarray:
     """Pixels per class (int64 [num_classes]) over the annotations of ``dataset`` at their
     stored resolution, read as the dataset reads them (ignored pixels not counted)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from PIL import Image
-
     def count(ann_path: Path) -> np.ndarray:
         with Image.open(ann_path) as im:
             labels = reduce_zero_label(np.asarray(im), dataset.ignore_index)
@@ -265,8 +264,6 @@ def evaluate(model, dataset, seg: dict, device, amp_dtype, num_workers: int, log
              majority: int | None = None) -> dict:
     """Single-scale sliding-window mIoU and pixel accuracy (percent) over ``dataset``; with
     ``majority``, also those of predicting that class at every pixel (``*_majority``)."""
-    from tqdm import tqdm
-
     model.eval()
     metrics = segmentation_metrics(seg["num_classes"], seg["ignore_index"], device)
     reference = (segmentation_metrics(seg["num_classes"], seg["ignore_index"], device)
@@ -319,8 +316,6 @@ def train(model, cfg: dict, train_set, out_dir: Path, device, amp_dtype, log,
     """Train (resuming from ``out_dir/checkpoint.pt``); the final checkpoint keeps only the
     network, marked finished, so a crash during evaluation never retrains. ``hooks``:
     called after every iteration (``folk.engine.hooks``)."""
-    from tqdm import tqdm
-
     seg = cfg["eval"]["segmentation"]
     total, seed = seg["iterations"], cfg["experiment"]["seed"]
     resnet = is_resnet(cfg["model"]["arch"])
@@ -418,8 +413,6 @@ def run(cfg: dict, run_dir: Path, out_dir: Path, log) -> dict:
     majority, share = majority_class(train_set, seg["num_classes"])
     log.info("training split: class %d is the most frequent (%.1f %% of labelled pixels)",
              majority, 100.0 * share)
-
-    from folk.evals.upernet import build_segmenter
 
     resnet = is_resnet(cfg["model"]["arch"])
     drop_path = seg["drop_path"] if seg["head"] == "upernet" else None

@@ -11,17 +11,17 @@ README.md, "Running on a SLURM cluster", is the user guide.
 """
 from __future__ import annotations
 
-__all__ = ["launch", "LaunchError", "rule_resources", "check_workflow_slurm"]
+from folk.launch.resources import check_workflow_slurm, rule_resources
+
+# launch and LaunchError come from __getattr__
+__all__ = ["launch", "LaunchError", "rule_resources", "check_workflow_slurm"]  # noqa: F822
 
 
 def __getattr__(name: str):
-    # lazy: `folk --help` and the Snakefile import this package without submitit's start-up
+    # the Snakefile imports folk.launch.resources, which runs this package first: submit
+    # (submitit, torch) loads only when its names are asked for
     if name in ("launch", "LaunchError"):
-        from folk.launch import submit
+        from folk.launch import submit  # noqa: PLC0415  torch-free package (Snakefile)
 
         return getattr(submit, name)
-    if name in ("rule_resources", "check_workflow_slurm"):
-        from folk.launch import resources
-
-        return getattr(resources, name)
     raise AttributeError(name)

@@ -9,11 +9,23 @@ time-outs). The requeued job calls the same object again, and ``pretrain`` resum
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sys
 from pathlib import Path
 
+import submitit
+import torch
+from submitit.core.job_environment import JobEnvironment
 from submitit.helpers import Checkpointable, DelayedSubmission
+
+from folk.config import defaults, merge_into, resolve, validate
+from folk.engine.distributed import env_dist_info
+from folk.engine.pretrain import StopRequested
+from folk.evals.runner import run_task
+from folk.training import pretrain
+from folk.utils.lock import exclusive
 
 
 def _in_submitit_job() -> bool:
@@ -30,7 +42,6 @@ def prepare_process() -> int:
     Returns the global rank."""
     if not _in_submitit_job():
         return 0
-    import submitit
 
     env = submitit.JobEnvironment()
     _note(f"{env}")
@@ -41,8 +52,6 @@ def prepare_process() -> int:
                                                               overwrite=True)
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     if cpus and cpus.isdigit():
-        import torch
-
         torch.set_num_threads(int(cpus))
     return env.global_rank
 
@@ -51,8 +60,6 @@ def refresh_config(cfg: dict) -> dict:
     """The submitted configuration read again through the defaults and checks of the code
     that runs now: a job may start (or be requeued) after the code gained a key, and its
     run directory's config.yaml, re-read the same way, must still match it."""
-    from folk.config import defaults, merge_into, resolve, validate
-
     source = "the submitted configuration"
     fresh = merge_into(defaults(), cfg, source)
     validate(fresh, source)
@@ -69,8 +76,6 @@ class _RunJob(Checkpointable):
         self.run_dir = str(Path(run_dir).resolve())
 
     def __call__(self) -> dict:
-        from folk.engine.pretrain import StopRequested
-
         rank = prepare_process()
         try:
             return self.run()
@@ -95,8 +100,6 @@ class _RunJob(Checkpointable):
 
 
 def _preempt_signal() -> int:
-    from submitit.core.job_environment import JobEnvironment
-
     return int(JobEnvironment._usr_sig())
 
 
@@ -106,12 +109,6 @@ class PretrainJob(_RunJob):
     task = "pretrain"
 
     def run(self) -> dict:
-        import contextlib
-
-        from folk.engine.distributed import env_dist_info
-        from folk.training import pretrain
-        from folk.utils.lock import exclusive
-
         # the job's rank 0 holds the run directory as `folk pretrain` does (a requeued job
         # starts after SLURM ended the previous one, whose lock went with it)
         job = os.environ.get("SLURM_JOB_ID") or f"pid {os.getpid()}"
@@ -122,8 +119,6 @@ class PretrainJob(_RunJob):
         if not done:  # already finished, or a non-zero rank
             done_path = Path(self.run_dir) / "DONE.json"
             if done_path.is_file():
-                import json
-
                 done = json.loads(done_path.read_text())
         return dict(done or {})
 
@@ -140,10 +135,6 @@ class FinetuneJob(_RunJob):
         self.eval_overrides = list(eval_overrides)
 
     def run(self) -> dict:
-        import json
-
-        from folk.evals.runner import run_task
-
         metrics = run_task(self.run_dir, "finetune", params=self.params,
                            overrides=self.eval_overrides)
         return json.loads(metrics.read_text()) if metrics.is_file() else {}

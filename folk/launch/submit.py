@@ -28,7 +28,17 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from submitit import LocalExecutor, SlurmExecutor, SlurmJob
+from submitit.core.utils import pickle_load
+from submitit.helpers import clean_env
+
+from folk.config import eval_config, load_run_config
+from folk.engine.pretrain import check_same_run, run_started
 from folk.errors import ConfigError, DataError, FolkError, RunDirError
+from folk.evals.common import is_done, task_dir
+from folk.launch.jobs import job_for
+from folk.launch.options import check_options
+from folk.utils.io import atomic_write_json
 
 RECORD = Path("submitit") / "job.json"
 # squeue/sacct states after which the job will not run again by itself
@@ -80,9 +90,6 @@ def check_run_dir(cfg: dict, run_dir: Path, task: str, params: str | None,
         if (run_dir / "DONE.json").is_file():
             return f"{run_dir / 'DONE.json'} exists: the run is finished"
         if (run_dir / "config.yaml").is_file():
-            from folk.config import load_run_config
-            from folk.engine.pretrain import check_same_run, run_started
-
             if run_started(run_dir):
                 check_same_run(load_run_config(run_dir), cfg, run_dir)
         root = Path(cfg["data"]["root"])
@@ -94,8 +101,6 @@ def check_run_dir(cfg: dict, run_dir: Path, task: str, params: str | None,
         if not (run_dir / name).is_file():
             raise RunDirError(f"{run_dir}: no {name}; fine-tuning needs a finished "
                               f"pre-training run")
-    from folk.config import eval_config
-    from folk.evals.common import is_done, task_dir
 
     eval_config(run_dir, params, eval_overrides)  # every eval key checked now, not in the job
     out_dir = task_dir(run_dir, "finetune", "")
@@ -106,8 +111,6 @@ def check_run_dir(cfg: dict, run_dir: Path, task: str, params: str | None,
 
 def make_executor(cfg: dict, folder: Path, parameters: dict):
     """submitit executor of launch.executor, with the checked parameters."""
-    from submitit import LocalExecutor, SlurmExecutor
-
     kind = cfg["launch"]["executor"]
     cls = SlurmExecutor if kind == "slurm" else LocalExecutor
     try:
@@ -126,8 +129,6 @@ def _record_path(run_dir: Path) -> Path:
 
 
 def write_record(run_dir: Path, job, kind: str, task: str, name: str, folder: Path) -> dict:
-    from folk.utils.io import atomic_write_json
-
     record = {"job_id": str(job.job_id), "executor": kind, "task": task, "job_name": name,
               "folder": str(folder), "tasks": int(job.num_tasks),
               "stdout": str(_task0(job).paths.stdout), "stderr": str(_task0(job).paths.stderr),
@@ -186,7 +187,6 @@ def attachable_job(run_dir: Path, kind: str, task: str, name: str):
     info = slurm_job_info(record["job_id"])
     if info is None or is_final(info[0]) or info[1] != name:
         return None
-    from submitit import SlurmJob
 
     return SlurmJob(folder=record["folder"], job_id=record["job_id"],
                     tasks=list(range(int(record.get("tasks", 1)))))
@@ -277,8 +277,6 @@ def wait_for(job, kind: str, poll_s: float, say: Callable[[str], None] = _say) -
 
 
 def read_outcome(job) -> dict:
-    from submitit.core.utils import pickle_load
-
     path = _task0(job).paths.result_pickle
     if not path.exists():
         raise LaunchError(f"job {job.job_id} ended without a result (killed, out of memory, "
@@ -298,9 +296,6 @@ def launch(cfg: dict, run_dir: str | Path, task: str = "pretrain", wait: bool = 
            say: Callable[[str], None] = _say) -> dict:
     """Run or submit ``task`` for ``run_dir``; see the module docstring. Returns
     ``{"status": "done" | "finished" | "submitted", "job_id", "folder", "result"}``."""
-    from folk.launch.jobs import job_for
-    from folk.launch.options import check_options
-
     run_dir = Path(run_dir).resolve()
     eval_overrides = list(eval_overrides or [])
     kind = cfg["launch"]["executor"]
@@ -322,7 +317,6 @@ def launch(cfg: dict, run_dir: str | Path, task: str = "pretrain", wait: bool = 
     else:
         folder = submission_folder(cfg, run_dir)
         executor = make_executor(cfg, folder, parameters)
-        from submitit.helpers import clean_env
 
         try:
             with clean_env():  # an enclosing SLURM job's variables must not leak into sbatch

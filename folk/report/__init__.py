@@ -10,6 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from folk.config import defaults, scaled_patch
+from folk.errors import ConfigError
+from folk.report.claims import check_claims
+from folk.report.collect import collect_bench, collect_runs, load_reference
+from folk.report.figures import figure_knn_epochs, figure_reconstruction_loss, figure_throughput
+from folk.report.filter_figures import figure_filters, figure_masking
+from folk.report.readme import FORMATS, render_readme
+from folk.report.seeds import merge_seeds
+from folk.report.tables import build_tables
+from folk.report.writers import Stamp, to_csv, to_latex, to_markdown
+from folk.utils.io import atomic_write_text
+from folk.utils.provenance import git_sha, now_iso
+
 
 @dataclass
 class Report:
@@ -20,19 +33,6 @@ class Report:
 
 def build_report(runs_dir: str | Path, out_dir: str | Path, ref_path: str | Path | None = None,
                  q: float = 0.05, radius: float = 16, seed: int = 0, photo_size: int = 224) -> Report:
-    from folk.config import defaults, scaled_patch
-    from folk.report.claims import check_claims
-    from folk.report.collect import collect_bench, collect_runs, load_reference
-    from folk.report.figures import (figure_knn_epochs, figure_reconstruction_loss,
-                                     figure_throughput)
-    from folk.report.filter_figures import figure_filters, figure_masking
-    from folk.report.readme import FORMATS, render_readme
-    from folk.report.seeds import merge_seeds
-    from folk.report.tables import build_tables
-    from folk.report.writers import Stamp, to_csv, to_latex, to_markdown
-    from folk.utils.io import atomic_write_text
-    from folk.utils.provenance import git_sha, now_iso
-
     _check_parameters(q, radius, photo_size)
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     # read and validate everything before writing anything
@@ -73,8 +73,6 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, ref_path: str | Path
 
 
 def _check_parameters(q: float, radius: float, size: int) -> None:
-    from folk.errors import ConfigError
-
     if not 0 < q < 1:
         raise ConfigError(f"--q: the Com/RCom portion must be in (0, 1), got {q}")
     if size < 8:

@@ -4,6 +4,7 @@ whose data is missing is still written, with a "no results" panel, so the set of
 the same on every run of the report."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from folk.report.collect import BenchRecord, Run
@@ -20,12 +21,10 @@ def _series_label(run: Run) -> str:
 def _themed(draw):
     """Run ``draw`` under seaborn's style in a local rc context (no global side effects, so
     the figures look the same whatever ran before)."""
-    import functools
-
     @functools.wraps(draw)
     def wrapper(*args, **kwargs):
-        import matplotlib
-        import seaborn as sns
+        import matplotlib  # noqa: PLC0415  matplotlib only when a figure is drawn
+        import seaborn as sns  # noqa: PLC0415  seaborn only when a figure is drawn
 
         matplotlib.use("Agg", force=True)
         with matplotlib.rc_context():
@@ -39,10 +38,10 @@ def _themed(draw):
 def figure_reconstruction_loss(runs: list[Run], out_dir: Path) -> FigureInfo:
     """Fig. 5: ``loss_rec`` of the main-grid ``mfm`` and ``mfm_comrcom`` runs, per logged
     iteration (train records) and per epoch (epoch means)."""
-    import pandas as pd
-    from matplotlib.ticker import MaxNLocator
+    import pandas as pd  # noqa: PLC0415  pandas only when a figure is drawn
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415  as matplotlib
 
-    import seaborn as sns
+    import seaborn as sns  # noqa: PLC0415  seaborn only when a figure is drawn
 
     members = [r for r in runs if not r.ablation and not r.is_random_init
                and r.variant in FIG5_VARIANTS]
@@ -91,10 +90,10 @@ def figure_reconstruction_loss(runs: list[Run], out_dir: Path) -> FigureInfo:
 @_themed
 def figure_knn_epochs(runs: list[Run], out_dir: Path) -> FigureInfo:
     """k-NN top-1 of the monitoring records (type "knn") against the pre-training epoch."""
-    import pandas as pd
-    from matplotlib.ticker import MaxNLocator
+    import pandas as pd  # noqa: PLC0415  pandas only when a figure is drawn
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415  as matplotlib
 
-    import seaborn as sns
+    import seaborn as sns  # noqa: PLC0415  seaborn only when a figure is drawn
 
     data, used = [], []
     for run in sorted((r for r in runs if not r.ablation and not r.is_random_init),
@@ -166,9 +165,9 @@ def figure_throughput(bench: list[BenchRecord], out_dir: Path) -> FigureInfo:
     """Images/s per variant and backbone from ``folk bench``, one panel per device; beside
     them, from ``folk bench --data``, the loader on one core (ours and DINO's reference),
     the loader with the run's workers, and loader and step together."""
-    import pandas as pd
+    import pandas as pd  # noqa: PLC0415  pandas only when a figure is drawn
 
-    import seaborn as sns
+    import seaborn as sns  # noqa: PLC0415  seaborn only when a figure is drawn
 
     rows = []
     for b in bench:

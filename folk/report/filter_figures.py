@@ -8,18 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from folk.report.plotting import FigureInfo, save_figure
+import numpy as np
+import skimage.data
+import torch
+from skimage.transform import resize
+
+from folk.filters import (centred_log_spectrum, com_rcom, mfm, random_frequency,
+                          random_patch_with_pixel_mask)
+from folk.report.plotting import FigureInfo, new_blank_figure, save_figure
 
 PHOTOS = ("astronaut", "chelsea", "coffee")
 
 
 def load_photos(names: tuple[str, ...] = PHOTOS, size: int = 224):
     """(B, 3, size, size) float32 tensor in [0, 1]."""
-    import numpy as np
-    import skimage.data
-    import torch
-    from skimage.transform import resize
-
     out = []
     for name in names:
         img = getattr(skimage.data, name)()
@@ -36,8 +38,6 @@ def load_photos(names: tuple[str, ...] = PHOTOS, size: int = 224):
 
 def _panel_rows(x, rows, seed: int):
     """[(label, filtered images, centred frequency mask or None, pixel mask or None)]."""
-    import torch
-
     out = []
     for label, fn in rows:
         gen = torch.Generator().manual_seed(seed)
@@ -48,8 +48,6 @@ def _panel_rows(x, rows, seed: int):
 def _display(img):
     """An image for display: a filtered view with little energy left (high-pass, RCom) is
     contrast-stretched so its structure is visible; returns (array, stretch factor)."""
-    import numpy as np
-
     arr = np.clip(img.permute(1, 2, 0).numpy(), 0, 1)
     top = float(np.percentile(arr, 99.5))
     if 0 < top < 0.5:
@@ -60,9 +58,6 @@ def _display(img):
 
 def _draw(rows, x, names, title: str):
     """One sub-figure per photograph, each a column pair (spectrum, image) per filter row."""
-    from folk.filters import centred_log_spectrum
-    from folk.report.plotting import new_blank_figure
-
     fig = new_blank_figure()
     fig.suptitle(title, fontsize=13)
     subfigs = fig.subfigures(1, len(names), wspace=0.01)
@@ -98,8 +93,6 @@ def figure_filters(out_dir: Path, q: float = 0.05, radius: float = 16, size: int
                    seed: int = 0, names: tuple[str, ...] = PHOTOS) -> FigureInfo:
     """Fig. 1: centred log spectra (masked) and restored images of MFM low-pass, MFM
     high-pass, Com and RCom; Com/RCom keep/remove the top ``q`` of frequencies by magnitude."""
-    from folk.filters import com_rcom, mfm
-
     x = load_photos(names, size)
     rows = _panel_rows(x, [
         ("original", lambda x, g: (x, None, None)),
@@ -127,17 +120,15 @@ def figure_masking(out_dir: Path, q: float = 0.05, rho: float = 0.5, patch_ratio
                    patch_size: int = 32, size: int = 224, seed: int = 0,
                    names: tuple[str, ...] = PHOTOS) -> FigureInfo:
     """Fig. 4: Com/RCom against random frequency masking and random patch masking."""
-    import folk.filters as F
-
     def patch(x, g):
-        filtered, _, pixel = F.random_patch_with_pixel_mask(x, patch_ratio, patch_size, g)
+        filtered, _, pixel = random_patch_with_pixel_mask(x, patch_ratio, patch_size, g)
         return filtered, None, pixel
 
     x = load_photos(names, size)
     rows = _panel_rows(x, [
-        (f"Com (q={q:g})", lambda x, g: (*F.com_rcom(x, [q], 1.0, g), None)),
-        (f"RCom (q={q:g})", lambda x, g: (*F.com_rcom(x, [q], 0.0, g), None)),
-        (f"random frequency (rho={rho:g})", lambda x, g: (*F.random_frequency(x, rho, g), None)),
+        (f"Com (q={q:g})", lambda x, g: (*com_rcom(x, [q], 1.0, g), None)),
+        (f"RCom (q={q:g})", lambda x, g: (*com_rcom(x, [q], 0.0, g), None)),
+        (f"random frequency (rho={rho:g})", lambda x, g: (*random_frequency(x, rho, g), None)),
         (f"random patch ({patch_ratio:.0%}, {patch_size}px)", patch),
     ], seed)
     fig = _draw(rows, x, names, "Informed (Com/RCom) against random masking, on the same "

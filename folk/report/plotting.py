@@ -6,6 +6,8 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from folk.utils.io import atomic_write_bytes
+
 FIG_SIZE_IN = (16.0, 9.0)
 FIG_DPI = 100                      # 1600 x 900 px
 FIG_PIXELS = (int(FIG_SIZE_IN[0] * FIG_DPI), int(FIG_SIZE_IN[1] * FIG_DPI))
@@ -25,10 +27,10 @@ class FigureInfo:
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, **kwargs):
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  matplotlib only when a figure is drawn
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  after choosing the Agg backend
 
     fig, axes = plt.subplots(nrows, ncols, figsize=FIG_SIZE_IN, dpi=FIG_DPI, squeeze=False,
                              layout="constrained", **kwargs)
@@ -37,10 +39,10 @@ def new_figure(nrows: int = 1, ncols: int = 1, **kwargs):
 
 def new_blank_figure():
     """A figure of the fixed size with no axes (for sub-figure layouts)."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  matplotlib only when a figure is drawn
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  after choosing the Agg backend
 
     return plt.figure(figsize=FIG_SIZE_IN, dpi=FIG_DPI, layout="constrained")
 
@@ -53,9 +55,7 @@ def no_results(ax, message: str) -> None:
 
 def save_figure(fig, out_dir: Path, name: str) -> list[Path]:
     """``<out_dir>/<name>.png`` and ``.pdf`` at exactly FIG_PIXELS."""
-    import matplotlib.pyplot as plt
-
-    from folk.utils.io import atomic_write_bytes
+    import matplotlib.pyplot as plt  # noqa: PLC0415  matplotlib only when a figure is drawn
 
     paths = []
     for fmt, meta in (("png", {"Software": None}),

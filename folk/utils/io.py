@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from folk.errors import DamagedFileError
+
 log = logging.getLogger("folk.io")
 
 # ".<name>.<8 random characters of tempfile>.tmp"
@@ -126,7 +128,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    import torch
+    import torch  # noqa: PLC0415  torch-free: folk.config imports this module
 
     _atomic(path, lambda f: torch.save(obj, f))
 
@@ -138,9 +140,7 @@ def load_torch_file(path: Path, remedy: str, required: tuple[str, ...] = ()) -> 
     UnpicklingError for objects weights-only refuses, EOFError, ...); all are reported
     alike. ``required``: top-level keys the object must have, for a file that loads but is
     not the kind expected. A system error (permission, I/O) stays an OSError naming the file."""
-    import torch
-
-    from folk.errors import DamagedFileError
+    import torch  # noqa: PLC0415  torch-free: folk.config imports this module
 
     path = Path(path)
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from folk.errors import RunDirBusyError
 from folk.utils.io import named_os_error
+from folk.utils.provenance import now_iso
 
 LOCK_NAME = "folk.lock"
 # errors of file systems that do not implement flock
@@ -40,8 +41,6 @@ def _holder(path: Path) -> str:
 def exclusive(directory: str | Path, command: str):
     """Hold ``<directory>/folk.lock`` for the ``with`` body; RunDirBusyError naming the
     holder when another process has it."""
-    from folk.utils.provenance import now_iso
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME

@@ -1,11 +1,14 @@
 """What produced a result: git SHA, package versions, device, host."""
 from __future__ import annotations
 
+import importlib.metadata as md
 import platform
 import socket
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
+
+import torch
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -23,8 +26,6 @@ def git_sha(repo: Path = _REPO) -> tuple[str, bool]:
 
 
 def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
     out = {"python": platform.python_version()}
     for name in ("torch", "torchvision", "timm", "numpy", "folk-repro"):
         try:
@@ -35,8 +36,6 @@ def versions() -> dict[str, str]:
 
 
 def device_name() -> str:
-    import torch
-
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
