@@ -11,11 +11,12 @@ import signal
 import sys
 import threading
 
+from folk.eval_tasks import TASK_NAMES
+
 # command: (module defining add_arguments(parser) and run(args), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("folk.commands.pretrain", "pre-train one variant into a run directory"),
-    "eval": ("folk.commands.eval", "evaluate a run directory (knn, linear, finetune, fewshot, "
-                               "segmentation, robustness, pixels)"),
+    "eval": ("folk.commands.eval", f"evaluate a run directory ({', '.join(TASK_NAMES)})"),
     "bench": ("folk.commands.bench", "measure pre-training step throughput against a DINO "
                                      "baseline"),
     "prepare": ("folk.commands.prepare", "prepare a dataset and write its manifest"),

@@ -471,7 +471,7 @@ def test_undecodable_images_are_skipped(tmp_path, caplog):
 
 def _schema_keys():
     return {"schema", "run", "run_dir", "task", "variant", "dataset", "split", "metrics",
-            "primary", "seed", "epochs", "git_sha", "wall_time_s", "finished_at"}
+            "primary", "columns", "seed", "epochs", "git_sha", "wall_time_s", "finished_at"}
 
 
 @needs_fmnist

@@ -103,3 +103,9 @@ def test_the_workflow_imports_no_folk_module_that_loads_torch():
     modules = sorted(set(re.findall(r"^\s*(?:from|import) (folk[\w.]*)", text, re.M)))
     assert "folk.config" in modules  # the pattern finds what the workflow imports
     assert "torch" not in modules_loaded_by(*modules)
+
+
+def test_the_report_reads_the_task_table_without_loading_an_evaluation():
+    loaded = modules_loaded_by("folk.eval_tasks", "folk.report.collect", "folk.report.tables")
+    assert "torch" not in loaded
+    assert {m for m in loaded if m.startswith("folk.evals.")} <= {"folk.evals.common"}

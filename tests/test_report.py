@@ -303,19 +303,46 @@ def test_bad_inputs_are_named(tmp_path, capsys):
 
 
 def test_fewshot_metric_names():
-    from folk.report.tables import parse_fewshot_metric
+    """The few-shot columns are read from the names folk.evals.fewshot writes, no others."""
+    from folk.eval_tasks import declared_columns
 
-    assert parse_fewshot_metric("frac1pct_top1_mean") == ("fraction", 1.0, "mean")
-    assert parse_fewshot_metric("frac0.5pct_top1_std") == ("fraction", 0.5, "std")
-    assert parse_fewshot_metric("file_logreg_top1_mean") == ("file", 1.0, "mean")
-    assert parse_fewshot_metric("file_top1_mean") == ("file", 0.0, "mean")
-    assert parse_fewshot_metric("frac1_top1_mean") == ("fraction", 1.0, "mean")
-    assert parse_fewshot_metric("fraction0.1_top1_std") == ("fraction", 10.0, "std")
-    assert parse_fewshot_metric("10pct_top1") == ("fraction", 10.0, "")
-    assert parse_fewshot_metric("shot13_top1_mean") == ("shots", 13.0, "mean")
-    assert parse_fewshot_metric("5shot_top1_mean") == ("shots", 5.0, "mean")
-    assert parse_fewshot_metric("shot5_top5_mean") is None
-    assert parse_fewshot_metric("best_c") is None
+    metrics = dict.fromkeys(["frac1pct_top1_mean", "frac1pct_top1_std", "frac0.5pct_top1_mean",
+                             "frac0.5pct_top1_std", "file_logreg_top1_mean", "file_top1",
+                             "shot13_top1_mean", "shot5_top5_mean", "best_c",
+                             "fraction0.1_top1_std", "10pct_top1", "5shot_top1_mean"], 1.0)
+    got = {c.metric: (c.label, c.group, c.order[1], c.std)
+           for c in declared_columns("fewshot", metrics, "shot13_top1_mean")}
+    assert got == {
+        "frac1pct_top1_mean": ("1% labels", "fraction", 1.0, "frac1pct_top1_std"),
+        "frac0.5pct_top1_mean": ("0.5% labels", "fraction", 0.5, "frac0.5pct_top1_std"),
+        "file_logreg_top1_mean": ("user list (logreg)", "file", 1.0, None),
+        "file_top1": ("user list (fine-tune)", "file", 0.0, None),
+        "shot13_top1_mean": ("13-shot", "shots", 13.0, None)}
+
+
+def test_the_report_reads_the_columns_a_record_states(tmp_path):
+    """A record's own columns (label, order, std) make the table, not the metric names."""
+    from folk.errors import RunDirError
+    from folk.report.collect import collect_runs
+    from folk.report.tables.fewshot import fewshot_table
+
+    runs = tmp_path / "runs"
+    run = write_run(runs, "demo", "folk", "folk", DEMO,
+                    evals={"fewshot": ({"a": 40.0, "a_spread": 1.5, "b": 30.0}, "a")})
+    path = run / "eval" / "fewshot" / "metrics.json"
+    rec = json.loads(path.read_text())
+    rec["columns"] = [
+        {"metric": "b", "label": "second", "group": "g", "order": [2], "std": None},
+        {"metric": "a", "label": "first", "group": "g", "order": [1], "std": "a_spread"}]
+    path.write_text(json.dumps(rec))
+    table = fewshot_table(collect_runs(runs), {})
+    assert [c.name for c in table.columns] == ["first", "second"]
+    cell = table.our_rows[0].cells["first"]
+    assert (cell.value, cell.std) == (40.0, 1.5)
+    rec["columns"][0]["metric"] = "absent"
+    path.write_text(json.dumps(rec))
+    with pytest.raises(RunDirError, match=r"columns\[0\].*'absent' is not among 'metrics'"):
+        collect_runs(runs)
 
 
 # The published baseline results, each read from the named project's own README: the

@@ -1,10 +1,17 @@
 """Ranges and choices for configuration keys (types come from ``defaults.yaml``)."""
+from folk.eval_tasks import TASK_NAMES
 from folk.filter_registry import FILTERS
 
 _POS = {"exclusiveMinimum": 0}
 _NONNEG = {"minimum": 0}
 _PROB = {"minimum": 0, "maximum": 1}
 _FILTERS = list(FILTERS)
+
+
+def _eval_tasks() -> dict:
+    # a list of its own per key: YAML would write a shared one as an anchor and aliases
+    return {"items": {"enum": list(TASK_NAMES)}}
+
 
 CONSTRAINTS: dict[str, dict] = {
     "data.dataset": {"enum": ["fashion_mnist", "imagefolder", "imagenet"]},
@@ -149,13 +156,10 @@ CONSTRAINTS: dict[str, dict] = {
     "eval.robustness.severities": {"items": {"minimum": 1, "maximum": 5}},
     "eval.robustness.filter_radii": {"items": _POS},
     "eval.robustness.severity_table": {"enum": ["auto", "imagenet_c", "cifar_c"]},
-    "workflow.evals": {"items": {"enum": ["knn", "linear", "finetune", "fewshot", "segmentation",
-                                          "robustness", "pixels"]}},
+    "workflow.evals": _eval_tasks(),
     "workflow.seeds": {"items": {"minimum": 0}},
-    "workflow.seed_evals": {"items": {"enum": ["knn", "linear", "finetune", "fewshot",
-                                               "segmentation", "robustness", "pixels"]}},
-    "workflow.ablation_evals": {"items": {"enum": ["knn", "linear", "finetune", "fewshot",
-                                                   "segmentation", "robustness", "pixels"]}},
+    "workflow.seed_evals": _eval_tasks(),
+    "workflow.ablation_evals": _eval_tasks(),
     "workflow.threads.prepare": {"minimum": 1},
     "workflow.threads.pretrain": {"minimum": 1},
     "workflow.threads.eval": {"minimum": 1},

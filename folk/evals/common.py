@@ -9,11 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+from folk.eval_tasks import declared_columns
+from folk.metric_columns import columns_problem
 from folk.utils.io import atomic_write_json
 from folk.utils.provenance import git_sha, now_iso
 
 SCHEMA = "folk.eval/1"
-TASKS = ("knn", "linear", "finetune", "fewshot", "segmentation", "robustness", "pixels")
 # a variant names one directory: no separator, no "..", nothing hidden
 VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _RECORD_KEYS = ("schema", "run", "task", "variant", "dataset", "split", "metrics", "primary",
@@ -69,6 +70,8 @@ def record_problem(path: Path) -> str | None:
         return f"key 'metrics.{bad[0]}' = {metrics[bad[0]]!r} is not a number"
     if not math.isfinite(metrics[rec["primary"]]):  # write_metrics writes what a task gives
         return f"key 'metrics.{rec['primary']}' (the primary) = {metrics[rec['primary']]!r}"
+    if "columns" in rec:  # written since the report reads its columns from the record
+        return columns_problem(rec["columns"], metrics)
     return None
 
 
@@ -104,7 +107,9 @@ def task_logger(out_dir: Path, task: str) -> logging.Logger:
 def write_metrics(out_dir: Path, *, cfg: dict, run_dir: Path, task: str, variant: str,
                   dataset: str, split: str, metrics: dict[str, float], primary: str,
                   seed: int, epochs: int, started: float) -> dict:
-    """Write the one fixed schema of DESIGN.md; written last, so its presence means done."""
+    """Write the one fixed schema of DESIGN.md; written last, so its presence means done.
+    ``columns`` are the report columns the task declares for these metrics
+    (folk.eval_tasks), so the report reads labels and order from the record itself."""
     record = {
         "schema": SCHEMA,
         "run": cfg["experiment"]["run_name"] or Path(run_dir).name,
@@ -115,6 +120,7 @@ def write_metrics(out_dir: Path, *, cfg: dict, run_dir: Path, task: str, variant
         "split": split,
         "metrics": {k: float(v) for k, v in metrics.items()},
         "primary": primary,
+        "columns": [c.to_json() for c in declared_columns(task, metrics, primary)],
         "seed": int(seed),
         "epochs": int(epochs),
         "git_sha": git_sha()[0],

@@ -36,21 +36,13 @@ from typing import Sequence
 import numpy as np
 
 from folk.errors import ConfigError, DataError
+from folk.metric_columns import fraction_name, shot_name
 
 LOGREG_MAX_ITER = 1000
 MAX_CV_FOLDS = 5
 
 
 # ------------------------------------------------------------------ names
-
-def fraction_name(fraction: float) -> str:
-    """0.01 -> 'frac1pct', 0.1 -> 'frac10pct', 0.005 -> 'frac0.5pct'."""
-    return f"frac{round(fraction * 100, 6):g}pct"
-
-
-def shot_name(k: int) -> str:
-    return f"shot{int(k)}"
-
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     arr = np.asarray(values, dtype=np.float64)

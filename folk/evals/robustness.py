@@ -29,10 +29,8 @@ import torch
 
 from folk.config import check_filter_radii
 from folk.errors import ConfigError, RunDirError
-
-
-def _fmt(value: float) -> str:
-    return f"{float(value):g}"
+from folk.metric_columns import (CLEAN, PASS_KINDS, ROBUSTNESS_PRIMARY, corruption_mean_metric,
+                                 pass_name, severity_name, top1_name)
 
 
 def conditions(cfg: dict, device: torch.device) -> list[tuple[str, Callable]]:
@@ -43,7 +41,7 @@ def conditions(cfg: dict, device: torch.device) -> list[tuple[str, Callable]]:
     img_size = cfg["model"]["img_size"]
     table = rb["severity_table"] if rb["severity_table"] != "auto" else C.table_for_size(img_size)
     seed = int(cfg["experiment"]["seed"])
-    out: list[tuple[str, Callable]] = [("clean", lambda x, b: x)]
+    out: list[tuple[str, Callable]] = [(CLEAN, lambda x, b: x)]
 
     def noise_generator(batch: int) -> torch.Generator:
         state = np.random.SeedSequence([seed, batch]).generate_state(2, dtype=np.uint32)
@@ -51,14 +49,15 @@ def conditions(cfg: dict, device: torch.device) -> list[tuple[str, Callable]]:
 
     for name in rb["corruptions"]:
         for severity in rb["severities"]:
-            out.append((f"{name}_s{severity}",
+            out.append((severity_name(name, severity),
                         lambda x, b, n=name, s=severity: C.corrupt(
                             x, n, s, table=table, generator=noise_generator(b))))
     ref = cfg["filter"]["mfm_radius_ref_size"]
     for r in rb["filter_radii"]:
         px = C.scaled_size(r, img_size, ref)
-        out.append((f"lowpass_r{_fmt(r)}", lambda x, b, px=px: C.low_pass(x, px)))
-        out.append((f"highpass_r{_fmt(r)}", lambda x, b, px=px: C.high_pass(x, px)))
+        low, high = (pass_name(kind, r) for kind in PASS_KINDS)
+        out.append((low, lambda x, b, px=px: C.low_pass(x, px)))
+        out.append((high, lambda x, b, px=px: C.high_pass(x, px)))
     return out
 
 
@@ -130,17 +129,18 @@ def run(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logger) -> dict:
     if skipped:
         log.warning("test: %d undecodable image(s) skipped", skipped)
 
-    metrics = {f"{name}_top1": 100.0 * correct[name] / total for name, _ in conds}
+    metrics = {top1_name(name): 100.0 * correct[name] / total for name, _ in conds}
     rb = cfg["eval"]["robustness"]
     per_corruption = []
     for c in rb["corruptions"]:
-        mean = float(np.mean([metrics[f"{c}_s{s}_top1"] for s in rb["severities"]]))
-        metrics[f"{c}_mean_top1"] = mean
+        mean = float(np.mean([metrics[top1_name(severity_name(c, s))]
+                              for s in rb["severities"]]))
+        metrics[corruption_mean_metric(c)] = mean
         per_corruption.append(mean)
-    metrics["mean_corruption_top1"] = float(np.mean(per_corruption))
-    log.info("clean %.2f, mean under corruption %.2f (%s)", metrics["clean_top1"],
-             metrics["mean_corruption_top1"],
-             ", ".join(f"{c} {metrics[f'{c}_mean_top1']:.2f}" for c in rb["corruptions"]))
+    metrics[ROBUSTNESS_PRIMARY] = float(np.mean(per_corruption))
+    log.info("clean %.2f, mean under corruption %.2f (%s)", metrics[top1_name(CLEAN)],
+             metrics[ROBUSTNESS_PRIMARY],
+             ", ".join(f"{c} {metrics[corruption_mean_metric(c)]:.2f}" for c in rb["corruptions"]))
     return {"dataset": getattr(test, "name", cfg["data"]["dataset"]), "split": "test",
-            "metrics": metrics, "primary": "mean_corruption_top1",
+            "metrics": metrics, "primary": ROBUSTNESS_PRIMARY,
             "seed": cfg["experiment"]["seed"], "epochs": 0}

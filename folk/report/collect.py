@@ -10,10 +10,12 @@ from functools import cached_property
 from pathlib import Path
 
 from folk.errors import DataError, RunDirError
+from folk.eval_tasks import declared_columns
+from folk.evals.common import SCHEMA as EVAL_SCHEMA
+from folk.metric_columns import MetricColumn, columns_problem
 from folk.recipes import is_resnet
 from folk.report.naming import run_backbone_label, run_dataset_label
 
-EVAL_SCHEMA = "folk.eval/1"
 # method labels of the reference rows (computed by the pipeline, not trained methods)
 RANDOM_INIT, RAW_PIXELS, MAJORITY = "random init", "raw pixels", "majority class"
 REFERENCE_METHODS = (RANDOM_INIT, RAW_PIXELS, MAJORITY)
@@ -69,20 +71,31 @@ class EvalResult:
     def metric(self, name: str) -> float | None:
         return _finite(self.metrics.get(name))
 
+    @cached_property
+    def columns(self) -> list[MetricColumn]:
+        """The report columns of its metrics: as the record states them, or, in a record
+        written before records stated them, as its task declares them (folk.eval_tasks)."""
+        if "columns" in self.record:
+            return [MetricColumn.from_json(c) for c in self.record["columns"]]
+        return declared_columns(self.task, self.metrics, self.record["primary"])
+
+    def column(self, metric: str) -> MetricColumn | None:
+        return next((c for c in self.columns if c.metric == metric), None)
+
     def primary(self) -> tuple[float | None, float | None]:
-        """(value, std) of the primary metric; std from ``<name>_std`` of a multi-seed mean,
-        or over the pre-training seeds of merged runs (``seed_std``, folk.report.seeds)."""
+        """(value, std) of the primary metric; std from its column's standard deviation
+        (a multi-seed mean), or over the pre-training seeds of merged runs (``seed_std``,
+        folk.report.seeds)."""
         name = self.record["primary"]
         return self.metric(name), self.spread(name)
 
     def spread(self, name: str) -> float | None:
         """Standard deviation of metric ``name``: over pre-training seeds when this result
-        merges several runs, else the evaluation's own ``<name>_std`` of a ``_mean``."""
+        merges several runs, else the evaluation's own, named by the metric's column."""
         if "seed_std" in self.record:
             return _finite(self.record["seed_std"].get(name))
-        if name.endswith("_mean"):
-            return self.metric(name[: -len("_mean")] + "_std")
-        return None
+        column = self.column(name)
+        return self.metric(column.std) if column is not None and column.std else None
 
 
 @dataclass
@@ -204,6 +217,9 @@ def _read_eval(path: Path, runs_root: Path) -> EvalResult:
         raise RunDirError(f"{path}: schema {rec['schema']!r}, expected {EVAL_SCHEMA!r}")
     if not isinstance(rec["metrics"], dict) or rec["primary"] not in rec["metrics"]:
         raise RunDirError(f"{path}: primary metric {rec['primary']!r} not in 'metrics'")
+    problem = columns_problem(rec["columns"], rec["metrics"]) if "columns" in rec else None
+    if problem:
+        raise RunDirError(f"{path}: {problem}")
     return EvalResult(path=path, rel=path.relative_to(runs_root).as_posix(), record=rec)
 
 

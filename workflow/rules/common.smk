@@ -19,6 +19,7 @@ from snakemake.utils import validate
 from folk.ablations import ablations
 from folk.config import check_filter_radii, load_config, read_params
 from folk.errors import ConfigError, FolkError
+from folk.eval_tasks import TASK_NAMES, TASKS
 from folk.launch.resources import check_workflow_slurm, rule_resources
 
 # The conda environment of every rule (used with --software-deployment-method conda);
@@ -27,7 +28,7 @@ FOLK_ENV = "../../environment.yml"
 
 DEFAULT_PARAMS = "params/demo.yaml"
 RANDOM_INIT_RUN = "random_init"  # the reference run of the backbone's initialisation
-EVAL_TASKS = ("knn", "linear", "finetune", "fewshot", "segmentation", "robustness", "pixels")
+EVAL_TASKS = TASK_NAMES
 # the keys each `folk prepare` reads (prefixes): a change reruns that preparation only
 PREPARE_KEYS = {
     "data": ("data.dataset", "data.root", "data.source", "data.train_split",
@@ -175,15 +176,10 @@ def run_hash(run):
 
 
 def eval_hash(task):
-    """Digest of the eval keys one task reads (robustness and few-shot also fine-tune)."""
+    """Digest of the eval keys one task reads (folk.eval_tasks: robustness and few-shot
+    also fine-tune's, the raw pixels no backbone's)."""
     ev = config["eval"]
-    if task == "pixels":  # no backbone: the k-NN and linear protocols on raw pixels
-        return _digest({"batch_size": ev["batch_size"], "knn": ev["knn"], "linear": ev["linear"]})
-    used = {"batch_size": ev["batch_size"], "feature_source": ev["feature_source"],
-            task: ev[task]}
-    if task in ("robustness", "fewshot"):
-        used["finetune"] = ev["finetune"]
-    return _digest(used)
+    return _digest({key: ev[key] for key in TASKS[task].reads})
 
 
 def section_hash(*keys):
@@ -231,16 +227,17 @@ def eval_metrics(run, task):
     return run_file(run, "eval", task, "metrics.json")
 
 
+def prepared_files():
+    """name -> file of each folk.eval_tasks.INPUTS that `folk prepare` writes."""
+    return {"data": data_manifest(), "fewshot_lists": fewshot_index(),
+            "segmentation": segmentation_manifest()}
+
+
 def all_prepared():
     """Every manifest the evaluations need (not all: a workflow without few-shot or
-    segmentation does not prepare their data)."""
-    tasks = {t for r in RUNS.values() for t in r["evals"]}
-    out = [data_manifest()]
-    if "fewshot" in tasks:
-        out.append(fewshot_index())
-    if "segmentation" in tasks:
-        out.append(segmentation_manifest())
-    return out
+    segmentation does not prepare their data); the classification data always."""
+    needed = {"data"} | {i for r in RUNS.values() for t in r["evals"] for i in TASKS[t].inputs}
+    return [path for name, path in prepared_files().items() if name in needed]
 
 
 def all_pretrained():
@@ -275,17 +272,12 @@ def report_inputs():
 
 
 def eval_inputs(wildcards):
-    """What `folk eval TASK` reads besides the run: its dataset, the few-shot lists or the
-    segmentation set, and for robustness the fine-tuned classifier."""
+    """What `folk eval TASK` reads besides the run, as folk.eval_tasks declares: its
+    dataset, the few-shot lists or the segmentation set, the fine-tuned classifier."""
     run, task = wildcards.run, wildcards.task
-    out = {"done": run_file(run, "DONE.json"), "backbone": run_file(run, "backbone.pt"),
-           "data": data_manifest()}
-    if task == "fewshot":
-        out["lists"] = fewshot_index()
-    elif task == "segmentation":
-        out["segmentation"] = segmentation_manifest()
-    elif task == "robustness":
-        out["finetune"] = eval_metrics(run, "finetune")
+    files = {**prepared_files(), "finetune": eval_metrics(run, "finetune")}
+    out = {"done": run_file(run, "DONE.json"), "backbone": run_file(run, "backbone.pt")}
+    out.update({name: files[name] for name in TASKS[task].inputs})
     return out
 
 
