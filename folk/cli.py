@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import os
 import re
@@ -11,6 +12,7 @@ import signal
 import sys
 import threading
 
+from folk.errors import FAILURE, FolkError, SignalExit
 from folk.eval_tasks import TASK_NAMES
 
 # command: (module defining add_arguments(parser) and run(args), one-line help)
@@ -46,8 +48,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(name: str, rest: list[str]) -> int:
-    from folk.errors import FAILURE, FolkError, SignalExit
-
     try:
         module = importlib.import_module(COMMANDS[name][0])
         parser = argparse.ArgumentParser(prog=f"folk {name}", description=COMMANDS[name][1])
@@ -79,8 +79,6 @@ def _run(name: str, rest: list[str]) -> int:
 
 def os_error_text(exc: OSError) -> str:
     """One line: the file(s), then the system's words for the error."""
-    import errno
-
     what = exc.strerror or str(exc)
     if exc.errno in errno.errorcode:
         what += f" ({errno.errorcode[exc.errno]})"
@@ -108,8 +106,6 @@ def _signals_as_exceptions():
     """SIGTERM raises SignalExit (default action: die at once, skipping the clean-up that
     an error gets). A signal someone chose to ignore or handle stays as it is; the previous
     handler comes back afterwards, for callers of main() such as the tests."""
-    from folk.errors import SignalExit
-
     def _raise(signum, frame):
         if signum not in _RECEIVED:
             _RECEIVED.append(signum)

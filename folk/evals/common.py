@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from folk.errors import ConfigError
 from folk.eval_tasks import declared_columns
 from folk.metric_columns import columns_problem
 from folk.utils.io import atomic_write_json
@@ -24,8 +25,6 @@ _RECORD_KEYS = ("schema", "run", "task", "variant", "dataset", "split", "metrics
 def check_variant(variant: str) -> str:
     """``variant`` when it is a plain name (letters, digits, '_', '-', '.'; no '..');
     a ConfigError otherwise, so that no output can land outside ``<run_dir>/eval``."""
-    from folk.errors import ConfigError
-
     if variant and (not VARIANT_RE.match(variant) or ".." in variant):
         raise ConfigError(f"--variant = {variant!r} is not a plain name (letters, digits, "
                           f"'_', '-', '.'; no '/' or '..'): it names the directory "

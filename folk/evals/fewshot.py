@@ -34,8 +34,17 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
+from folk.data.classification import build_base_dataset
+from folk.data.subsets import class_balanced_indices, fewshot_list_path, read_file_list
 from folk.errors import ConfigError, DataError
+from folk.evals.common import features_cache_dir
+from folk.evals.features import extract_features, load_eval_backbone
+from folk.evals.finetune import train_classifier
 from folk.metric_columns import fraction_name, shot_name
 
 LOGREG_MAX_ITER = 1000
@@ -55,8 +64,6 @@ def fewshot_subset(cfg: dict, dataset, *, seed: int, fraction: float | None = No
                    shot: int | None = None, log: logging.Logger | None = None) -> np.ndarray:
     """Sorted indices into the whole training split: the list written by
     ``folk prepare fewshot`` when it exists, else the seeded class-balanced draw."""
-    from folk.data.subsets import class_balanced_indices, fewshot_list_path, read_file_list
-
     path = fewshot_list_path(cfg, seed=seed, fraction=fraction, shot=shot)
     if path.is_file():
         if log:
@@ -78,9 +85,6 @@ def select_c(train_x: np.ndarray, train_y: np.ndarray, cs: Sequence[float], *, s
              fallback_c: float) -> tuple[float, dict[float, float]]:
     """C with the best stratified cross-validated accuracy on the training set alone;
     ``(C, {C: mean CV accuracy})``; ``(fallback_c, {})`` when a class has one image."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
-
     counts = np.bincount(np.asarray(train_y))
     counts = counts[counts > 0]
     folds = min(int(counts.min()), MAX_CV_FOLDS)
@@ -100,8 +104,6 @@ def select_c(train_x: np.ndarray, train_y: np.ndarray, cs: Sequence[float], *, s
 
 
 def _quiet_convergence() -> None:
-    from sklearn.exceptions import ConvergenceWarning
-
     warnings.simplefilter("ignore", category=ConvergenceWarning)
 
 
@@ -110,8 +112,6 @@ def logreg_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray
                     fallback_c: float) -> tuple[float, float]:
     """(test top-1 in percent, chosen C): C chosen on the training set (``select_c``), the
     model refitted on the whole training set, then scored once on the test set."""
-    from sklearn.linear_model import LogisticRegression
-
     train_x, test_x = l2_normalise(train_x), l2_normalise(test_x)
     c, _ = select_c(train_x, train_y, cs, seed=seed, fallback_c=fallback_c)
     clf = LogisticRegression(C=c, max_iter=LOGREG_MAX_ITER, random_state=seed)
@@ -133,9 +133,6 @@ def _check_config(cfg: dict) -> None:
 
 
 def run(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logger) -> dict:
-    from folk.data.classification import build_base_dataset
-    from folk.data.subsets import read_file_list
-
     _check_config(cfg)
     fs = cfg["eval"]["fewshot"]
     seeds = [int(s) for s in fs["seeds"]]
@@ -172,8 +169,6 @@ def run(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logger) -> dict:
             single["file_logreg_top1"] = acc
 
     # (a) fine-tuning on label fractions (each one resumable and skipped once done)
-    from folk.evals.finetune import train_classifier
-
     epochs = fs["fraction_epochs"] or cfg["eval"]["finetune"]["epochs"]
     dataset_name = train.name
     for (f, s), idx in frac_sets.items():
@@ -206,10 +201,6 @@ def _frozen_features(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logge
                      subsets: list[np.ndarray]):
     """Features of the union of the training subsets and of the whole test split, and a
     function mapping training-split indices to rows of the training features."""
-    import torch
-
-    from folk.evals.common import features_cache_dir
-    from folk.evals.features import extract_features, load_eval_backbone
 
     backbone = load_eval_backbone(run_dir, cfg)
     cache = features_cache_dir(run_dir)

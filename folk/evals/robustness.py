@@ -26,17 +26,31 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+from tqdm import tqdm
 
 from folk.config import check_filter_radii
+from folk.data import build_dataset, collate_skip_none
+from folk.data.transforms import eval_transform, normalize
 from folk.errors import ConfigError, RunDirError
-from folk.metric_columns import (CLEAN, PASS_KINDS, ROBUSTNESS_PRIMARY, corruption_mean_metric,
-                                 pass_name, severity_name, top1_name)
+from folk.evals import corruptions as C
+from folk.evals.common import task_dir
+from folk.evals.corruptions import CORRUPTIONS
+from folk.evals.finetune import device_and_amp, load_classifier
+from folk.metric_columns import (
+    CLEAN,
+    PASS_KINDS,
+    ROBUSTNESS_PRIMARY,
+    corruption_mean_metric,
+    pass_name,
+    severity_name,
+    top1_name,
+)
 
 
 def conditions(cfg: dict, device: torch.device) -> list[tuple[str, Callable]]:
     """(metric stem, function(images in [0, 1], batch number) -> images in [0, 1])."""
-    from folk.evals import corruptions as C
-
     rb = cfg["eval"]["robustness"]
     img_size = cfg["model"]["img_size"]
     table = rb["severity_table"] if rb["severity_table"] != "auto" else C.table_for_size(img_size)
@@ -63,17 +77,12 @@ def conditions(cfg: dict, device: torch.device) -> list[tuple[str, Callable]]:
 
 def unit_transform(cfg: dict):
     """``eval_transform`` without its normalisation: [0, 1] tensors at ``model.img_size``."""
-    from torchvision.transforms import v2
-
-    from folk.data.transforms import eval_transform
 
     steps = [t for t in eval_transform(cfg).transforms if not isinstance(t, v2.Normalize)]
     return v2.Compose(steps)
 
 
 def _check_config(cfg: dict) -> None:
-    from folk.evals.corruptions import CORRUPTIONS
-
     rb = cfg["eval"]["robustness"]
     if not rb["corruptions"] or not rb["severities"]:
         raise ConfigError("eval.robustness.corruptions and eval.robustness.severities must not "
@@ -89,13 +98,6 @@ def _check_config(cfg: dict) -> None:
 
 
 def run(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logger) -> dict:
-    from tqdm import tqdm
-    from torch.utils.data import DataLoader
-
-    from folk.data import build_dataset, collate_skip_none
-    from folk.data.transforms import normalize
-    from folk.evals.common import task_dir
-    from folk.evals.finetune import device_and_amp, load_classifier
 
     _check_config(cfg)
     path = task_dir(run_dir, "finetune") / "classifier.pt"

@@ -15,7 +15,6 @@ from folk.errors import ConfigError
 from folk.report.claims import check_claims
 from folk.report.collect import collect_bench, collect_runs, load_reference
 from folk.report.figures import figure_knn_epochs, figure_reconstruction_loss, figure_throughput
-from folk.report.filter_figures import figure_filters, figure_masking
 from folk.report.readme import FORMATS, render_readme
 from folk.report.seeds import merge_seeds
 from folk.report.tables import build_tables
@@ -51,6 +50,9 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, ref_path: str | Path
             path = out_dir / "tables" / f"{table.name}.{ext}"
             atomic_write_text(path, writers[ext](table, stamp))
             files.append(path)
+
+    # torch and skimage for these two figures only: what reads results stays torch-free
+    from folk.report.filter_figures import figure_filters, figure_masking  # noqa: PLC0415
 
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)

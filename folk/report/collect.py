@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from folk.config import load_run_config
 from folk.errors import DataError, RunDirError
 from folk.eval_tasks import declared_columns
 from folk.evals.common import SCHEMA as EVAL_SCHEMA
 from folk.metric_columns import MetricColumn, columns_problem
 from folk.recipes import is_resnet
 from folk.report.naming import run_backbone_label, run_dataset_label
+from folk.utils.io import read_jsonl
 
 # method labels of the reference rows (computed by the pipeline, not trained methods)
 RANDOM_INIT, RAW_PIXELS, MAJORITY = "random init", "raw pixels", "majority class"
@@ -169,8 +171,6 @@ class Run:
 
     @cached_property
     def records(self) -> list[dict]:
-        from folk.utils.io import read_jsonl
-
         return read_jsonl(self.metrics_path)
 
     def eval(self, task: str, variant: str | None = "") -> EvalResult | None:
@@ -224,8 +224,6 @@ def _read_eval(path: Path, runs_root: Path) -> EvalResult:
 
 
 def read_run(run_dir: Path, runs_root: Path) -> Run:
-    from folk.config import load_run_config
-
     cfg = load_run_config(run_dir)
     done = None
     if (run_dir / "DONE.json").is_file():
@@ -271,8 +269,6 @@ def _bench_missing(rec: dict, keys) -> list[str]:
 def collect_bench(runs_root: Path) -> list[BenchRecord]:
     """Records of type "bench" from every ``bench.jsonl`` under the runs directory, and of
     type "bench_data" (``folk bench --data``) from every ``bench_data.jsonl``."""
-    from folk.utils.io import read_jsonl
-
     out = []
     paths = sorted(p for name in BENCH_FILES for p in Path(runs_root).rglob(name))
     for path in paths:
@@ -297,7 +293,7 @@ REFERENCE_COLUMNS = ("method", "backbone", "arch", "pretrain_epochs", "pretrain_
 
 def load_reference(path: Path | None = None):
     """The published baseline numbers (one number per row) as a DataFrame."""
-    import pandas as pd
+    import pandas as pd  # noqa: PLC0415  optional heavy: only the reference table reads it
 
     path = Path(path) if path is not None else REFERENCE_PATH
     if not path.is_file():

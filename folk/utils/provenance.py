@@ -8,8 +8,6 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
 _REPO = Path(__file__).resolve().parents[2]
 
 
@@ -36,6 +34,9 @@ def versions() -> dict[str, str]:
 
 
 def device_name() -> str:
+    # torch only here: the report and the evaluation records read this module torch-free
+    import torch  # noqa: PLC0415
+
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

@@ -1,36 +1,24 @@
 """Ablation tables: the variants of the main grid that differ in one component
-(VARIANT_ABLATIONS), the sweeps of workflow.ablations (SWEEP_ABLATIONS), and any other
-experiment.ablation, each with k-NN, linear-probe and fine-tuning top-1."""
+(VARIANT_ABLATIONS), the sweeps of workflow.ablations (each from its entry: title, labels,
+the keys it sets) and any other experiment.ablation, each with k-NN, linear-probe and
+fine-tuning top-1."""
 from __future__ import annotations
 
 from typing import Callable
 
-from folk.config import flatten
+from folk.ablations import Ablation, ablations
+from folk.config import defaults, flatten
+from folk.filter_registry import FILTERS
 from folk.report.collect import Run
-from folk.report.naming import fmt_number, fmt_value, variant_rank
+from folk.report.naming import fmt_value, variant_rank
 from folk.report.table import OURS, Column, Table
 from folk.report.tables.building import (ABLATION_COLUMNS, _TASK_COLUMN, _attach, _eval_cell,
                                          _finalise, _find_row, _main_grid, _place)
 
 
 def _filter_label(run: Run) -> str:
-    m, f = run.cfg["method"], run.cfg["filter"]
-    name = m["filter"]
-    if name == "com_rcom":
-        p = m["p_com"]
-        if p == 1.0:
-            return "Com only"
-        if p == 0.0:
-            return "RCom only"
-        return f"Com/RCom (p_com={fmt_number(p)})"
-    if name == "mfm":
-        return f"MFM low/high-pass (r={fmt_number(f['mfm_radius'])}@{f['mfm_radius_ref_size']}px)"
-    if name == "random_frequency":
-        return f"random frequency (rho={fmt_number(f['random_rho'])})"
-    if name == "random_patch":
-        return (f"random patch ({fmt_number(f['patch_mask_ratio'] * 100)}%, "
-                f"{f['patch_mask_size']}px)")
-    return "none (unmasked views)"
+    name = run.cfg["method"]["filter"]
+    return FILTERS[name].label(run.cfg) if name in FILTERS else name
 
 
 def _yes(value) -> str:
@@ -52,22 +40,41 @@ VARIANT_ABLATIONS: dict[str, tuple[str, set[str], dict[str, Callable[[Run], str]
                        {"reconstruction": lambda r: _yes(r.cfg["method"]["reconstruction"])}),
 }
 
-# name: (title, varied columns, sort key) for the sweeps of workflow.ablations
-SWEEP_ABLATIONS: dict[str, tuple[str, dict[str, Callable[[Run], str]], Callable[[Run], tuple]]] = {
-    "portions": ("Ablation: portion set Q",
-                 {"portion set Q": lambda r: fmt_value(r.cfg["filter"]["portions"])},
-                 lambda r: (len(r.cfg["filter"]["portions"]), r.cfg["filter"]["portions"])),
-    "p_com": ("Ablation: probability of Com (p_com)",
-              {"p_com": lambda r: fmt_number(r.cfg["method"]["p_com"])},
-              lambda r: (r.cfg["method"]["p_com"],)),
-    "loss_weights": ("Ablation: loss weights",
-                     {"λ_rec": lambda r: fmt_number(r.cfg["pretrain"]["lambda_rec"]),
-                      "λ_kd": lambda r: fmt_number(r.cfg["pretrain"]["lambda_kd"])},
-                     lambda r: (r.cfg["pretrain"]["lambda_rec"], r.cfg["pretrain"]["lambda_kd"])),
-    "epochs": ("Ablation: pre-training epochs",
-               {"pre-train epochs": lambda r: str(r.cfg["pretrain"]["epochs"])},
-               lambda r: (r.cfg["pretrain"]["epochs"],)),
-}
+def _sweeps(runs: list[Run]) -> dict[str, Ablation]:
+    """The entries of workflow.ablations that make tables: the defaults' (each table
+    exists, empty until its runs do), then those only runs define, as each run's own
+    config states its ablation."""
+    sweeps = ablations(defaults())
+    for run in sorted(runs, key=lambda r: r.rel):
+        own = run.cfg["workflow"]["ablations"]
+        if run.ablation in own and run.ablation not in sweeps:
+            sweeps[run.ablation] = ablations(run.cfg)[run.ablation]
+    first = list(ablations(defaults()))
+    return {name: sweeps[name] for name in first + sorted(set(sweeps) - set(first))}
+
+
+def _setting(cfg: dict, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _order(value) -> tuple:
+    """Sort key of one set key's value: numbers by value, lists by length then items."""
+    if isinstance(value, list):
+        return (1, len(value), tuple(value))
+    return (0, value) if isinstance(value, (int, float)) else (2, repr(value))
+
+
+def _sweep_columns(sweep: Ablation) -> dict[str, Callable[[Run], str]]:
+    return {label: (lambda r, k=k: fmt_value(_setting(r.cfg, k)))
+            for label, k in zip(sweep.labels, sweep.keys)}
+
+
+def _sweep_order(sweep: Ablation) -> Callable[[Run], tuple]:
+    return lambda r: tuple(_order(_setting(r.cfg, k)) for k in sweep.keys)
+
 
 _IGNORED_SECTIONS = ("experiment.", "workflow.", "launch.", "slurm.", "data.root",
                      "data.num_workers", "eval.")
@@ -113,14 +120,16 @@ def ablation_tables(runs: list[Run]) -> list[Table]:
             f"Variants of the main grid that differ only in {', '.join(varied)} "
             f"({', '.join(order)}), plus runs with experiment.ablation = '{name}'; top-1 (%) of "
             "k-NN, linear probe and fine-tuning."))
-    for name, (title, varied, sort_key) in SWEEP_ABLATIONS.items():
+    sweeps = _sweeps(runs)
+    for name, spec in sweeps.items():
         sweep = [r for r in runs if r.ablation == name]
-        tables.append(_ablation_table(name, title, _with_baseline(sweep, main), varied, sort_key,
+        tables.append(_ablation_table(name, spec.title, _with_baseline(sweep, main),
+                                      _sweep_columns(spec), _sweep_order(spec),
                                       f"Runs with experiment.ablation = '{name}' and the main-"
                                       "grid run of the same variant and experiment (the "
                                       "default setting); top-1 (%) of k-NN, linear probe and "
                                       "fine-tuning."))
-    known = set(VARIANT_ABLATIONS) | set(SWEEP_ABLATIONS)
+    known = set(VARIANT_ABLATIONS) | set(sweeps)
     for name in sorted({r.ablation for r in runs} - known - {""}):
         sweep = [r for r in runs if r.ablation == name]
         members = _with_baseline(sweep, main)
