@@ -13,12 +13,12 @@ import sys
 import threading
 
 from folk.errors import FAILURE, FolkError, SignalExit
-from folk.eval_tasks import TASK_NAMES
+from folk.eval_tasks import TASKS
 
 # command: (module defining add_arguments(parser) and run(args), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("folk.commands.pretrain", "pre-train one variant into a run directory"),
-    "eval": ("folk.commands.eval", f"evaluate a run directory ({', '.join(TASK_NAMES)})"),
+    "eval": ("folk.commands.eval", f"evaluate a run directory ({', '.join(TASKS)})"),
     "bench": ("folk.commands.bench", "measure pre-training step throughput against a DINO "
                                      "baseline"),
     "prepare": ("folk.commands.prepare", "prepare a dataset and write its manifest"),

@@ -71,7 +71,6 @@ TASKS: dict[str, EvalTask] = {t.name: t for t in (
     EvalTask("pixels", "knn_top1_k20", ("data",), ("batch_size", "knn", "linear"),
              ("knn_linear",), pixels_columns(KNN, LINEAR)),
 )}
-TASK_NAMES = tuple(TASKS)
 
 
 def declared_columns(task: str, metrics: Mapping[str, float], primary: str) -> list[MetricColumn]:

@@ -11,7 +11,9 @@ from conftest import REPO
 
 from folk.config import defaults
 from folk.config.constraints import CONSTRAINTS
-from folk.eval_tasks import ABLATION_TABLES, INPUTS, TASK_NAMES, TASKS, declared_columns
+from folk.eval_tasks import ABLATION_TABLES, INPUTS, TASKS, declared_columns
+
+TASK_NAMES = tuple(TASKS)
 
 
 def test_every_task_is_a_module_with_run():

@@ -117,3 +117,80 @@ def test_a_new_ablation_is_one_entry_of_workflow_ablations():
     cfg = load_config(None, ["workflow.ablations.p_com=[0.1]"])
     assert ablations(cfg)["p_com"].values == (0.1,)
     assert ablations(cfg)["p_com"].sets(0.1) == ["filter.p_com=0.1"]
+
+
+TOY_EVALUATION = '''
+def run(cfg, run_dir, out_dir, log):
+    """A toy evaluation: the share of the image a ViT patch covers, in percent."""
+    m = cfg["model"]
+    share = 100.0 * m["patch_size"] ** 2 / m["img_size"] ** 2
+    log.info("patch share %.2f %%", share)
+    return dict(dataset=cfg["data"]["dataset"], split="none", metrics={"patch_share": share},
+                primary="patch_share", seed=cfg["experiment"]["seed"], epochs=0)
+'''
+
+ADD_TASK_ROW = '''
+import folk.evals
+from folk import eval_tasks as registry
+from folk.metric_columns import primary_column
+
+# the module is folk/evals/toy_patch_share.py as far as the package can tell
+folk.evals.__path__.append(TOY_DIR)
+registry.TASKS["toy_patch_share"] = registry.EvalTask(
+    "toy_patch_share", "patch_share", ("data",), ("batch_size",), ("knn_linear",),
+    primary_column("patch share (%)"))
+'''
+
+
+def test_a_toy_evaluation_is_one_module_and_one_registry_row(tmp_path, fashion_root):
+    from folk.config import load_config, save_config
+
+    (tmp_path / "toy_patch_share.py").write_text(TOY_EVALUATION)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_config(load_config(None, tiny_overrides(fashion_root)), run_dir / "config.yaml")
+    code = f"TOY_DIR = {str(tmp_path)!r}\n" + ADD_TASK_ROW + textwrap.dedent(f'''
+        import json
+        from folk.cli import main
+        from folk.config import load_config
+
+        status = main(["eval", "toy_patch_share", "--run", {str(run_dir)!r}])
+        cfg = load_config(None, ["workflow.evals=[knn, toy_patch_share]"])
+        print(json.dumps({{"status": status, "evals": cfg["workflow"]["evals"]}}))
+        ''')
+    result = run_python(code, tmp_path)
+    assert result == {"status": 0, "evals": ["knn", "toy_patch_share"]}
+    record = json.loads((run_dir / "eval" / "toy_patch_share" / "metrics.json").read_text())
+    assert record["metrics"] == {"patch_share": 100.0 * 8 ** 2 / 32 ** 2}  # 8 px of 32 px
+    assert record["primary"] == "patch_share" and record["task"] == "toy_patch_share"
+    assert record["columns"] == [{"metric": "patch_share", "label": "patch share (%)",
+                                  "group": "top1", "order": [0], "std": None}]
+
+
+def test_a_toy_table_is_one_builder_and_one_registry_row(tmp_path, monkeypatch):
+    from report_fixtures import build_runs
+
+    from folk.cli import main
+    from folk.report import tables
+    from folk.report.table import OURS, Cell, Column, Row, Table
+
+    def patch_share_table(inputs):
+        """A toy table: each main-grid run's ViT patch size against its image size."""
+        table = Table(name="toy_patch_share", title="Toy: patch share",
+                      description="The share of the image one ViT patch covers, per run.",
+                      key_columns=["run"], columns=[Column("patch share (%)")],
+                      empty_note="No runs.")
+        for run in sorted(inputs.runs, key=lambda r: r.name):
+            m = run.cfg["model"]
+            share = 100.0 * m["patch_size"] ** 2 / m["img_size"] ** 2
+            table.rows.append(Row(keys={"run": run.name}, origin=OURS,
+                                  cells={"patch share (%)": Cell(share, source=run.rel)}))
+        return table
+
+    monkeypatch.setattr(tables, "TABLES", tables.TABLES + [patch_share_table])
+    runs = build_runs(tmp_path / "runs")
+    assert main(["report", "--runs", str(runs), "--out", str(tmp_path / "results")]) == 0
+    for ext in ("md", "tex", "csv"):
+        assert (tmp_path / "results" / "tables" / f"toy_patch_share.{ext}").is_file()
+    text = (tmp_path / "results" / "tables" / "toy_patch_share.md").read_text()
+    assert "Toy: patch share" in text and "| 1.6 |" in text  # 4 px of 32 px: 1/64 = 1.56 %

@@ -6,13 +6,13 @@ import shlex
 import sys
 
 from folk.errors import ConfigError
-from folk.eval_tasks import TASK_NAMES
+from folk.eval_tasks import TASKS
 from folk.evals.common import check_variant
 from folk.evals.runner import run_task
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("task", choices=TASK_NAMES)
+    parser.add_argument("task", choices=list(TASKS))
     parser.add_argument("--run", required=True, help="pre-training run directory")
     parser.add_argument("--config", help="params file whose eval section overrides the run's")
     parser.add_argument("--set", dest="overrides", action="append", default=[],

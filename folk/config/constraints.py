@@ -1,5 +1,5 @@
 """Ranges and choices for configuration keys (types come from ``defaults.yaml``)."""
-from folk.eval_tasks import TASK_NAMES
+from folk.eval_tasks import TASKS
 from folk.filter_registry import FILTERS
 
 _POS = {"exclusiveMinimum": 0}
@@ -10,7 +10,7 @@ _FILTERS = list(FILTERS)
 
 def _eval_tasks() -> dict:
     # a list of its own per key: YAML would write a shared one as an anchor and aliases
-    return {"items": {"enum": list(TASK_NAMES)}}
+    return {"items": {"enum": list(TASKS)}}
 
 
 CONSTRAINTS: dict[str, dict] = {

@@ -19,7 +19,7 @@ from snakemake.utils import validate
 from folk.ablations import ablations
 from folk.config import check_filter_radii, load_config, read_params
 from folk.errors import ConfigError, FolkError
-from folk.eval_tasks import TASK_NAMES, TASKS
+from folk.eval_tasks import TASKS
 from folk.launch.resources import check_workflow_slurm, rule_resources
 
 # The conda environment of every rule (used with --software-deployment-method conda);
@@ -28,7 +28,7 @@ FOLK_ENV = "../../environment.yml"
 
 DEFAULT_PARAMS = "params/demo.yaml"
 RANDOM_INIT_RUN = "random_init"  # the reference run of the backbone's initialisation
-EVAL_TASKS = TASK_NAMES
+EVAL_TASKS = tuple(TASKS)
 # the keys each `folk prepare` reads (prefixes): a change reruns that preparation only
 PREPARE_KEYS = {
     "data": ("data.dataset", "data.root", "data.source", "data.train_split",
