@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 from typing import Callable, Iterable
 
-from folk.eval_tasks import ABLATION_TABLES, primary_label, tasks_feeding
+from folk.eval_tasks import ABLATION_TABLES, TASKS, primary_label, tasks_feeding
+from folk.metric_columns import MetricColumn, union
 from folk.report.collect import RANDOM_INIT, REFERENCE_METHODS, EvalResult, Run
 from folk.report.naming import dataset_label, variant_rank
 from folk.report.table import BELOW_MARK, PUBLISHED, Cell, Column, Row, Table
@@ -160,3 +161,10 @@ def _finalise(table: Table, higher_is_better: bool = True) -> Table:
         for k in table.key_columns:
             r.keys.setdefault(k, None)
     return table
+
+
+def task_columns(runs: list[Run], task: str, defaults: dict) -> list[MetricColumn]:
+    """The columns of ``task`` that the runs' records state, in order; before any record,
+    the layout its configured protocol will write."""
+    columns = union(c for run in runs for ev in run.evals if ev.task == task for c in ev.columns)
+    return columns or union(TASKS[task].protocol_columns(defaults["eval"]))

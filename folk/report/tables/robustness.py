@@ -3,20 +3,15 @@ one column per condition that any run measured (the columns of its records,
 folk.metric_columns)."""
 from __future__ import annotations
 
-from folk.eval_tasks import TASKS
-from folk.metric_columns import union
 from folk.report.collect import Run
 from folk.report.table import OURS, Column, Table
-from folk.report.tables.building import (_attach, _eval_cell, _finalise, _find_row, _main_grid,
+from folk.report.tables.building import (_attach, task_columns, _eval_cell, _finalise, _find_row, _main_grid,
                                          _place, _sort_runs)
 
 
 def robustness_table(runs: list[Run], defaults: dict) -> Table:
     main = _sort_runs(_main_grid(runs))
-    columns = union(c for run in main for ev in run.evals if ev.task == "robustness"
-                    for c in ev.columns)
-    if not columns:  # the layout of the configured protocol
-        columns = union(TASKS["robustness"].protocol_columns(defaults["eval"]))
+    columns = task_columns(main, "robustness", defaults)
     table = Table(
         name="robustness", title="Robustness: accuracy under corruptions and frequency filtering",
         description="Top-1 accuracy (%) of the fine-tuned classifier on corrupted test images "
