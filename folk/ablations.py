@@ -16,6 +16,7 @@ A params file may give a list for an entry that exists already: it replaces that
 ``values`` (``p_com: [0.25]``), which keeps the short form of earlier params files working.
 Torch-free: the workflow imports it.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -67,8 +68,12 @@ def merge_entries(entries: dict, update: Any, source: str, origins: dict | None 
     updates (or adds) an entry key by key, a list replaces the ``values`` of an existing
     entry. The result is checked by :func:`check_ablations`."""
     if not isinstance(update, dict):
-        raise ConfigError(f"{source}: key '{SECTION}' must be a mapping of ablation names to "
-                          f"entries, got {update!r}", key=SECTION, source=source)
+        raise ConfigError(
+            f"{source}: key '{SECTION}' must be a mapping of ablation names to "
+            f"entries, got {update!r}",
+            key=SECTION,
+            source=source,
+        )
     for name, entry in update.items():
         path = f"{SECTION}.{name}"
         if isinstance(entry, list) and isinstance(entries.get(name), dict):
@@ -81,13 +86,16 @@ def merge_entries(entries: dict, update: Any, source: str, origins: dict | None 
             raise ConfigError(
                 f"{source}: key '{path}' must be a mapping with 'set' and 'values' (a list of "
                 f"values alone only changes an ablation that exists), got {entry!r}",
-                key=path, source=source)
+                key=path,
+                source=source,
+            )
         if origins is not None:
             origins[path] = source
 
 
-def check_ablations(cfg: dict, source: str, leaf_keys: Iterable[str],
-                    key_schema: Callable[[str], dict]) -> dict[str, Ablation]:
+def check_ablations(
+    cfg: dict, source: str, leaf_keys: Iterable[str], key_schema: Callable[[str], dict]
+) -> dict[str, Ablation]:
     """Every entry of ``workflow.ablations``, checked: its set keys exist and define the
     run, each value has one item per key and is valid for its key (``key_schema(key)``:
     the JSON schema of that key). Returns the entries in order."""
@@ -107,12 +115,19 @@ def _entry(name: str, entry: dict) -> Ablation:
     one_key = isinstance(entry["set"], str)
     keys = (entry["set"],) if one_key else tuple(entry["set"])
     labels = entry.get("labels") or list(keys)
-    return Ablation(name, keys, tuple(entry["values"]), entry.get("title") or f"Ablation: {name}",
-                    tuple(labels), one_key)
+    return Ablation(
+        name,
+        keys,
+        tuple(entry["values"]),
+        entry.get("title") or f"Ablation: {name}",
+        tuple(labels),
+        one_key,
+    )
 
 
-def _check_entry(name: str, entry: Any, source: str, known: set[str],
-                 key_schema: Callable[[str], dict]) -> Ablation:
+def _check_entry(
+    name: str, entry: Any, source: str, known: set[str], key_schema: Callable[[str], dict]
+) -> Ablation:
     path = f"{SECTION}.{name}"
 
     def bad(message: str, where: str = path) -> ConfigError:
@@ -125,31 +140,43 @@ def _check_entry(name: str, entry: Any, source: str, known: set[str],
             raise bad(f"is not one of {', '.join(ENTRY_KEYS)}", f"{path}.{k}")
     for k in ("set", "values"):
         if k not in entry:
-            raise bad(f"needs '{k}'" + (": the configuration key (or list of keys) a value "
-                                        "gives" if k == "set" else ": the list of values"))
+            raise bad(
+                f"needs '{k}'"
+                + (
+                    ": the configuration key (or list of keys) a value " "gives"
+                    if k == "set"
+                    else ": the list of values"
+                )
+            )
     keys = entry["set"]
     if isinstance(keys, str):
         keys = [keys]
     elif not (isinstance(keys, list) and keys and all(isinstance(k, str) for k in keys)):
-        raise bad(f"must be a configuration key or a non-empty list of them, got {keys!r}",
-                  f"{path}.set")
+        raise bad(
+            f"must be a configuration key or a non-empty list of them, got {keys!r}", f"{path}.set"
+        )
     for k in keys:
         if k not in known:
             hint = difflib.get_close_matches(k, sorted(known), n=1)
-            raise bad(f"names unknown key {k!r}"
-                      + (f" (did you mean '{hint[0]}'?)" if hint else ""), f"{path}.set")
+            raise bad(
+                f"names unknown key {k!r}" + (f" (did you mean '{hint[0]}'?)" if hint else ""),
+                f"{path}.set",
+            )
         if k.startswith(NOT_RUN_DEFINING):
-            raise bad(f"names {k!r}, which does not change what pre-training computes",
-                      f"{path}.set")
+            raise bad(
+                f"names {k!r}, which does not change what pre-training computes", f"{path}.set"
+            )
     if len(set(keys)) != len(keys):
         raise bad(f"names a key twice: {keys}", f"{path}.set")
     for k, want in (("title", str), ("labels", list)):
         if entry.get(k) is not None and not isinstance(entry[k], want):
-            raise bad(f"must be a {'string' if want is str else 'list'}, got {entry[k]!r}",
-                      f"{path}.{k}")
+            raise bad(
+                f"must be a {'string' if want is str else 'list'}, got {entry[k]!r}", f"{path}.{k}"
+            )
     if entry.get("labels") is not None and len(entry["labels"]) != len(keys):
-        raise bad(f"needs one label per set key ({len(keys)}), got {entry['labels']!r}",
-                  f"{path}.labels")
+        raise bad(
+            f"needs one label per set key ({len(keys)}), got {entry['labels']!r}", f"{path}.labels"
+        )
     values = entry["values"]
     if not isinstance(values, list):
         raise bad(f"must be a list, got {values!r}", f"{path}.values")
@@ -157,13 +184,17 @@ def _check_entry(name: str, entry: Any, source: str, known: set[str],
     validators = [jsonschema.Draft202012Validator(key_schema(k)) for k in keys]
     for value in values:
         if not ablation.one_key and not (isinstance(value, list) and len(value) == len(keys)):
-            raise bad(f"has {value!r}: each value is a list of {len(keys)} item(s), one per "
-                      f"key of 'set' ({', '.join(keys)})", f"{path}.values")
+            raise bad(
+                f"has {value!r}: each value is a list of {len(keys)} item(s), one per "
+                f"key of 'set' ({', '.join(keys)})",
+                f"{path}.values",
+            )
         for k, v, validator in zip(keys, ablation.settings(value), validators):
             error = jsonschema.exceptions.best_match(validator.iter_errors(v))
             if error is not None:
-                raise bad(f"has {value!r}, not a valid value of '{k}': {error.message}",
-                          f"{path}.values")
+                raise bad(
+                    f"has {value!r}, not a valid value of '{k}': {error.message}", f"{path}.values"
+                )
     if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
         raise bad(f"repeats a value: {values!r}", f"{path}.values")
     return ablation
@@ -172,31 +203,51 @@ def _check_entry(name: str, entry: Any, source: str, known: set[str],
 def json_schema(defaults: dict, key_schema: Callable[[str], dict]) -> dict:
     """The schema of ``workflow.ablations``: any named entry; those of the defaults may also
     be given as their list of values, each checked against its key's schema."""
+
     def values_schema(keys: list[str] | None, one_key: bool) -> dict:
         if keys is None:
             return {"type": "array"}
         if one_key:
             return {"type": "array", "items": key_schema(keys[0])}
-        return {"type": "array", "items": {"type": "array", "minItems": len(keys),
-                                           "maxItems": len(keys),
-                                           "prefixItems": [key_schema(k) for k in keys]}}
+        return {
+            "type": "array",
+            "items": {
+                "type": "array",
+                "minItems": len(keys),
+                "maxItems": len(keys),
+                "prefixItems": [key_schema(k) for k in keys],
+            },
+        }
 
     def entry_schema(keys: list[str] | None, one_key: bool, required: list[str]) -> dict:
-        return {"type": "object", "additionalProperties": False, "required": required,
-                "properties": {
-                    "set": {"anyOf": [{"type": "string"},
-                                      {"type": "array", "items": {"type": "string"},
-                                       "minItems": 1}]},
-                    "values": values_schema(keys, one_key),
-                    "title": {"type": "string"},
-                    "labels": {"type": "array", "items": {"type": "string"}}}}
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "required": required,
+            "properties": {
+                "set": {
+                    "anyOf": [
+                        {"type": "string"},
+                        {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                    ]
+                },
+                "values": values_schema(keys, one_key),
+                "title": {"type": "string"},
+                "labels": {"type": "array", "items": {"type": "string"}},
+            },
+        }
 
     properties = {}
     for name, entry in defaults.items():
         one_key = isinstance(entry["set"], str)
         keys = [entry["set"]] if one_key else list(entry["set"])
-        properties[name] = {"anyOf": [values_schema(keys, one_key),
-                                      entry_schema(keys, one_key, [])],
-                            "default": entry}
-    return {"type": "object", "default": defaults, "properties": properties,
-            "additionalProperties": entry_schema(None, False, ["set", "values"])}
+        properties[name] = {
+            "anyOf": [values_schema(keys, one_key), entry_schema(keys, one_key, [])],
+            "default": entry,
+        }
+    return {
+        "type": "object",
+        "default": defaults,
+        "properties": properties,
+        "additionalProperties": entry_schema(None, False, ["set", "values"]),
+    }

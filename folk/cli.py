@@ -1,5 +1,6 @@
 """``folk`` command line. Only the chosen command's module is imported, so start-up stays
 fast (importing timm alone takes seconds)."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,12 +20,17 @@ from folk.eval_tasks import TASKS
 COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("folk.commands.pretrain", "pre-train one variant into a run directory"),
     "eval": ("folk.commands.eval", f"evaluate a run directory ({', '.join(TASKS)})"),
-    "bench": ("folk.commands.bench", "measure pre-training step throughput against a DINO "
-                                     "baseline"),
+    "bench": (
+        "folk.commands.bench",
+        "measure pre-training step throughput against a DINO " "baseline",
+    ),
     "prepare": ("folk.commands.prepare", "prepare a dataset and write its manifest"),
     "launch": ("folk.commands.launch", "submit pre-training or fine-tuning through submitit/SLURM"),
     "report": ("folk.commands.report", "generate the paper tables and figures from run results"),
-    "config": ("folk.commands.config", "validate a params file and print the resolved configuration"),
+    "config": (
+        "folk.commands.config",
+        "validate a params file and print the resolved configuration",
+    ),
     "schema": ("folk.commands.schema", "write the JSON schema of the configuration"),
 }
 
@@ -71,8 +77,7 @@ def _run(name: str, rest: list[str]) -> int:
         # imported catches broad exceptions), which then fails in some other way: the
         # signal is still what stopped the command
         if _RECEIVED:
-            print(f"folk {name}: stopped by {signal.Signals(_RECEIVED[-1]).name}",
-                  file=sys.stderr)
+            print(f"folk {name}: stopped by {signal.Signals(_RECEIVED[-1]).name}", file=sys.stderr)
             return 128 + _RECEIVED[-1]
         raise
 
@@ -106,6 +111,7 @@ def _signals_as_exceptions():
     """SIGTERM raises SignalExit (default action: die at once, skipping the clean-up that
     an error gets). A signal someone chose to ignore or handle stays as it is; the previous
     handler comes back afterwards, for callers of main() such as the tests."""
+
     def _raise(signum, frame):
         if signum not in _RECEIVED:
             _RECEIVED.append(signum)
@@ -139,8 +145,14 @@ def _signals_as_exceptions():
 def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """``--config FILE`` and repeated ``--set key=value``, shared by every command."""
     parser.add_argument("--config", required=required, help="params YAML file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a key (value read as YAML)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key (value read as YAML)",
+    )
 
 
 if __name__ == "__main__":

@@ -11,15 +11,23 @@ folk/evals/ and one row here.
 Torch-free, and outside folk/evals/: folk.config reads it, and the pre-training engine,
 which reads folk.config, loads nothing of the evaluations (tests/test_layers.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from folk.metric_columns import (MetricColumn, fewshot_columns, fewshot_protocol_columns,
-                                 pixels_columns, primary_column, robustness_columns,
-                                 robustness_protocol_columns, segmentation_columns,
-                                 segmentation_protocol_columns)
+from folk.metric_columns import (
+    MetricColumn,
+    fewshot_columns,
+    fewshot_protocol_columns,
+    pixels_columns,
+    primary_column,
+    robustness_columns,
+    robustness_protocol_columns,
+    segmentation_columns,
+    segmentation_protocol_columns,
+)
 
 # what the workflow provides to an evaluation besides the run's DONE.json and backbone.pt
 INPUTS = {
@@ -36,10 +44,10 @@ KNN, LINEAR, FINETUNE = "k-NN top-1", "linear top-1", "fine-tune top-1"
 @dataclass(frozen=True)
 class EvalTask:
     name: str
-    primary: str                 # its primary metric (the record's 'primary' names it)
-    inputs: tuple[str, ...]      # keys of INPUTS
-    reads: tuple[str, ...]       # eval.* keys and sections: a change reruns it
-    tables: tuple[str, ...]      # report tables it feeds (ABLATION_TABLES: all ablations)
+    primary: str  # its primary metric (the record's 'primary' names it)
+    inputs: tuple[str, ...]  # keys of INPUTS
+    reads: tuple[str, ...]  # eval.* keys and sections: a change reruns it
+    tables: tuple[str, ...]  # report tables it feeds (ABLATION_TABLES: all ablations)
     # (metrics, primary) -> the report columns of a record's metrics
     columns: Callable[[Mapping[str, float], str], list[MetricColumn]]
     # eval config -> the columns its protocol writes (a table's layout before any result)
@@ -52,25 +60,71 @@ class EvalTask:
 
 _FEATURES = ("batch_size", "feature_source")
 
-TASKS: dict[str, EvalTask] = {t.name: t for t in (
-    EvalTask("knn", "top1_k20", ("data",), (*_FEATURES, "knn"),
-             ("knn_linear", "resnet50", ABLATION_TABLES), primary_column(KNN)),
-    EvalTask("linear", "top1", ("data",), (*_FEATURES, "linear"),
-             ("knn_linear", "resnet50", ABLATION_TABLES), primary_column(LINEAR)),
-    EvalTask("finetune", "top1", ("data",), (*_FEATURES, "finetune"),
-             ("finetune", "resnet50", ABLATION_TABLES), primary_column(FINETUNE)),
-    EvalTask("fewshot", "shot<smallest k>_top1_mean", ("data", "fewshot_lists"),
-             (*_FEATURES, "fewshot", "finetune"), ("fewshot",), fewshot_columns,
-             fewshot_protocol_columns),
-    EvalTask("segmentation", "miou", ("data", "segmentation"), (*_FEATURES, "segmentation"),
-             ("segmentation",), segmentation_columns, segmentation_protocol_columns),
-    EvalTask("robustness", "mean_corruption_top1", ("data", "finetune"),
-             (*_FEATURES, "robustness", "finetune"), ("robustness",), robustness_columns,
-             robustness_protocol_columns),
-    # no backbone: the k-NN and linear protocols on the flattened images
-    EvalTask("pixels", "knn_top1_k20", ("data",), ("batch_size", "knn", "linear"),
-             ("knn_linear",), pixels_columns(KNN, LINEAR)),
-)}
+TASKS: dict[str, EvalTask] = {
+    t.name: t
+    for t in (
+        EvalTask(
+            "knn",
+            "top1_k20",
+            ("data",),
+            (*_FEATURES, "knn"),
+            ("knn_linear", "resnet50", ABLATION_TABLES),
+            primary_column(KNN),
+        ),
+        EvalTask(
+            "linear",
+            "top1",
+            ("data",),
+            (*_FEATURES, "linear"),
+            ("knn_linear", "resnet50", ABLATION_TABLES),
+            primary_column(LINEAR),
+        ),
+        EvalTask(
+            "finetune",
+            "top1",
+            ("data",),
+            (*_FEATURES, "finetune"),
+            ("finetune", "resnet50", ABLATION_TABLES),
+            primary_column(FINETUNE),
+        ),
+        EvalTask(
+            "fewshot",
+            "shot<smallest k>_top1_mean",
+            ("data", "fewshot_lists"),
+            (*_FEATURES, "fewshot", "finetune"),
+            ("fewshot",),
+            fewshot_columns,
+            fewshot_protocol_columns,
+        ),
+        EvalTask(
+            "segmentation",
+            "miou",
+            ("data", "segmentation"),
+            (*_FEATURES, "segmentation"),
+            ("segmentation",),
+            segmentation_columns,
+            segmentation_protocol_columns,
+        ),
+        EvalTask(
+            "robustness",
+            "mean_corruption_top1",
+            ("data", "finetune"),
+            (*_FEATURES, "robustness", "finetune"),
+            ("robustness",),
+            robustness_columns,
+            robustness_protocol_columns,
+        ),
+        # no backbone: the k-NN and linear protocols on the flattened images
+        EvalTask(
+            "pixels",
+            "knn_top1_k20",
+            ("data",),
+            ("batch_size", "knn", "linear"),
+            ("knn_linear",),
+            pixels_columns(KNN, LINEAR),
+        ),
+    )
+}
 
 
 def declared_columns(task: str, metrics: Mapping[str, float], primary: str) -> list[MetricColumn]:
@@ -83,8 +137,9 @@ def declared_columns(task: str, metrics: Mapping[str, float], primary: str) -> l
 def primary_label(task: str) -> str:
     """The column label of ``task``'s primary metric."""
     row = TASKS[task]
-    return next(c.label for c in row.columns({row.primary: 0.0}, row.primary)
-                if c.metric == row.primary)
+    return next(
+        c.label for c in row.columns({row.primary: 0.0}, row.primary) if c.metric == row.primary
+    )
 
 
 def tasks_feeding(table: str) -> list[str]:

@@ -6,6 +6,7 @@ report read the names from here; the functions themselves (``folk.filters``) are
 only when a view is made. Adding a filter is its function (in ``folk/filters.py`` or a
 module of its own) plus one row of :data:`FILTERS`; docs/DESIGN.md, "How to add a filter".
 """
+
 from __future__ import annotations
 
 import importlib
@@ -99,24 +100,39 @@ class FilterSpec:
 FILTERS: dict[str, FilterSpec] = {
     "com_rcom": FilterSpec(
         "folk.filters:com_rcom",
-        {"portions": listed("filter.portions"), "p_com": key("method.p_com"),
-         "per_channel": key("filter.per_channel"), "clamp": key("filter.clamp")},
-        _com_rcom_label),
+        {
+            "portions": listed("filter.portions"),
+            "p_com": key("method.p_com"),
+            "per_channel": key("filter.per_channel"),
+            "clamp": key("filter.clamp"),
+        },
+        _com_rcom_label,
+    ),
     "mfm": FilterSpec(
         "folk.filters:mfm",
         {"radius": RADIUS, "p_low": key("filter.mfm_p_low"), "clamp": key("filter.clamp")},
-        lambda cfg: (f"MFM low/high-pass (r={fmt_number(cfg['filter']['mfm_radius'])}"
-                     f"@{cfg['filter']['mfm_radius_ref_size']}px)")),
+        lambda cfg: (
+            f"MFM low/high-pass (r={fmt_number(cfg['filter']['mfm_radius'])}"
+            f"@{cfg['filter']['mfm_radius_ref_size']}px)"
+        ),
+    ),
     "random_frequency": FilterSpec(
         "folk.filters:random_frequency",
         {"rho": key("filter.random_rho"), "clamp": key("filter.clamp")},
-        lambda cfg: f"random frequency (rho={fmt_number(cfg['filter']['random_rho'])})"),
+        lambda cfg: f"random frequency (rho={fmt_number(cfg['filter']['random_rho'])})",
+    ),
     "random_patch": FilterSpec(
         "folk.filters:random_patch",
-        {"patch_ratio": key("filter.patch_mask_ratio"), "patch_size": PATCH_SIDE,
-         "clamp": key("filter.clamp")},
-        lambda cfg: (f"random patch ({fmt_number(cfg['filter']['patch_mask_ratio'] * 100)}%, "
-                     f"{cfg['filter']['patch_mask_size']}px)")),
+        {
+            "patch_ratio": key("filter.patch_mask_ratio"),
+            "patch_size": PATCH_SIDE,
+            "clamp": key("filter.clamp"),
+        },
+        lambda cfg: (
+            f"random patch ({fmt_number(cfg['filter']['patch_mask_ratio'] * 100)}%, "
+            f"{cfg['filter']['patch_mask_size']}px)"
+        ),
+    ),
     "none": FilterSpec("folk.filters:unmasked", {}, lambda cfg: "none (unmasked views)"),
 }
 
@@ -124,6 +140,7 @@ FILTERS: dict[str, FilterSpec] = {
 def filter_spec(name: str) -> FilterSpec:
     """The row of ``name``; a ConfigError naming the choices when there is none."""
     if name not in FILTERS:
-        raise ConfigError(f"method.filter: unknown filter {name!r}; choose one of "
-                          f"{', '.join(FILTERS)}")
+        raise ConfigError(
+            f"method.filter: unknown filter {name!r}; choose one of " f"{', '.join(FILTERS)}"
+        )
     return FILTERS[name]

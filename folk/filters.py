@@ -58,7 +58,9 @@ def _check_images(x: torch.Tensor, where: str) -> None:
 
 def _check_generator(generator: torch.Generator, x: torch.Tensor, where: str) -> None:
     if not isinstance(generator, torch.Generator):
-        raise TypeError(f"{where}: generator must be a torch.Generator, got {type(generator).__name__}")
+        raise TypeError(
+            f"{where}: generator must be a torch.Generator, got {type(generator).__name__}"
+        )
     if generator.device.type != x.device.type:
         raise ValueError(
             f"{where}: the generator lives on {generator.device} but the images on {x.device}; "
@@ -80,7 +82,9 @@ def _ceil_count(fraction: float, total: int) -> int:
     return min(total, max(1, math.ceil(fraction * total - _CEIL_SLACK)))
 
 
-def _portion_counts(portions: Sequence[float], total: int, key: str = "filter.portions") -> list[int]:
+def _portion_counts(
+    portions: Sequence[float], total: int, key: str = "filter.portions"
+) -> list[int]:
     if _is_real(portions):
         portions = [portions]
     portions = list(portions)
@@ -121,6 +125,7 @@ def _self_paired_columns(w: int) -> tuple[int, ...]:
 # written from Python data (torch.tensor(list, device="cuda")) is a blocking copy from
 # pageable host memory, a stream sync per training step.
 
+
 @functools.lru_cache(maxsize=64)
 def _device_long_table(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """``values`` as a (len,) int64 tensor on ``device``, written by fills, not copied.
@@ -144,7 +149,7 @@ def _half_layout(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, to
     for j in _self_paired_columns(w):
         single |= cols == j
     multiplicity = torch.where(single, 1, 2).expand(h, wh).reshape(-1)
-    u = ((torch.arange(h, device=device) - h // 2) % h).view(h, 1)   # centred row -> frequency
+    u = ((torch.arange(h, device=device) - h // 2) % h).view(h, 1)  # centred row -> frequency
     v = ((torch.arange(w, device=device) - w // 2) % w).view(1, w)
     stored = v < wh
     row = torch.where(stored, u, (-u) % h)
@@ -160,8 +165,9 @@ def _centred_full(half_mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return half_mask.reshape(b, c, -1).index_select(-1, full_from_half).view(b, c, h, w)
 
 
-def _filter_half(spectrum: torch.Tensor, keep_half: torch.Tensor, size: tuple[int, int],
-                 clamp: bool = True) -> torch.Tensor:
+def _filter_half(
+    spectrum: torch.Tensor, keep_half: torch.Tensor, size: tuple[int, int], clamp: bool = True
+) -> torch.Tensor:
     """real(ifft2(F * M)) from ``rfft2``'s half spectrum ``F`` and M's half ``keep_half`` (bool,
     unshifted), clamped to [0, 1] if ``clamp``. Overwrites ``spectrum``.
 
@@ -304,7 +310,9 @@ def informed_masks(
 # ------------------------------------------------------------------------------ MFM
 
 
-def mfm_low_pass_mask(h: int, w: int, radius: float, device: torch.device | str = "cpu") -> torch.Tensor:
+def mfm_low_pass_mask(
+    h: int, w: int, radius: float, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Centred bool (H, W) low-pass mask: True where (y - H//2)^2 + (x - W//2)^2 < radius^2.
 
     Strict ``<`` as in MFM's reference ``FreqMaskGenerator``, which masks the frequencies with
@@ -318,8 +326,9 @@ def mfm_low_pass_mask(h: int, w: int, radius: float, device: torch.device | str 
 
 
 @functools.lru_cache(maxsize=32)
-def _mfm_masks(h: int, w: int, radius: float, device: torch.device
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def _mfm_masks(
+    h: int, w: int, radius: float, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The low-pass mask centred (H, W) and as rfft2's unshifted half (H, W//2+1), both
     bool; shared between calls: read them, never write them. The disc is symmetric about the
     zero frequency, the Nyquist rows and columns of even sizes included (their frequency is
@@ -329,7 +338,10 @@ def _mfm_masks(h: int, w: int, radius: float, device: torch.device
 
 
 def mfm_with_choice(
-    x: torch.Tensor, radius: float, generator: torch.Generator, p_low: float = 0.5,
+    x: torch.Tensor,
+    radius: float,
+    generator: torch.Generator,
+    p_low: float = 0.5,
     clamp: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MFM's filters: circular low-pass of ``radius`` (see :func:`mfm_low_pass_mask`) with
@@ -352,7 +364,10 @@ def mfm_with_choice(
 
 
 def mfm(
-    x: torch.Tensor, radius: float, generator: torch.Generator, p_low: float = 0.5,
+    x: torch.Tensor,
+    radius: float,
+    generator: torch.Generator,
+    p_low: float = 0.5,
     clamp: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MFM low/high-pass filter: ``(x_filtered, mask)``; see :func:`mfm_with_choice`."""
@@ -398,8 +413,11 @@ def _own_draw(h: int, w: int, device: torch.device) -> torch.Tensor:
 
 
 def random_patch_with_pixel_mask(
-    x: torch.Tensor, patch_ratio: float, patch_size: int, generator: torch.Generator,
-    clamp: bool = True
+    x: torch.Tensor,
+    patch_ratio: float,
+    patch_size: int,
+    generator: torch.Generator,
+    clamp: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SimMIM-style pixel-space masking; returns ``(x_masked, freq_mask, pixel_mask)``.
 
@@ -416,10 +434,12 @@ def random_patch_with_pixel_mask(
     _check_generator(generator, x, where)
     if not _is_real(patch_ratio) or not 0.0 < patch_ratio < 1.0:
         raise ConfigError(f"filter.patch_mask_ratio: must be in (0, 1), got {patch_ratio!r}")
-    if isinstance(patch_size, bool) or not isinstance(patch_size, numbers.Integral) \
-            or patch_size < 1:
-        raise ConfigError(
-            f"filter.patch_mask_size: must be a positive integer, got {patch_size!r}")
+    if (
+        isinstance(patch_size, bool)
+        or not isinstance(patch_size, numbers.Integral)
+        or patch_size < 1
+    ):
+        raise ConfigError(f"filter.patch_mask_size: must be a positive integer, got {patch_size!r}")
     patch_size = int(patch_size)
     b, _, h, w = x.shape
     grid_h, grid_w = math.ceil(h / patch_size), math.ceil(w / patch_size)
@@ -432,8 +452,9 @@ def random_patch_with_pixel_mask(
         masked = torch.zeros((b, n_patches), dtype=torch.bool, device=x.device)
         masked.scatter_(1, chosen, True)
         masked = masked.view(b, 1, grid_h, grid_w)
-        masked = masked.repeat_interleave(patch_size, dim=2) \
-            .repeat_interleave(patch_size, dim=3)[..., :h, :w]
+        masked = masked.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)[
+            ..., :h, :w
+        ]
         pixel_mask = (~masked).float()
         filtered = images * pixel_mask
         if clamp:
@@ -443,12 +464,16 @@ def random_patch_with_pixel_mask(
 
 
 def random_patch(
-    x: torch.Tensor, patch_ratio: float, patch_size: int, generator: torch.Generator,
-    clamp: bool = True
+    x: torch.Tensor,
+    patch_ratio: float,
+    patch_size: int,
+    generator: torch.Generator,
+    clamp: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random patch masking: ``(x_masked, freq_mask)``; see :func:`random_patch_with_pixel_mask`."""
-    filtered, freq_mask, _ = random_patch_with_pixel_mask(x, patch_ratio, patch_size, generator,
-                                                          clamp)
+    filtered, freq_mask, _ = random_patch_with_pixel_mask(
+        x, patch_ratio, patch_size, generator, clamp
+    )
     return filtered, freq_mask
 
 
@@ -483,9 +508,17 @@ def apply_filter(
     all-ones mask. ``p_low``: MFM's low-pass probability; ``clamp``: see the module
     docstring. Size scaling of ``radius`` and ``patch_size`` is the caller's job."""
     spec = filter_spec(name)
-    given = dict(portions=portions, p_com=p_com, radius=radius, rho=rho,
-                 patch_ratio=patch_ratio, patch_size=patch_size, per_channel=per_channel,
-                 p_low=p_low, clamp=clamp)
+    given = dict(
+        portions=portions,
+        p_com=p_com,
+        radius=radius,
+        rho=rho,
+        patch_ratio=patch_ratio,
+        patch_size=patch_size,
+        per_channel=per_channel,
+        p_low=p_low,
+        clamp=clamp,
+    )
     return spec.load()(x, generator=generator, **{k: given[k] for k in spec.arguments})
 
 

@@ -37,14 +37,21 @@ def frequency_loss(
     Computed in fp32 under autocast. The FFT is taken once, of the difference (linearity).
     """
     if reduction not in REDUCTIONS:
-        raise ValueError(f"frequency_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        raise ValueError(
+            f"frequency_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}"
+        )
     if pred.shape != target.shape or pred.dim() != 4:
         raise ValueError(
             f"frequency_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} must be "
             "the same (B, C, H, W) shape"
         )
     b, c, h, w = pred.shape
-    if mask.dim() != 4 or mask.shape[0] != b or mask.shape[1] not in (1, c) or mask.shape[-2:] != (h, w):
+    if (
+        mask.dim() != 4
+        or mask.shape[0] != b
+        or mask.shape[1] not in (1, c)
+        or mask.shape[-2:] != (h, w)
+    ):
         raise ValueError(
             f"frequency_loss: mask {tuple(mask.shape)} does not match (B, 1 or C, H, W) = "
             f"({b}, 1 or {c}, {h}, {w})"
@@ -55,7 +62,9 @@ def frequency_loss(
         # The mask is small next to the spectrum: move it to the unshifted layout instead.
         weight = (1.0 - torch.fft.ifftshift(mask.float(), dim=(-2, -1))).expand(b, c, h, w)
         if reduction == "global":
-            return (distance * weight).sum() / weight.sum().clamp_min(torch.finfo(torch.float32).tiny)
+            return (distance * weight).sum() / weight.sum().clamp_min(
+                torch.finfo(torch.float32).tiny
+            )
         per_image = (distance * weight).flatten(1).sum(1)
         terms = weight.flatten(1).sum(1).clamp_min(torch.finfo(torch.float32).tiny)
         return (per_image / terms).mean()
@@ -90,14 +99,24 @@ class DistillationLoss(nn.Module):
     center: torch.Tensor
     diagnostics: dict[str, torch.Tensor]
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
-                 centering: str = "center", sinkhorn_iterations: int = 3,
-                 defer_center_update: bool = False) -> None:
+    def __init__(
+        self,
+        out_dim: int,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        centering: str = "center",
+        sinkhorn_iterations: int = 3,
+        defer_center_update: bool = False,
+    ) -> None:
         super().__init__()
         if centering not in CENTERINGS:
-            raise ValueError(f"DistillationLoss: centering must be one of {CENTERINGS}, got {centering!r}")
+            raise ValueError(
+                f"DistillationLoss: centering must be one of {CENTERINGS}, got {centering!r}"
+            )
         if sinkhorn_iterations < 1:
-            raise ValueError(f"DistillationLoss: sinkhorn_iterations must be >= 1, got {sinkhorn_iterations}")
+            raise ValueError(
+                f"DistillationLoss: sinkhorn_iterations must be >= 1, got {sinkhorn_iterations}"
+            )
         self.centering = centering
         self.sinkhorn_iterations = int(sinkhorn_iterations)
         if out_dim < 1:
@@ -105,7 +124,9 @@ class DistillationLoss(nn.Module):
         if not student_temp > 0:
             raise ValueError(f"DistillationLoss: student_temp must be > 0, got {student_temp}")
         if not 0.0 <= center_momentum <= 1.0:
-            raise ValueError(f"DistillationLoss: center_momentum must be in [0, 1], got {center_momentum}")
+            raise ValueError(
+                f"DistillationLoss: center_momentum must be in [0, 1], got {center_momentum}"
+            )
         self.out_dim = out_dim
         self.student_temp = float(student_temp)
         self.center_momentum = float(center_momentum)
@@ -140,9 +161,11 @@ class DistillationLoss(nn.Module):
         with torch.autocast(device_type=device_type, enabled=False):
             teacher = [t.detach().float() for t in teacher_out]
             if self.centering == "sinkhorn_knopp":
-                targets = list(sinkhorn_knopp(torch.cat(teacher), teacher_temp,
-                                              self.sinkhorn_iterations).split(
-                                                  [t.shape[0] for t in teacher]))
+                targets = list(
+                    sinkhorn_knopp(
+                        torch.cat(teacher), teacher_temp, self.sinkhorn_iterations
+                    ).split([t.shape[0] for t in teacher])
+                )
             else:
                 targets = [F.softmax((t - self.center) / teacher_temp, dim=-1) for t in teacher]
             log_probs = [F.log_softmax(s.float() / self.student_temp, dim=-1) for s in student_out]
@@ -153,8 +176,7 @@ class DistillationLoss(nn.Module):
                 pair_entropy = sum(entropy[j] for _, j in pairs) / len(pairs)
             # cross-entropy = H(P_t) + KL(P_t || P_s): a teacher entropy near log K with a
             # small KL is the uniform collapse, an entropy near 0 the one-prototype collapse
-            self.diagnostics = {"teacher_entropy": pair_entropy,
-                                "kl": loss.detach() - pair_entropy}
+            self.diagnostics = {"teacher_entropy": pair_entropy, "kl": loss.detach() - pair_entropy}
             if self.centering == "center":
                 self.accumulate_center(torch.cat(teacher))
                 if not self.defer_center_update:
@@ -199,8 +221,9 @@ def _logsumexp_over_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sinkhorn_knopp(teacher_logits: torch.Tensor, teacher_temp: float, iterations: int = 3
-                   ) -> torch.Tensor:
+def sinkhorn_knopp(
+    teacher_logits: torch.Tensor, teacher_temp: float, iterations: int = 3
+) -> torch.Tensor:
     """Targets (B, K) whose rows sum to 1 and whose columns approach equal mass B / K.
 
     ``exp(logits / temp)`` is alternately rescaled so that every prototype holds 1/K of the
@@ -211,6 +234,6 @@ def sinkhorn_knopp(teacher_logits: torch.Tensor, teacher_temp: float, iterations
     """
     log_q = teacher_logits.float() / teacher_temp
     for _ in range(iterations):
-        log_q = log_q - _logsumexp_over_rows(log_q)          # each prototype: the same mass
+        log_q = log_q - _logsumexp_over_rows(log_q)  # each prototype: the same mass
         log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)  # each row: the same mass
     return torch.exp(log_q)

@@ -10,6 +10,7 @@ only spellings: the evaluations build them with these functions).
 
 Torch-free: the configuration, the workflow and the report read it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,20 +24,30 @@ _TOP1 = "_top1"
 
 @dataclass(frozen=True)
 class MetricColumn:
-    metric: str                  # key of 'metrics' holding the value
-    label: str                   # column header in the report
-    group: str                   # family of columns within the task (e.g. "fraction")
-    order: tuple = ()            # place among the task's columns
-    std: str | None = None       # key of 'metrics' holding its standard deviation
+    metric: str  # key of 'metrics' holding the value
+    label: str  # column header in the report
+    group: str  # family of columns within the task (e.g. "fraction")
+    order: tuple = ()  # place among the task's columns
+    std: str | None = None  # key of 'metrics' holding its standard deviation
 
     def to_json(self) -> dict:
-        return {"metric": self.metric, "label": self.label, "group": self.group,
-                "order": list(self.order), "std": self.std}
+        return {
+            "metric": self.metric,
+            "label": self.label,
+            "group": self.group,
+            "order": list(self.order),
+            "std": self.std,
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> "MetricColumn":
-        return cls(metric=data["metric"], label=data["label"], group=data["group"],
-                   order=tuple(data["order"]), std=data["std"])
+        return cls(
+            metric=data["metric"],
+            label=data["label"],
+            group=data["group"],
+            order=tuple(data["order"]),
+            std=data["std"],
+        )
 
 
 def columns_problem(columns, metrics: Mapping) -> str | None:
@@ -50,7 +61,8 @@ def columns_problem(columns, metrics: Mapping) -> str | None:
         if not all(isinstance(col[k], str) for k in ("metric", "label", "group")):
             return f"{where}: 'metric', 'label' and 'group' must be strings"
         if not isinstance(col["order"], list) or not all(
-                isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in col["order"]):
+            isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in col["order"]
+        ):
             return f"{where}: 'order' must be a list of numbers and strings"
         if col["std"] is not None and not isinstance(col["std"], str):
             return f"{where}: 'std' must be a metric name or null"
@@ -62,30 +74,38 @@ def columns_problem(columns, metrics: Mapping) -> str | None:
 
 # ---------------------------------------------------------------- one column per task
 
+
 def primary_column(label: str):
     """The columns of a task shown by its primary metric alone (k-NN, linear probe, ...)."""
+
     def columns(metrics: Mapping, primary: str) -> list[MetricColumn]:
         return [MetricColumn(primary, label, "top1", (0,))]
+
     return columns
 
 
 # ---------------------------------------------------------------- raw pixels
 
+
 def pixels_columns(knn_label: str, linear_label: str):
     """The raw-pixel baseline: its k-NN primary and its linear probe, in the columns of
     those two tasks."""
+
     def columns(metrics: Mapping, primary: str) -> list[MetricColumn]:
         out = [MetricColumn(primary, knn_label, "knn", (0,))]
         if "linear_top1" in metrics:
             out.append(MetricColumn("linear_top1", linear_label, "linear", (1,)))
         return out
+
     return columns
 
 
 # ---------------------------------------------------------------- segmentation
 
 SEGMENTATION_COLUMNS = (  # (metric, label): the trained head's, then the majority class's
-    ("miou", "mIoU"), ("pixel_acc", "pixel acc."))
+    ("miou", "mIoU"),
+    ("pixel_acc", "pixel acc."),
+)
 MAJORITY_SUFFIX = "_majority"
 
 
@@ -104,7 +124,7 @@ def segmentation_protocol_columns(eval_cfg: dict) -> list[MetricColumn]:
 
 # ---------------------------------------------------------------- few-shot
 
-FEWSHOT_KINDS = ("fraction", "shots", "file")   # the column groups, in this order
+FEWSHOT_KINDS = ("fraction", "shots", "file")  # the column groups, in this order
 _FEWSHOT_FILE = {"file": (0, "user list (fine-tune)"), "file_logreg": (1, "user list (logreg)")}
 
 
@@ -124,11 +144,14 @@ def _fewshot_stem_column(stem: str) -> tuple[str, tuple, str] | None:
         return "file", (FEWSHOT_KINDS.index("file"), float(index)), label
     try:
         if stem.startswith("frac") and stem.endswith("pct"):
-            percent = float(stem[len("frac"):-len("pct")])
-            return ("fraction", (FEWSHOT_KINDS.index("fraction"), percent),
-                    f"{fmt_number(percent)}% labels")
+            percent = float(stem[len("frac") : -len("pct")])
+            return (
+                "fraction",
+                (FEWSHOT_KINDS.index("fraction"), percent),
+                f"{fmt_number(percent)}% labels",
+            )
         if stem.startswith("shot"):
-            k = int(stem[len("shot"):])
+            k = int(stem[len("shot") :])
             return "shots", (FEWSHOT_KINDS.index("shots"), float(k)), f"{k}-shot"
     except ValueError:
         return None
@@ -202,13 +225,17 @@ def robustness_columns(metrics: Mapping, primary: str) -> list[MetricColumn]:
             out.append(MetricColumn(name, "clean", "summary", (1,)))
         elif stem.endswith("_mean"):
             corruption = stem[: -len("_mean")]
-            out.append(MetricColumn(name, corruption.replace("_", " "), "corruption",
-                                    (2, corruption)))
+            out.append(
+                MetricColumn(name, corruption.replace("_", " "), "corruption", (2, corruption))
+            )
         for i, kind in enumerate(PASS_KINDS):
-            radius = stem[len(_pass_prefix(kind)):]
+            radius = stem[len(_pass_prefix(kind)) :]
             if stem.startswith(_pass_prefix(kind)) and _is_number(radius):
-                out.append(MetricColumn(name, f"{kind}-pass r={radius}", f"{kind}-pass",
-                                        (3 + i, float(radius))))
+                out.append(
+                    MetricColumn(
+                        name, f"{kind}-pass r={radius}", f"{kind}-pass", (3 + i, float(radius))
+                    )
+                )
     return out
 
 

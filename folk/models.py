@@ -3,6 +3,7 @@
 Spec, section 2. Backbones come from timm unchanged, so ``backbone.pt`` loads into a plain
 ``timm.create_model`` with ``backbone_kwargs``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,8 +24,12 @@ from folk.utils.io import load_torch_file
 def backbone_kwargs(cfg: dict) -> dict:
     """Keyword arguments of ``timm.create_model(cfg['model']['arch'], **kwargs)``."""
     m = cfg["model"]
-    kwargs = dict(pretrained=False, num_classes=0, in_chans=cfg["data"]["in_chans"],
-                  drop_path_rate=m["drop_path"])
+    kwargs = dict(
+        pretrained=False,
+        num_classes=0,
+        in_chans=cfg["data"]["in_chans"],
+        drop_path_rate=m["drop_path"],
+    )
     if not is_resnet(m["arch"]):
         kwargs.update(img_size=m["img_size"], patch_size=m["patch_size"])
         for key in ("depth", "embed_dim", "num_heads"):
@@ -37,8 +42,12 @@ def backbone_kwargs(cfg: dict) -> dict:
     return kwargs
 
 
-def build_backbone(cfg: dict, drop_path: float | None = None, deterministic: bool = False,
-                   dilated_stride: int | None = None) -> nn.Module:
+def build_backbone(
+    cfg: dict,
+    drop_path: float | None = None,
+    deterministic: bool = False,
+    dilated_stride: int | None = None,
+) -> nn.Module:
     """``deterministic``: no stochastic depth and every dropout rate 0 (the teacher's).
     ``dilated_stride`` (ResNet only): the last stages dilated instead of strided so that the
     output stride is 8 or 16 (DeepLab); the parameters are the same tensors."""
@@ -52,8 +61,9 @@ def build_backbone(cfg: dict, drop_path: float | None = None, deterministic: boo
     if deterministic:
         kwargs.update(drop_path_rate=0.0, drop_rate=0.0)
         if not is_resnet(cfg["model"]["arch"]):
-            kwargs.update(pos_drop_rate=0.0, patch_drop_rate=0.0, proj_drop_rate=0.0,
-                          attn_drop_rate=0.0)
+            kwargs.update(
+                pos_drop_rate=0.0, patch_drop_rate=0.0, proj_drop_rate=0.0, attn_drop_rate=0.0
+            )
     return timm.create_model(cfg["model"]["arch"], **kwargs)
 
 
@@ -61,33 +71,43 @@ def output_stride(cfg: dict) -> int:
     return 32 if is_resnet(cfg["model"]["arch"]) else cfg["model"]["patch_size"]
 
 
-def load_backbone(run_dir: str | Path, source: str = "teacher", drop_path: float | None = None,
-                  dilated_stride: int | None = None) -> tuple[nn.Module, dict]:
+def load_backbone(
+    run_dir: str | Path,
+    source: str = "teacher",
+    drop_path: float | None = None,
+    dilated_stride: int | None = None,
+) -> tuple[nn.Module, dict]:
     """Build the run's backbone from its ``config.yaml`` and load its final weights."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     name = {"teacher": "backbone.pt", "student": "student_backbone.pt"}[source]
     path = run_dir / name
     if not path.is_file():
-        raise RunDirError(f"{run_dir}: no {name}; pre-training has not finished in this run "
-                          f"directory")
+        raise RunDirError(
+            f"{run_dir}: no {name}; pre-training has not finished in this run " f"directory"
+        )
 
     backbone = build_backbone(cfg, drop_path=drop_path, dilated_stride=dilated_stride)
     # finish() writes the weights from the final checkpoint, which a resumed run restores
-    remedy = (f"delete {path} and {run_dir / 'DONE.json'}, then run `folk pretrain` again with "
-              f"--out {run_dir}: it rewrites them from checkpoints/last.pt (or trains again "
-              f"without one)")
+    remedy = (
+        f"delete {path} and {run_dir / 'DONE.json'}, then run `folk pretrain` again with "
+        f"--out {run_dir}: it rewrites them from checkpoints/last.pt (or trains again "
+        f"without one)"
+    )
     state = load_torch_file(path, remedy)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DamagedFileError(f"{path}: holds a {type(state).__name__}, not a state dict of "
-                               f"tensors; {remedy}")
+        raise DamagedFileError(
+            f"{path}: holds a {type(state).__name__}, not a state dict of " f"tensors; {remedy}"
+        )
     try:
         backbone.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = "; ".join(line.strip() for line in first[:4])
-        raise RunDirError(f"{path}: weights do not match model.arch={cfg['model']['arch']!r} "
-                          f"as configured in {run_dir / 'config.yaml'}: {detail}") from None
+        raise RunDirError(
+            f"{path}: weights do not match model.arch={cfg['model']['arch']!r} "
+            f"as configured in {run_dir / 'config.yaml'}: {detail}"
+        ) from None
     return backbone, cfg
 
 
@@ -100,9 +120,16 @@ class DINOHead(nn.Module):
     what a short run from scratch starts with.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048,
-                 bottleneck_dim: int = 256, nlayers: int = 3, norm_last_layer: bool = True,
-                 use_bn: bool = False):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        nlayers: int = 3,
+        norm_last_layer: bool = True,
+        use_bn: bool = False,
+    ):
         super().__init__()
         if nlayers == 1:
             self.mlp = nn.Linear(in_dim, bottleneck_dim)
@@ -117,7 +144,8 @@ class DINOHead(nn.Module):
             self.mlp = nn.Sequential(*layers)
         self.apply(self._init_weights)
         self.last_layer = nn.utils.parametrizations.weight_norm(
-            nn.Linear(bottleneck_dim, out_dim, bias=False))
+            nn.Linear(bottleneck_dim, out_dim, bias=False)
+        )
         # weight-norm magnitude fixed at 1 (DINO's norm_last_layer): only directions learn
         self.last_layer.parametrizations.weight.original0.data.fill_(1.0)
         if norm_last_layer:
@@ -175,15 +203,28 @@ class Student(nn.Module):
         m, method = cfg["model"], cfg["method"]
         self.backbone = build_backbone(cfg)
         dim = self.backbone.num_features
-        self.dino_head = DINOHead(dim, m["head_out_dim"], m["head_hidden_dim"],
-                                  m["head_bottleneck_dim"], m["head_nlayers"],
-                                  m["head_norm_last_layer"], m["head_use_bn"]) \
-            if method["distillation"] else None
-        self.mfm_head = MFMHead(dim, output_stride(cfg), cfg["data"]["in_chans"]) \
-            if method["reconstruction"] else None
+        self.dino_head = (
+            DINOHead(
+                dim,
+                m["head_out_dim"],
+                m["head_hidden_dim"],
+                m["head_bottleneck_dim"],
+                m["head_nlayers"],
+                m["head_norm_last_layer"],
+                m["head_use_bn"],
+            )
+            if method["distillation"]
+            else None
+        )
+        self.mfm_head = (
+            MFMHead(dim, output_stride(cfg), cfg["data"]["in_chans"])
+            if method["reconstruction"]
+            else None
+        )
 
-    def forward(self, x: torch.Tensor, reconstruct: bool = True
-                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def forward(
+        self, x: torch.Tensor, reconstruct: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(DINO logits, reconstructed image); a head the variant lacks gives None."""
         tokens = self.backbone.forward_features(x)
         logits = recon = None
@@ -227,8 +268,10 @@ def ema_update(teacher: Teacher, student: Student, momentum: float) -> None:
     unfiltered views, not from the student's statistics of filtered images.
     """
     t_params, s_params = [], []
-    for t_mod, s_mod in ((teacher.backbone, student.backbone),
-                         (teacher.dino_head, student.dino_head)):
+    for t_mod, s_mod in (
+        (teacher.backbone, student.backbone),
+        (teacher.dino_head, student.dino_head),
+    ):
         t_params += list(t_mod.parameters())
         s_params += list(s_mod.parameters())
     torch._foreach_mul_(t_params, momentum)

@@ -12,6 +12,7 @@ Sources:
   ``configs/*/mfm_pretrain__*.yaml``, ``main_mfm.py`` (linear scaling of all three learning
   rates), ``optimizer.py`` (no weight decay on the ``no_weight_decay()`` set).
 """
+
 from __future__ import annotations
 
 import copy
@@ -70,9 +71,9 @@ def augment_values(preset: str, local_crops_number: int) -> dict[str, Any]:
 
 OPTIM_RECIPES: dict[str, dict[str, Any]] = {
     "mfm": {
-        "pretrain.base_lr": 3.0e-4,          # per 512 images
-        "pretrain.warmup_lr": 2.5e-7,        # per 512 images, scaled like base_lr
-        "pretrain.min_lr": 2.5e-6,           # per 512 images, scaled like base_lr
+        "pretrain.base_lr": 3.0e-4,  # per 512 images
+        "pretrain.warmup_lr": 2.5e-7,  # per 512 images, scaled like base_lr
+        "pretrain.min_lr": 2.5e-6,  # per 512 images, scaled like base_lr
         "pretrain.scale_min_lr": True,
         "pretrain.warmup_epochs": 20.0,
         "pretrain.cosine_after_warmup": False,  # timm CosineLRScheduler, warmup_prefix=False
@@ -80,11 +81,11 @@ OPTIM_RECIPES: dict[str, dict[str, Any]] = {
         "pretrain.weight_decay_end": 0.05,
         "pretrain.betas": [0.9, 0.95],
         "pretrain.no_wd_tokens": True,
-        "pretrain.clip_mode": "global",      # torch's clip_grad_norm_ over all parameters
+        "pretrain.clip_mode": "global",  # torch's clip_grad_norm_ over all parameters
         "model.drop_path": 0.0,
     },
     "dino": {
-        "pretrain.base_lr": 1.0e-3,          # DINO's 5e-4 per 256 images, stated per 512
+        "pretrain.base_lr": 1.0e-3,  # DINO's 5e-4 per 256 images, stated per 512
         "pretrain.warmup_lr": 0.0,
         "pretrain.min_lr": 1.0e-6,
         "pretrain.scale_min_lr": False,
@@ -94,7 +95,7 @@ OPTIM_RECIPES: dict[str, dict[str, Any]] = {
         "pretrain.weight_decay_end": 0.4,
         "pretrain.betas": [0.9, 0.999],
         "pretrain.no_wd_tokens": False,
-        "pretrain.clip_mode": "per_param",   # DINO's clip_gradients: each tensor's own norm
+        "pretrain.clip_mode": "per_param",  # DINO's clip_gradients: each tensor's own norm
         "model.drop_path": 0.1,
     },
 }
@@ -126,6 +127,7 @@ def arch_values(arch: str, depth: int = 0) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ nullable keys
+
 
 def nullable_examples() -> dict[str, Any]:
     """Every key whose default is null and that this module decides, with a value of the

@@ -1,12 +1,19 @@
 """Per-iteration schedules: one value per optimiser step, as numpy arrays."""
+
 from __future__ import annotations
 
 import numpy as np
 
 
-def cosine_schedule(base: float, final: float, epochs: int, iters_per_epoch: int,
-                    warmup_epochs: float = 0, warmup_start: float = 0.0,
-                    after_warmup: bool = True) -> np.ndarray:
+def cosine_schedule(
+    base: float,
+    final: float,
+    epochs: int,
+    iters_per_epoch: int,
+    warmup_epochs: float = 0,
+    warmup_start: float = 0.0,
+    after_warmup: bool = True,
+) -> np.ndarray:
     """Linear warm-up from ``warmup_start`` towards ``base`` over ``warmup_epochs``, then a
     cosine from ``base`` to ``final``; ``epochs * iters_per_epoch`` values.
 
@@ -28,8 +35,9 @@ def cosine_schedule(base: float, final: float, epochs: int, iters_per_epoch: int
     return out
 
 
-def linear_warmup_constant(start: float, end: float, warmup_epochs: float, epochs: int,
-                           iters_per_epoch: int) -> np.ndarray:
+def linear_warmup_constant(
+    start: float, end: float, warmup_epochs: float, epochs: int, iters_per_epoch: int
+) -> np.ndarray:
     """``start`` -> ``end`` linearly over ``warmup_epochs``, then ``end`` (DINO's teacher
     temperature), per iteration."""
     total = epochs * iters_per_epoch
@@ -53,12 +61,24 @@ def pretrain_schedules(cfg: dict, iters_per_epoch: int, world_batch: int) -> dic
     epochs = p["epochs"]
     peak, start, final = learning_rates(cfg, world_batch)
     return {
-        "lr": cosine_schedule(peak, final, epochs, iters_per_epoch, p["warmup_epochs"],
-                              warmup_start=start, after_warmup=p["cosine_after_warmup"]),
+        "lr": cosine_schedule(
+            peak,
+            final,
+            epochs,
+            iters_per_epoch,
+            p["warmup_epochs"],
+            warmup_start=start,
+            after_warmup=p["cosine_after_warmup"],
+        ),
         "wd": cosine_schedule(p["weight_decay"], p["weight_decay_end"], epochs, iters_per_epoch),
-        "momentum": cosine_schedule(p["momentum_teacher"], p["momentum_teacher_end"], epochs,
-                                    iters_per_epoch),
-        "teacher_temp": linear_warmup_constant(p["warmup_teacher_temp"], p["final_teacher_temp"],
-                                               p["warmup_teacher_temp_epochs"], epochs,
-                                               iters_per_epoch),
+        "momentum": cosine_schedule(
+            p["momentum_teacher"], p["momentum_teacher_end"], epochs, iters_per_epoch
+        ),
+        "teacher_temp": linear_warmup_constant(
+            p["warmup_teacher_temp"],
+            p["final_teacher_temp"],
+            p["warmup_teacher_temp_epochs"],
+            epochs,
+            iters_per_epoch,
+        ),
     }

@@ -1,6 +1,7 @@
 """Pre-training as the commands run it: the engine's loop, given the evaluations' k-NN
 monitor. The one place where the two layers meet, so that ``folk.engine`` imports nothing
 from ``folk.evals``."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -6,6 +6,7 @@ check's JSON-lines file. Only the standard library: it must work whatever the st
 A step whose command succeeded but whose figures say it did not do its job (a resumed run
 that did not finish, no test collected) is recorded as failed, with the reason.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,14 +43,22 @@ def environment(work: Path, log: str) -> tuple[dict, str]:
 
 
 def cuda_tests(work: Path, log: str) -> tuple[dict, str]:
-    counts = {k: int(n) for n, k in re.findall(
-        r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)", log)}
-    figures = {"passed": counts.get("passed", 0), "failed": counts.get("failed", 0),
-               "skipped": counts.get("skipped", 0),
-               "errors": counts.get("error", 0) + counts.get("errors", 0),
-               "failed_tests": re.findall(r"^(?:FAILED|ERROR) (\S+)", log, re.M)[:20],
-               "skip_reasons": sorted(set(re.findall(r"^SKIPPED \[\d+\] [^:]+:\d+: (.*)$",
-                                                     log, re.M)))[:5]}
+    counts = {
+        k: int(n)
+        for n, k in re.findall(
+            r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)", log
+        )
+    }
+    figures = {
+        "passed": counts.get("passed", 0),
+        "failed": counts.get("failed", 0),
+        "skipped": counts.get("skipped", 0),
+        "errors": counts.get("error", 0) + counts.get("errors", 0),
+        "failed_tests": re.findall(r"^(?:FAILED|ERROR) (\S+)", log, re.M)[:20],
+        "skip_reasons": sorted(set(re.findall(r"^SKIPPED \[\d+\] [^:]+:\d+: (.*)$", log, re.M)))[
+            :5
+        ],
+    }
     collected = figures["passed"] + figures["failed"] + figures["skipped"] + figures["errors"]
     return figures, "" if collected else "no CUDA-marked test ran"
 
@@ -58,10 +67,23 @@ def _bench(path: Path) -> dict:
     out = {}
     for r in _jsonl(path):
         if r.get("type") == "bench":
-            out[r["variant"]] = {k: r.get(k) for k in (
-                "arch", "img_size", "batch_size", "images_per_s", "step_time_ms", "tflops",
-                "mfu", "gflop_per_image", "peak_memory_mb", "filter_fraction", "dtype",
-                "device")}
+            out[r["variant"]] = {
+                k: r.get(k)
+                for k in (
+                    "arch",
+                    "img_size",
+                    "batch_size",
+                    "images_per_s",
+                    "step_time_ms",
+                    "tflops",
+                    "mfu",
+                    "gflop_per_image",
+                    "peak_memory_mb",
+                    "filter_fraction",
+                    "dtype",
+                    "device",
+                )
+            }
     return out
 
 
@@ -69,8 +91,9 @@ def bench_step(work: Path, log: str) -> tuple[dict, str]:
     figures = {"variants": _bench(work / "bench_eager.jsonl")}
     v = figures["variants"]
     if "folk" in v and "dino_2view" in v:
-        figures["folk_vs_dino_step"] = round(v["folk"]["images_per_s"]
-                                             / v["dino_2view"]["images_per_s"], 3)
+        figures["folk_vs_dino_step"] = round(
+            v["folk"]["images_per_s"] / v["dino_2view"]["images_per_s"], 3
+        )
     return figures, "" if v else "no bench record"
 
 
@@ -89,17 +112,28 @@ def bench_data(work: Path, log: str) -> tuple[dict, str]:
     if "summary" not in by:
         return {}, "no summary record"
     ours = by.get("pretrain_views", {})
-    figures = {"loader_per_core": ours.get("per_core"),
-               "dino_per_core": ours.get("dino_per_core"),
-               "mfm_per_core": ours.get("mfm_per_core"),
-               "decode_crop_per_core": ours.get("decode_crop_per_core"),
-               "ratio_vs_dino": ours.get("ratio_vs_dino"),
-               "time_vs_decode_crop": ours.get("time_vs_decode_crop"),
-               "step_images_per_s": by.get("step", {}).get("images_per_s"),
-               "whole_images_per_s": by.get("whole", {}).get("images_per_s"),
-               "photometric": ours.get("photometric")}
-    for key in ("bound", "loader_images_per_s", "cores_to_feed_step", "whole_vs_bound",
-                "num_workers", "cores", "arch", "batch_size", "dataset_images"):
+    figures = {
+        "loader_per_core": ours.get("per_core"),
+        "dino_per_core": ours.get("dino_per_core"),
+        "mfm_per_core": ours.get("mfm_per_core"),
+        "decode_crop_per_core": ours.get("decode_crop_per_core"),
+        "ratio_vs_dino": ours.get("ratio_vs_dino"),
+        "time_vs_decode_crop": ours.get("time_vs_decode_crop"),
+        "step_images_per_s": by.get("step", {}).get("images_per_s"),
+        "whole_images_per_s": by.get("whole", {}).get("images_per_s"),
+        "photometric": ours.get("photometric"),
+    }
+    for key in (
+        "bound",
+        "loader_images_per_s",
+        "cores_to_feed_step",
+        "whole_vs_bound",
+        "num_workers",
+        "cores",
+        "arch",
+        "batch_size",
+        "dataset_images",
+    ):
         figures[key] = by["summary"].get(key)
     return figures, ""
 
@@ -115,8 +149,12 @@ def pretrain_resume(work: Path, log: str) -> tuple[dict, str]:
         done = None
     figures["finished"] = bool(done) and done.get("iterations") == figures.get("iterations")
     if done:
-        figures.update({k: done.get(k) for k in ("images_per_s", "wall_time_s", "iterations",
-                                                  "peak_memory_mb", "device")})
+        figures.update(
+            {
+                k: done.get(k)
+                for k in ("images_per_s", "wall_time_s", "iterations", "peak_memory_mb", "device")
+            }
+        )
     records = [r for r in _jsonl(work / "pretrain" / "metrics.jsonl") if r.get("type") == "train"]
     steps = [r["iteration"] for r in records]
     # resumed from the checkpoint: no iteration logged twice, none missing between logs
@@ -143,16 +181,23 @@ def gpu_mini(work: Path, log: str) -> tuple[dict, str]:
             d = json.loads(done.read_text())
         except ValueError:
             continue
-        runs[done.parent.name] = {k: d.get(k) for k in ("images_per_s", "wall_time_s",
-                                                        "iterations")}
+        runs[done.parent.name] = {
+            k: d.get(k) for k in ("images_per_s", "wall_time_s", "iterations")
+        }
     jobs = re.search(r"^total\s+(\d+)", log, re.M)
     figures = {"runs": runs, "jobs": int(jobs.group(1)) if jobs else None}
     return figures, ""
 
 
-STEPS = {"environment": environment, "cuda_tests": cuda_tests, "bench_step": bench_step,
-         "bench_step_compile": bench_step_compile, "bench_data": bench_data,
-         "pretrain_resume": pretrain_resume, "gpu_mini": gpu_mini}
+STEPS = {
+    "environment": environment,
+    "cuda_tests": cuda_tests,
+    "bench_step": bench_step,
+    "bench_step_compile": bench_step_compile,
+    "bench_data": bench_data,
+    "pretrain_resume": pretrain_resume,
+    "gpu_mini": gpu_mini,
+}
 
 
 def main() -> int:
@@ -173,12 +218,20 @@ def main() -> int:
     if status == "ok" and problem:
         status, reason = "failed", problem
     elif status != "ok" and not reason:
-        reason = problem or ("hit its time limit" if status == "timeout" else
-                             f"exited {a.rc}") + (f"; last lines: {_tail(log)}" if log else "")
-    record = {"type": "gpu_check", "step": a.step, "status": status,
-              "rc": int(a.rc) if a.rc.lstrip("-").isdigit() else None,
-              "seconds": round(a.ms / 1e3, 1), "dry_run": a.dry_run == "1",
-              "figures": figures, "log": a.log, "time": round(time.time(), 1)}
+        reason = problem or ("hit its time limit" if status == "timeout" else f"exited {a.rc}") + (
+            f"; last lines: {_tail(log)}" if log else ""
+        )
+    record = {
+        "type": "gpu_check",
+        "step": a.step,
+        "status": status,
+        "rc": int(a.rc) if a.rc.lstrip("-").isdigit() else None,
+        "seconds": round(a.ms / 1e3, 1),
+        "dry_run": a.dry_run == "1",
+        "figures": figures,
+        "log": a.log,
+        "time": round(time.time(), 1),
+    }
     if reason:
         record["reason"] = reason
     with open(a.file, "a") as f:

@@ -7,8 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
-# before the tests, which take minutes: a finding fails the run at once
+# before the tests, which take minutes: a finding, or a file ruff would format, fails the
+# run at once
 ruff check folk tests workflow/scripts scripts
+ruff format --check folk tests workflow/scripts scripts
 python -m pytest -q -ra "$@"
 if [ -f tests/slurm/run_slurm_tests.sh ]; then
   if [ "$(id -u)" = 0 ]; then

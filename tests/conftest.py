@@ -1,5 +1,6 @@
 """Shared fixtures: real Fashion-MNIST (Debian package dataset-fashion-mnist) in a tmp root,
 and tiny configurations that exercise the real code paths in seconds on CPU."""
+
 from __future__ import annotations
 
 import shutil
@@ -8,12 +9,15 @@ from pathlib import Path
 import pytest
 
 FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
-FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+FASHION_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 REPO = Path(__file__).resolve().parents[1]
 # Fashion-MNIST replicated to three channels, and a two-block ViT at 32 px with patch 4
-RGB_STATS = ["data.in_chans=3", "data.mean=[0.286, 0.286, 0.286]",
-             "data.std=[0.353, 0.353, 0.353]"]
+RGB_STATS = ["data.in_chans=3", "data.mean=[0.286, 0.286, 0.286]", "data.std=[0.353, 0.353, 0.353]"]
 TINY_VIT = ["model.patch_size=4", "model.depth=2"]
 
 
@@ -45,15 +49,30 @@ def one_thread():
 def tiny_overrides(root: Path) -> list[str]:
     """A ViT small enough for one CPU step in well under a second."""
     return [
-        "data.dataset=fashion_mnist", f"data.root={root}", "data.num_classes=10",
-        "data.train_subset=64", "data.test_subset=40", "data.num_workers=0",
-        "model.arch=vit_tiny_patch16_224", "model.img_size=32", "model.patch_size=8",
-        "model.depth=1", "model.embed_dim=32", "model.num_heads=2",
-        "model.head_out_dim=64", "model.head_hidden_dim=32", "model.head_bottleneck_dim=16",
-        "filter.mfm_radius=16", "filter.patch_mask_size=56",
-        "pretrain.epochs=2", "pretrain.batch_size=16", "pretrain.warmup_epochs=1",
-        "pretrain.warmup_teacher_temp_epochs=1", "pretrain.log_every=1",
-        "pretrain.checkpoint_every=2", "pretrain.deterministic=true",
+        "data.dataset=fashion_mnist",
+        f"data.root={root}",
+        "data.num_classes=10",
+        "data.train_subset=64",
+        "data.test_subset=40",
+        "data.num_workers=0",
+        "model.arch=vit_tiny_patch16_224",
+        "model.img_size=32",
+        "model.patch_size=8",
+        "model.depth=1",
+        "model.embed_dim=32",
+        "model.num_heads=2",
+        "model.head_out_dim=64",
+        "model.head_hidden_dim=32",
+        "model.head_bottleneck_dim=16",
+        "filter.mfm_radius=16",
+        "filter.patch_mask_size=56",
+        "pretrain.epochs=2",
+        "pretrain.batch_size=16",
+        "pretrain.warmup_epochs=1",
+        "pretrain.warmup_teacher_temp_epochs=1",
+        "pretrain.log_every=1",
+        "pretrain.checkpoint_every=2",
+        "pretrain.deterministic=true",
         "eval.batch_size=32",
     ]
 
@@ -61,8 +80,10 @@ def tiny_overrides(root: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def fashion_root(tmp_path_factory) -> Path:
     if not all((FASHION_SOURCE / f).is_file() for f in FASHION_FILES):
-        pytest.skip(f"Fashion-MNIST not installed at {FASHION_SOURCE} "
-                    f"(apt-get install dataset-fashion-mnist)")
+        pytest.skip(
+            f"Fashion-MNIST not installed at {FASHION_SOURCE} "
+            f"(apt-get install dataset-fashion-mnist)"
+        )
     root = tmp_path_factory.mktemp("fashion-mnist")
     for name in FASHION_FILES:
         shutil.copy(FASHION_SOURCE / name, root / name)

@@ -12,6 +12,7 @@ Tensors made from Python or numpy data (``torch.tensor``, ``torch.as_tensor`` of
 ``torch.from_numpy``, indexing with a list, ``t[i] = 5``) all pass through ``aten.lift_fresh``;
 on a GPU they become a blocking copy from pageable host memory.
 """
+
 from __future__ import annotations
 
 import traceback
@@ -61,9 +62,11 @@ class HostSyncEvent:
 
 def _caller() -> str:
     """The innermost frames of the repository's code and its libraries, without torch's own."""
-    frames = [f for f in traceback.extract_stack()[:-3]
-              if "/torch/utils/_python_dispatch" not in f.filename
-              and "host_sync.py" not in f.filename]
+    frames = [
+        f
+        for f in traceback.extract_stack()[:-3]
+        if "/torch/utils/_python_dispatch" not in f.filename and "host_sync.py" not in f.filename
+    ]
     return "".join(traceback.format_list(frames[-6:]))
 
 
@@ -97,8 +100,7 @@ class _DispatchRecorder(TorchDispatchMode):
                 return f"a copy from {source} to {target}"
         if func is aten.copy_.default:
             target, source = _device_of(args[0]), _device_of(args[1])
-            if source is not None and target is not None and source != target \
-                    and args[1].dim() > 0:
+            if source is not None and target is not None and source != target and args[1].dim() > 0:
                 return f"a copy from {source} to {target}"
         return None
 

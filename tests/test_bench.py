@@ -2,6 +2,7 @@
 `folk bench --data` on JPEG photographs (`folk prepare photos`): every measure of the input
 path, its comparisons and the summary of what bounds a run, with no assertion on timings;
 the workflow's bench rules."""
+
 from __future__ import annotations
 
 import json
@@ -14,15 +15,37 @@ import pytest
 from conftest import REPO
 from folk.cli import main
 
-TINY = ["model.arch=vit_tiny_patch16_224", "model.img_size=32", "model.patch_size=8",
-        "model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.head_out_dim=64",
-        "model.head_hidden_dim=32", "model.head_bottleneck_dim=16", "filter.mfm_radius=16"]
+TINY = [
+    "model.arch=vit_tiny_patch16_224",
+    "model.img_size=32",
+    "model.patch_size=8",
+    "model.depth=1",
+    "model.embed_dim=32",
+    "model.num_heads=2",
+    "model.head_out_dim=64",
+    "model.head_hidden_dim=32",
+    "model.head_bottleneck_dim=16",
+    "filter.mfm_radius=16",
+]
 
 
 def test_bench_prints_figures_with_baseline(tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
-    args = ["bench", "--variants", "folk,mfm", "--batch-size", "4", "--steps", "2",
-            "--warmup", "1", "--peak-tflops", "1.0", "--out", str(out)]
+    args = [
+        "bench",
+        "--variants",
+        "folk,mfm",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--peak-tflops",
+        "1.0",
+        "--out",
+        str(out),
+    ]
     for item in TINY:
         args += ["--set", item]
     assert main(args) == 0
@@ -49,8 +72,11 @@ def test_bench_rejects_bad_config_before_measuring(capsys):
 
 PHOTOS_PARAMS = REPO / "params" / "bench-photos.yaml"
 # the step and the views small enough for seconds on a CPU; the photographs stay 500x375
-DATA_TINY = [s for s in TINY if not s.startswith("model.img_size")] + \
-    ["model.img_size=64", "data.num_workers=1", "augment.compile=off"]
+DATA_TINY = [s for s in TINY if not s.startswith("model.img_size")] + [
+    "model.img_size=64",
+    "data.num_workers=1",
+    "augment.compile=off",
+]
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +110,9 @@ def test_photos_are_seeded_jpeg_photographs(tmp_path, photos_root):
     assert [p.read_bytes() for p in again] == [p.read_bytes() for p in files]
     assert files[0].read_bytes() != files[8].read_bytes()  # astronaut 0 and 8
     write_photos(tmp_path / "other", count=16, seed=1)
-    assert (tmp_path / "other" / "train" / files[0].parent.name / files[0].name).read_bytes() \
-        != files[0].read_bytes()
+    assert (
+        tmp_path / "other" / "train" / files[0].parent.name / files[0].name
+    ).read_bytes() != files[0].read_bytes()
     # the same request writes nothing; a new one replaces the tree it owns, not another's
     stamp = again[0].stat().st_mtime_ns
     write_photos(tmp_path / "again", count=16, seed=0)
@@ -102,8 +129,16 @@ def test_folk_prepare_photos(tmp_path, capsys):
     from folk.data.manifest import read_manifest
 
     root = tmp_path / "photos"
-    argv = ["prepare", "photos", "--config", str(PHOTOS_PARAMS), "--count", "8",
-            "--set", f"data.root={root}"]
+    argv = [
+        "prepare",
+        "photos",
+        "--config",
+        str(PHOTOS_PARAMS),
+        "--count",
+        "8",
+        "--set",
+        f"data.root={root}",
+    ]
     assert main(argv) == 0
     m = read_manifest(root)
     assert m["dataset"] == "imagefolder" and m["splits"] == {"train": 8, "test": 8}
@@ -146,29 +181,61 @@ def test_summary_says_what_bounds_the_run():
 
 def test_bench_data_prints_every_measure(tmp_path, photos_root, capsys):
     out = tmp_path / "bench_data.jsonl"
-    argv = ["bench", "--data", "--config", str(PHOTOS_PARAMS), "--rounds", "2", "--images", "4",
-            "--batch-size", "4", "--steps", "1", "--warmup", "0", "--iterations", "2",
-            "--out", str(out)] + _sets(DATA_TINY + [f"data.root={photos_root}"])
+    argv = [
+        "bench",
+        "--data",
+        "--config",
+        str(PHOTOS_PARAMS),
+        "--rounds",
+        "2",
+        "--images",
+        "4",
+        "--batch-size",
+        "4",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--iterations",
+        "2",
+        "--out",
+        str(out),
+    ] + _sets(DATA_TINY + [f"data.root={photos_root}"])
     assert main(argv) == 0
     captured = capsys.readouterr()
     printed = [json.loads(l) for l in captured.out.splitlines() if l.startswith("{")]
     assert [(r["measure"], r.get("pipeline")) for r in printed] == [
-        ("loader", "pretrain_views"), ("loader", "dino_reference"), ("loader", "mfm_reference"),
-        ("loader", "decode_crop"), ("step", None), ("whole", None), ("summary", None)]
-    assert all(r["type"] == "bench_data" and r["batch_size"] == 4 and r["num_workers"] == 1
-               and r["dataset_images"] == 16 and r["img_size"] == 64 for r in printed)
+        ("loader", "pretrain_views"),
+        ("loader", "dino_reference"),
+        ("loader", "mfm_reference"),
+        ("loader", "decode_crop"),
+        ("step", None),
+        ("whole", None),
+        ("summary", None),
+    ]
+    assert all(
+        r["type"] == "bench_data"
+        and r["batch_size"] == 4
+        and r["num_workers"] == 1
+        and r["dataset_images"] == 16
+        and r["img_size"] == 64
+        for r in printed
+    )
     by = {r.get("pipeline") or r["measure"]: r for r in printed}
     for name in ("pretrain_views", "dino_reference", "mfm_reference", "decode_crop"):
         r = by[name]
         assert len(r["rounds_images_per_s"]) == 2 and r["per_core"] == r["images_per_s"] > 0
         assert abs(r["ms_per_image"] * r["per_core"] / 1e3 - 1) < 0.01
-    assert [by[n]["views_per_image"] for n in
-            ("pretrain_views", "dino_reference", "mfm_reference", "decode_crop")] == [2, 2, 1, 2]
+    assert [
+        by[n]["views_per_image"]
+        for n in ("pretrain_views", "dino_reference", "mfm_reference", "decode_crop")
+    ] == [2, 2, 1, 2]
     ours = by["pretrain_views"]
     assert ours["dino_per_core"] == by["dino_reference"]["per_core"]
     # paired by round: the median of the rounds' own ratios (2 rounds: their mean)
-    rounds = {n: by[n]["rounds_images_per_s"] for n in ("pretrain_views", "dino_reference",
-                                                        "decode_crop")}
+    rounds = {
+        n: by[n]["rounds_images_per_s"] for n in ("pretrain_views", "dino_reference", "decode_crop")
+    }
     ratios = [o / d for o, d in zip(rounds["pretrain_views"], rounds["dino_reference"])]
     assert ours["ratio_vs_dino"] == pytest.approx((ratios[0] + ratios[1]) / 2, rel=1e-2)
     times = [f / o for o, f in zip(rounds["pretrain_views"], rounds["decode_crop"])]
@@ -180,8 +247,9 @@ def test_bench_data_prints_every_measure(tmp_path, photos_root, capsys):
     assert summary["loader_images_per_s"] == ours["per_core"]
     assert summary["step_images_per_s"] == by["step"]["images_per_s"]
     assert summary["whole_images_per_s"] == whole["images_per_s"]
-    assert summary["bound"] == ("loader" if ours["per_core"] < by["step"]["images_per_s"]
-                                else "step")
+    assert summary["bound"] == (
+        "loader" if ours["per_core"] < by["step"]["images_per_s"] else "step"
+    )
     assert [json.loads(l) for l in out.read_text().splitlines()] == printed
     assert "ours / DINO" in captured.err and "bound:" in captured.err
 
@@ -206,9 +274,24 @@ def test_bench_data_times_whatever_the_views_are(tmp_path, photos_root, capsys, 
             return [torch.zeros(3, self.size, self.size, dtype=torch.uint8)] * 2
 
     monkeypatch.setattr(transforms, "PretrainViews", ByteViews)
-    argv = ["bench", "--data", "--config", str(PHOTOS_PARAMS), "--rounds", "1", "--images", "3",
-            "--batch-size", "2", "--steps", "1", "--warmup", "0", "--iterations", "0"] + \
-        _sets(DATA_TINY + [f"data.root={photos_root}"])
+    argv = [
+        "bench",
+        "--data",
+        "--config",
+        str(PHOTOS_PARAMS),
+        "--rounds",
+        "1",
+        "--images",
+        "3",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--iterations",
+        "0",
+    ] + _sets(DATA_TINY + [f"data.root={photos_root}"])
     assert main(argv) == 0
     printed = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
     assert [r["measure"] for r in printed] == ["loader"] * 4 + ["step", "summary"]
@@ -220,8 +303,16 @@ def test_bench_data_times_whatever_the_views_are(tmp_path, photos_root, capsys, 
 
 
 def test_bench_data_refuses_several_variants(photos_root, capsys):
-    argv = ["bench", "--data", "--config", str(PHOTOS_PARAMS), "--variants", "folk,mfm",
-            "--set", f"data.root={photos_root}"]
+    argv = [
+        "bench",
+        "--data",
+        "--config",
+        str(PHOTOS_PARAMS),
+        "--variants",
+        "folk,mfm",
+        "--set",
+        f"data.root={photos_root}",
+    ]
     assert main(argv) == 2
     assert "one variant" in capsys.readouterr().err
 
@@ -240,8 +331,9 @@ def test_workflow_records_the_input_path_beside_the_step(tmp_path):
     assert "--variants folk " in data["shell"]
     assert "--out runs/test_tiny/bench_data.jsonl" in data["shell"]
     assert "runs/test_tiny/bench.jsonl" in jobs["bench"]["shell"]
-    assert {"runs/test_tiny/bench.jsonl", "runs/test_tiny/bench_data.jsonl"} <= \
-        set(jobs["report"]["input"])
+    assert {"runs/test_tiny/bench.jsonl", "runs/test_tiny/bench_data.jsonl"} <= set(
+        jobs["report"]["input"]
+    )
 
 
 def test_dino_reference_on_one_channel_images():
@@ -263,18 +355,31 @@ def test_bench_data_on_fashion_mnist_without_workers(fashion_root, capsys):
     runs between the steps, and the summary adds the two times up."""
     from conftest import tiny_overrides
 
-    argv = ["bench", "--data", "--rounds", "1", "--images", "4", "--batch-size", "4",
-            "--steps", "1", "--warmup", "0", "--iterations", "1"] + \
-        _sets(tiny_overrides(fashion_root) + ["data.in_chans=1", "data.mean=[0.286]",
-                                              "data.std=[0.353]"])
+    argv = [
+        "bench",
+        "--data",
+        "--rounds",
+        "1",
+        "--images",
+        "4",
+        "--batch-size",
+        "4",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--iterations",
+        "1",
+    ] + _sets(
+        tiny_overrides(fashion_root) + ["data.in_chans=1", "data.mean=[0.286]", "data.std=[0.353]"]
+    )
     assert main(argv) == 0
     printed = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
     summary = printed[-1]
     assert summary["measure"] == "summary" and summary["num_workers"] == 0
     assert summary["dataset"] == "fashion_mnist"
     loader, step = summary["loader_images_per_s"], summary["step_images_per_s"]
-    assert summary["expected_images_per_s"] == pytest.approx(
-        1 / (1 / loader + 1 / step), rel=1e-2)
+    assert summary["expected_images_per_s"] == pytest.approx(1 / (1 / loader + 1 / step), rel=1e-2)
 
 
 def test_bench_data_whole_path_with_the_split_on_the_device(fashion_root, capsys):
@@ -285,14 +390,37 @@ def test_bench_data_whole_path_with_the_split_on_the_device(fashion_root, capsys
 
     import folk.engine.pretrain as engine
 
-    argv = ["bench", "--data", "--rounds", "1", "--images", "4", "--batch-size", "4",
-            "--steps", "1", "--warmup", "0", "--iterations", "2"] + \
-        _sets(tiny_overrides(fashion_root) + ["data.in_chans=1", "data.mean=[0.286]",
-                                              "data.std=[0.353]", "augment.photometric=device",
-                                              "data.on_device=true"])
+    argv = [
+        "bench",
+        "--data",
+        "--rounds",
+        "1",
+        "--images",
+        "4",
+        "--batch-size",
+        "4",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--iterations",
+        "2",
+    ] + _sets(
+        tiny_overrides(fashion_root)
+        + [
+            "data.in_chans=1",
+            "data.mean=[0.286]",
+            "data.std=[0.353]",
+            "augment.photometric=device",
+            "data.on_device=true",
+        ]
+    )
     assert main(argv) == 0
-    whole = next(json.loads(l) for l in capsys.readouterr().out.splitlines()
-                 if l.startswith("{") and '"whole"' in l)
+    whole = next(
+        json.loads(l)
+        for l in capsys.readouterr().out.splitlines()
+        if l.startswith("{") and '"whole"' in l
+    )
     assert whole["iterations"] == 2 and whole["untimed_iterations"] == 0
     assert whole["num_workers"] == 0 and whole["images_per_s"] > 0
     compiled = []
@@ -321,16 +449,34 @@ def test_bench_times_the_device_augmentation_with_the_step(capsys, monkeypatch):
         return out
 
     monkeypatch.setattr(transforms, "finish_views", counted)
-    args = ["bench", "--variants", "folk", "--batch-size", "4", "--steps", "3", "--warmup",
-            "1", "--no-baseline", "--set", "augment.preset=dino", "--set", "data.in_chans=3",
-            "--set", "data.mean=[0.5, 0.5, 0.5]", "--set", "data.std=[0.2, 0.2, 0.2]"]
+    args = [
+        "bench",
+        "--variants",
+        "folk",
+        "--batch-size",
+        "4",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--no-baseline",
+        "--set",
+        "augment.preset=dino",
+        "--set",
+        "data.in_chans=3",
+        "--set",
+        "data.mean=[0.5, 0.5, 0.5]",
+        "--set",
+        "data.std=[0.2, 0.2, 0.2]",
+    ]
     for item in TINY:
         args += ["--set", item]
     for mode, expected in (("workers", 0), ("device", 1 + 3 + 1)):  # warm-up, timed, FLOPs
         calls.clear()
         assert main(args + ["--set", f"augment.photometric={mode}"]) == 0
-        record = json.loads(next(l for l in capsys.readouterr().out.splitlines()
-                                 if l.startswith("{")))
+        record = json.loads(
+            next(l for l in capsys.readouterr().out.splitlines() if l.startswith("{"))
+        )
         assert record["photometric"] == mode
         assert len(calls) == expected, (mode, len(calls))
         assert all(c == (3, [(4, 3, 32, 32)] * 2, torch.float32) for c in calls)

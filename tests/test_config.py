@@ -1,4 +1,5 @@
 """Configuration: defaults, params files, overrides, and the errors promised for bad input."""
+
 from __future__ import annotations
 
 import subprocess
@@ -23,8 +24,13 @@ def write(tmp_path: Path, data: dict) -> Path:
 
 def test_defaults_resolve_variant_into_method():
     cfg = load_config(None, ["pretrain.variant=mfm"])
-    assert cfg["method"] == {"filter": "mfm", "num_views": 1, "reconstruction": True,
-                             "distillation": False, "p_com": 0.5}
+    assert cfg["method"] == {
+        "filter": "mfm",
+        "num_views": 1,
+        "reconstruction": True,
+        "distillation": False,
+        "p_com": 0.5,
+    }
     cfg = load_config(None, ["pretrain.variant=folk_com_only"])
     assert cfg["method"]["p_com"] == 1.0
 
@@ -43,23 +49,29 @@ def test_file_then_overrides(tmp_path):
     assert cfg["filter"]["portions"] == [0.1, 0.2]
 
 
-@pytest.mark.parametrize("data, needle", [
-    ({"pretrain": {"lrr": 1}}, "unknown key 'pretrain.lrr'"),
-    ({"pretrian": {"lr": 1}}, "unknown key 'pretrian'"),
-    ({"pretrain": {"epochs": "ten"}}, "key 'pretrain.epochs' must be an integer"),
-    ({"pretrain": {"epochs": 1.5}}, "key 'pretrain.epochs' must be an integer"),
-    ({"model": {"head_norm_last_layer": "yes"}}, "key 'model.head_norm_last_layer' must be a boolean"),
-    ({"filter": {"portions": [0.01, 1.5]}}, "key 'filter.portions'"),
-    ({"filter": {"portions": [0.0]}}, "must be > 0"),
-    ({"filter": {"portions": []}}, "at least 1"),
-    ({"filter": {"p_com": 1.2}}, "key 'filter.p_com'"),
-    ({"filter": {"mfm_radius": 200}}, "larger than the image"),
-    ({"model": {"img_size": 30, "patch_size": 4}}, "does not divide"),
-    ({"pretrain": {"variant": "fold"}}, "key 'pretrain.variant'"),
-    ({"pretrain": {"amp": "int8"}}, "key 'pretrain.amp'"),
-    ({"workflow": {"variants": ["folk", "nope"]}}, "unknown variant 'nope'"),
-    ({"pretrain": "fast"}, "key 'pretrain' must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        ({"pretrain": {"lrr": 1}}, "unknown key 'pretrain.lrr'"),
+        ({"pretrian": {"lr": 1}}, "unknown key 'pretrian'"),
+        ({"pretrain": {"epochs": "ten"}}, "key 'pretrain.epochs' must be an integer"),
+        ({"pretrain": {"epochs": 1.5}}, "key 'pretrain.epochs' must be an integer"),
+        (
+            {"model": {"head_norm_last_layer": "yes"}},
+            "key 'model.head_norm_last_layer' must be a boolean",
+        ),
+        ({"filter": {"portions": [0.01, 1.5]}}, "key 'filter.portions'"),
+        ({"filter": {"portions": [0.0]}}, "must be > 0"),
+        ({"filter": {"portions": []}}, "at least 1"),
+        ({"filter": {"p_com": 1.2}}, "key 'filter.p_com'"),
+        ({"filter": {"mfm_radius": 200}}, "larger than the image"),
+        ({"model": {"img_size": 30, "patch_size": 4}}, "does not divide"),
+        ({"pretrain": {"variant": "fold"}}, "key 'pretrain.variant'"),
+        ({"pretrain": {"amp": "int8"}}, "key 'pretrain.amp'"),
+        ({"workflow": {"variants": ["folk", "nope"]}}, "unknown variant 'nope'"),
+        ({"pretrain": "fast"}, "key 'pretrain' must be a mapping"),
+    ],
+)
 def test_bad_params_name_file_and_key(tmp_path, data, needle):
     path = write(tmp_path, data)
     with pytest.raises(ConfigError) as err:
@@ -110,15 +122,23 @@ def test_schema_rejects_what_folk_rejects():
 
 
 def test_cli_starts_without_importing_torch():
-    code = "import sys; from folk.cli import main; main(['config', '--config', sys.argv[1]]); " \
-           "print('torch' in sys.modules)"
+    code = (
+        "import sys; from folk.cli import main; main(['config', '--config', sys.argv[1]]); "
+        "print('torch' in sys.modules)"
+    )
     params = REPO / "folk" / "config" / "defaults.yaml"
-    out = subprocess.run([sys.executable, "-c", code, str(params)], capture_output=True,
-                         text=True, check=True).stdout.strip().splitlines()
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", code, str(params)], capture_output=True, text=True, check=True
+        )
+        .stdout.strip()
+        .splitlines()
+    )
     assert out[-1] == "False"
 
 
 # ---------------------------------------------------------------- ConfigError's key and source
+
 
 def test_a_wrong_type_in_a_file_names_the_key_and_the_file(tmp_path):
     path = write(tmp_path, {"data": {"mean": [0.5, "grey", 0.5]}})
@@ -132,8 +152,7 @@ def test_a_wrong_value_set_on_the_command_line_names_the_override(tmp_path):
     path = write(tmp_path, {"pretrain": {"epochs": 7}})
     with pytest.raises(ConfigError) as err:
         load_config(path, ["filter.portions=[0.5, 1.5]"])
-    assert str(err.value) == ("--set filter.portions: key 'filter.portions' = 1.5 "
-                              "must be < 1")
+    assert str(err.value) == ("--set filter.portions: key 'filter.portions' = 1.5 " "must be < 1")
     assert (err.value.key, err.value.source) == ("filter.portions", "--set filter.portions")
 
 
@@ -141,8 +160,9 @@ def test_a_cross_key_error_names_the_source_of_its_key(tmp_path):
     path = write(tmp_path, {"pretrain": {"batch_size": 100}})
     with pytest.raises(ConfigError) as err:
         load_config(path, ["pretrain.accum_steps=3"])
-    assert str(err.value).startswith(f"{path}: key 'pretrain.batch_size' = 100 is not a "
-                                     f"multiple of pretrain.accum_steps = 3")
+    assert str(err.value).startswith(
+        f"{path}: key 'pretrain.batch_size' = 100 is not a " f"multiple of pretrain.accum_steps = 3"
+    )
     assert (err.value.key, err.value.source) == ("pretrain.batch_size", str(path))
 
 
@@ -175,23 +195,33 @@ REFUSED = [
     (["pretrain.deterministic=1"], "key 'pretrain.deterministic' must be a boolean, got 1 (int)"),
     (["pretrain.betas=[0.9, high]"], "key 'pretrain.betas[1]' must be a number, got 'high' (str)"),
     (["slurm.extra_sbatch=5"], "key 'slurm.extra_sbatch' must be a mapping, got 5 (int)"),
-    (["pretrain.amp=int8"],
-     "key 'pretrain.amp' = 'int8' is not one of ['auto', 'bf16', 'fp16', 'fp32']"),
-    (["pretrain.clip_mode=sideways"],  # null is allowed and not listed
-     "key 'pretrain.clip_mode' = 'sideways' is not one of ['global', 'per_param']"),
-    (["method.filter=5"],  # null by default: its choices, not its type
-     "key 'method.filter' = 5 is not one of "
-     "['com_rcom', 'mfm', 'random_frequency', 'random_patch', 'none']"),
-    (["eval.robustness.corruptions=[jpeg, fog]"],
-     "key 'eval.robustness.corruptions' = 'fog' is not one of "
-     "['gaussian_noise', 'gaussian_blur', 'jpeg', 'contrast']"),
+    (
+        ["pretrain.amp=int8"],
+        "key 'pretrain.amp' = 'int8' is not one of ['auto', 'bf16', 'fp16', 'fp32']",
+    ),
+    (
+        ["pretrain.clip_mode=sideways"],  # null is allowed and not listed
+        "key 'pretrain.clip_mode' = 'sideways' is not one of ['global', 'per_param']",
+    ),
+    (
+        ["method.filter=5"],  # null by default: its choices, not its type
+        "key 'method.filter' = 5 is not one of "
+        "['com_rcom', 'mfm', 'random_frequency', 'random_patch', 'none']",
+    ),
+    (
+        ["eval.robustness.corruptions=[jpeg, fog]"],
+        "key 'eval.robustness.corruptions' = 'fog' is not one of "
+        "['gaussian_noise', 'gaussian_blur', 'jpeg', 'contrast']",
+    ),
     (["pretrain.batch_size=0"], "key 'pretrain.batch_size' = 0 must be >= 1"),
     (["filter.p_com=1.5"], "key 'filter.p_com' = 1.5 must be <= 1"),
     (["filter.mfm_radius=0"], "key 'filter.mfm_radius' = 0 must be > 0"),
     (["model.drop_path=1.0"], "key 'model.drop_path' = 1.0 must be < 1"),
     (["filter.portions=[]"], "key 'filter.portions' = [] needs at least 1 item(s)"),
-    (["augment.crop_scale=[0.1, 0.5, 1.0]"],
-     "key 'augment.crop_scale' = [0.1, 0.5, 1.0] allows at most 2 item(s)"),
+    (
+        ["augment.crop_scale=[0.1, 0.5, 1.0]"],
+        "key 'augment.crop_scale' = [0.1, 0.5, 1.0] allows at most 2 item(s)",
+    ),
     (["filter.p_com=.nan"], "key 'filter.p_com' = nan must be finite"),
     (["filter.p_com=.inf"], "key 'filter.p_com' = inf must be finite"),
     (["augment.contrast=.nan"], "key 'augment.contrast' = nan must be a finite number"),
@@ -199,10 +229,14 @@ REFUSED = [
     (["method.p_com=1.5"], "key 'method.p_com' = 1.5 must be <= 1"),
     (["workflow.seeds=[3, -1]"], "key 'workflow.seeds' = -1 must be >= 0"),
     # of several wrong keys, the one reported before: types, the variant, then CONSTRAINTS
-    (["pretrain.amp=int8", "pretrain.epochs=x"],
-     "key 'pretrain.epochs' must be an integer, got 'x' (str)"),
-    (["pretrain.variant=nope", "pretrain.batch_size=0"],
-     "key 'pretrain.variant' = 'nope' is not one of"),
+    (
+        ["pretrain.amp=int8", "pretrain.epochs=x"],
+        "key 'pretrain.epochs' must be an integer, got 'x' (str)",
+    ),
+    (
+        ["pretrain.variant=nope", "pretrain.batch_size=0"],
+        "key 'pretrain.variant' = 'nope' is not one of",
+    ),
     (["filter.p_com=2", "data.num_workers=-1"], "key 'data.num_workers' = -1 must be >= 0"),
     (["filter.portions=[0.5, 2, -1]"], "key 'filter.portions' = 2 must be < 1"),
 ]
@@ -233,8 +267,10 @@ def test_validate_refuses_an_unknown_key_it_is_given_directly():
     cfg["pretrain"]["base_lrr"] = 1e-3
     with pytest.raises(ConfigError) as err:
         validate(cfg, "the submitted configuration")
-    assert str(err.value) == ("the submitted configuration: unknown key 'pretrain.base_lrr' "
-                              "(did you mean 'pretrain.base_lr'?)")
+    assert str(err.value) == (
+        "the submitted configuration: unknown key 'pretrain.base_lrr' "
+        "(did you mean 'pretrain.base_lr'?)"
+    )
 
 
 def test_the_schema_is_made_again_when_the_defaults_change(tmp_path, monkeypatch):
@@ -250,5 +286,5 @@ def test_the_schema_is_made_again_when_the_defaults_change(tmp_path, monkeypatch
         load_config(None, ["pretrain.epochs=1.5"])
     path.write_text(path.read_text().replace("\n  epochs: 300\n", "\n  epochs: 300.0\n", 1))
     stat = path.stat()
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert load_config(None, ["pretrain.epochs=1.5"])["pretrain"]["epochs"] == 1.5

@@ -5,6 +5,7 @@ one-process group, and the input path with pinned memory feeding the device.
 Every test is marked ``cuda`` and skipped, with the reason, where torch sees no CUDA
 device; ``pytest -m cuda`` (scripts/gpu_check.sh, step cuda_tests) selects them.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,16 +16,33 @@ import torch
 
 from conftest import REPO
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(),
-                                 reason="needs a CUDA device (torch.cuda.is_available() is "
-                                        "False)")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(
+        not torch.cuda.is_available(),
+        reason="needs a CUDA device (torch.cuda.is_available() is " "False)",
+    ),
+]
 
-TINY = ["model.arch=vit_tiny_patch16_224", "model.img_size=32", "model.patch_size=8",
-        "model.depth=2", "model.embed_dim=64", "model.num_heads=2", "model.head_out_dim=128",
-        "model.head_hidden_dim=64", "model.head_bottleneck_dim=32", "filter.mfm_radius=16"]
-RESNET = ["model.arch=resnet50", "model.img_size=64", "model.head_out_dim=128",
-          "model.head_hidden_dim=64", "model.head_bottleneck_dim=32"]
+TINY = [
+    "model.arch=vit_tiny_patch16_224",
+    "model.img_size=32",
+    "model.patch_size=8",
+    "model.depth=2",
+    "model.embed_dim=64",
+    "model.num_heads=2",
+    "model.head_out_dim=128",
+    "model.head_hidden_dim=64",
+    "model.head_bottleneck_dim=32",
+    "filter.mfm_radius=16",
+]
+RESNET = [
+    "model.arch=resnet50",
+    "model.img_size=64",
+    "model.head_out_dim=128",
+    "model.head_hidden_dim=64",
+    "model.head_bottleneck_dim=32",
+]
 CUDA = torch.device("cuda")
 
 
@@ -71,8 +89,9 @@ def test_bf16_autocast_step_is_finite_and_near_fp32():
 def test_filter_on_cuda_reproduces_views_from_the_seed(name):
     from folk.filters import apply_filter
 
-    kw = dict(portions=[0.005, 0.01, 0.05], p_com=0.5, radius=8.0, rho=0.5, patch_ratio=0.6,
-              patch_size=8)
+    kw = dict(
+        portions=[0.005, 0.01, 0.05], p_com=0.5, radius=8.0, rho=0.5, patch_ratio=0.6, patch_size=8
+    )
     x = torch.rand(16, 3, 64, 64, device=CUDA, generator=_gen(1))
     first = apply_filter(name, x, generator=_gen(7), **kw)
     again = apply_filter(name, x, generator=_gen(7), **kw)
@@ -145,8 +164,9 @@ def test_sync_batchnorm_in_a_one_process_group():
     if dist.is_initialized():
         pytest.skip("a process group is already initialised in this process")
     try:
-        dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}",
-                                rank=0, world_size=1)
+        dist.init_process_group(
+            "nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+        )
     except Exception as exc:  # NCCL missing or unusable here
         pytest.skip(f"cannot start a one-process NCCL group: {type(exc).__name__}: {exc}")
     try:
@@ -158,8 +178,7 @@ def test_sync_batchnorm_in_a_one_process_group():
         out = model(x)
         out.float().square().mean().backward()
         assert torch.isfinite(out).all()
-        assert all(torch.isfinite(p.grad).all() for p in model.parameters()
-                   if p.grad is not None)
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     finally:
         dist.destroy_process_group()
 
@@ -170,9 +189,24 @@ def test_input_path_feeds_the_device(tmp_path, capsys):
 
     root = tmp_path / "photos"
     write_photos(root, count=16, seed=0)
-    argv = ["bench", "--data", "--config", str(REPO / "params" / "bench-photos.yaml"),
-            "--rounds", "1", "--images", "4", "--batch-size", "4", "--steps", "2",
-            "--warmup", "1", "--iterations", "2"]
+    argv = [
+        "bench",
+        "--data",
+        "--config",
+        str(REPO / "params" / "bench-photos.yaml"),
+        "--rounds",
+        "1",
+        "--images",
+        "4",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--iterations",
+        "2",
+    ]
     for item in TINY + [f"data.root={root}", "data.num_workers=1", "model.img_size=64"]:
         argv += ["--set", item]
     assert main(argv) == 0

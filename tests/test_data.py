@@ -1,5 +1,6 @@
 """Data layer: Fashion-MNIST preparation and datasets (real files), image folders with a
 corrupt image, layout checks, transforms, collation, few-shot lists."""
+
 from __future__ import annotations
 
 import gzip
@@ -16,22 +17,37 @@ from folk.config import load_config
 from folk.data import build_dataset, collate_skip_none, read_file_list
 from folk.data.prepare import checked_root, prepare_fashion_mnist, prepare_fewshot
 from folk.data.manifest import check_layout, read_manifest
-from folk.data.transforms import (PretrainViews, ResizeForEval, eval_transform, normalize,
-                                  train_classifier_transform)
+from folk.data.transforms import (
+    PretrainViews,
+    ResizeForEval,
+    eval_transform,
+    normalize,
+    train_classifier_transform,
+)
 from folk.errors import ConfigError, DataError
 
 torch.set_num_threads(1)
 FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 
 
-def cfg_for(root, *extra: str, dataset: str = "fashion_mnist", classes: int = 10,
-            chans: int = 3) -> dict:
+def cfg_for(
+    root, *extra: str, dataset: str = "fashion_mnist", classes: int = 10, chans: int = 3
+) -> dict:
     mean = "[0.5]" if chans == 1 else "[0.485, 0.456, 0.406]"
     std = "[0.25]" if chans == 1 else "[0.229, 0.224, 0.225]"
-    return load_config(None, [f"data.dataset={dataset}", f"data.root={root}",
-                              f"data.num_classes={classes}", f"data.in_chans={chans}",
-                              f"data.mean={mean}", f"data.std={std}", "model.img_size=32",
-                              *extra])
+    return load_config(
+        None,
+        [
+            f"data.dataset={dataset}",
+            f"data.root={root}",
+            f"data.num_classes={classes}",
+            f"data.in_chans={chans}",
+            f"data.mean={mean}",
+            f"data.std={std}",
+            "model.img_size=32",
+            *extra,
+        ],
+    )
 
 
 def idx_array(path: Path, offset: int) -> np.ndarray:
@@ -42,11 +58,14 @@ def idx_array(path: Path, offset: int) -> np.ndarray:
 
 # ------------------------------------------------------------------ Fashion-MNIST
 
+
 @pytest.fixture(scope="module")
 def fm_root(tmp_path_factory) -> Path:
     if not (FASHION_SOURCE / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"Fashion-MNIST not installed at {FASHION_SOURCE} "
-                    "(apt-get install dataset-fashion-mnist)")
+        pytest.skip(
+            f"Fashion-MNIST not installed at {FASHION_SOURCE} "
+            "(apt-get install dataset-fashion-mnist)"
+        )
     root = tmp_path_factory.mktemp("fm") / "prepared"
     prepare_fashion_mnist(cfg_for(root))
     return root
@@ -106,8 +125,7 @@ def test_train_subset_is_class_balanced_and_seeded(fm_root):
         assert sub.targets[j] == base.targets[i]
         assert np.array_equal(np.asarray(sub[j][0]), np.asarray(base[i][0]))
     again = build_dataset(cfg_for(fm_root, "data.train_subset=1000"), "train")
-    other = build_dataset(cfg_for(fm_root, "data.train_subset=1000", "experiment.seed=1"),
-                          "train")
+    other = build_dataset(cfg_for(fm_root, "data.train_subset=1000", "experiment.seed=1"), "train")
     assert np.array_equal(sub.indices, again.indices)
     assert not np.array_equal(sub.indices, other.indices)
     assert sub.relpaths[0] == f"train/{sub.indices[0]}"
@@ -117,8 +135,10 @@ def test_train_subset_is_class_balanced_and_seeded(fm_root):
 
 def test_missing_root_and_wrong_class_count(tmp_path, fm_root):
     missing = tmp_path / "nowhere"
-    with pytest.raises(DataError, match=f"'{missing}' has no train-images-idx3-ubyte.gz.*"
-                                        "folk prepare fashion_mnist"):
+    with pytest.raises(
+        DataError,
+        match=f"'{missing}' has no train-images-idx3-ubyte.gz.*" "folk prepare fashion_mnist",
+    ):
         build_dataset(cfg_for(missing), "train")
     with pytest.raises(DataError, match=f"'{missing}' does not exist"):
         build_dataset(cfg_for(missing, dataset="imagenet"), "train")
@@ -150,20 +170,26 @@ def test_fallback_says_what_it_tried(tmp_path, monkeypatch, capsys):
 
 
 def test_prepare_fewshot_lists(fm_root):
-    cfg = cfg_for(fm_root, "eval.fewshot.fractions=[0.01]", "eval.fewshot.shots=[2]",
-                  "eval.fewshot.seeds=[0, 1]")
+    cfg = cfg_for(
+        fm_root,
+        "eval.fewshot.fractions=[0.01]",
+        "eval.fewshot.shots=[2]",
+        "eval.fewshot.seeds=[0, 1]",
+    )
     out = prepare_fewshot(cfg)
     index = json.loads((out / "lists.json").read_text())
-    assert sorted(index["lists"]) == ["fraction0.01_seed0.txt", "fraction0.01_seed1.txt",
-                                      "shot2_seed0.txt", "shot2_seed1.txt"]
+    assert sorted(index["lists"]) == [
+        "fraction0.01_seed0.txt",
+        "fraction0.01_seed1.txt",
+        "shot2_seed0.txt",
+        "shot2_seed1.txt",
+    ]
     labels = idx_array(FASHION_SOURCE / "train-labels-idx1-ubyte.gz", 8)
-    lines = [s for s in (out / "shot2_seed1.txt").read_text().splitlines()
-             if not s.startswith("#")]
+    lines = [s for s in (out / "shot2_seed1.txt").read_text().splitlines() if not s.startswith("#")]
     picked = [int(s.split("/")[1]) for s in lines]
     assert all(s.startswith("train/") for s in lines)
     assert np.bincount(labels[picked], minlength=10).tolist() == [2] * 10
-    frac = read_file_list(out / "fraction0.01_seed0.txt",
-                          build_dataset(cfg_for(fm_root), "train"))
+    frac = read_file_list(out / "fraction0.01_seed0.txt", build_dataset(cfg_for(fm_root), "train"))
     assert np.bincount(labels[frac], minlength=10).tolist() == [60] * 10
     assert (out / "shot2_seed0.txt").read_text() != (out / "shot2_seed1.txt").read_text()
 
@@ -171,15 +197,27 @@ def test_prepare_fewshot_lists(fm_root):
 def test_prepare_fewshot_checks_user_list(fm_root, tmp_path):
     good = tmp_path / "mine.txt"
     good.write_text("train/0\ntrain/59999\n")
-    cfg = cfg_for(fm_root, "eval.fewshot.fractions=[]", "eval.fewshot.shots=[1]",
-                  "eval.fewshot.seeds=[0]", f"data.fewshot_file={good}")
+    cfg = cfg_for(
+        fm_root,
+        "eval.fewshot.fractions=[]",
+        "eval.fewshot.shots=[1]",
+        "eval.fewshot.seeds=[0]",
+        f"data.fewshot_file={good}",
+    )
     index = json.loads((prepare_fewshot(cfg) / "lists.json").read_text())
     assert index["lists"]["user"]["images"] == 2
     bad = tmp_path / "bad.txt"
     bad.write_text("train/0\ntest/3\ntrain/60000\n")
     with pytest.raises(DataError, match=r"bad\.txt.*line 2: 'test/3'; line 3: 'train/60000'"):
-        prepare_fewshot(cfg_for(fm_root, "eval.fewshot.fractions=[]", "eval.fewshot.shots=[1]",
-                                "eval.fewshot.seeds=[0]", f"data.fewshot_file={bad}"))
+        prepare_fewshot(
+            cfg_for(
+                fm_root,
+                "eval.fewshot.fractions=[]",
+                "eval.fewshot.shots=[1]",
+                "eval.fewshot.seeds=[0]",
+                f"data.fewshot_file={bad}",
+            )
+        )
 
 
 def test_segmentation_preparation_dispatches(tmp_path, monkeypatch, capsys):
@@ -192,9 +230,11 @@ def test_segmentation_preparation_dispatches(tmp_path, monkeypatch, capsys):
     calls = []
     fake = types.ModuleType("folk.data.segmentation")
     fake.check_ade20k_layout = lambda root, num_classes: calls.append(
-        ("check", Path(root), num_classes)) or {"splits": {"training": 4, "validation": 2}}
-    fake.build_composite = lambda cfg: calls.append(("build", cfg["eval"]["segmentation"]["root"])) \
-        or {"dataset": "fashion_mnist_composite", "splits": {"training": {"images": 7}}}
+        ("check", Path(root), num_classes)
+    ) or {"splits": {"training": 4, "validation": 2}}
+    fake.build_composite = lambda cfg: calls.append(
+        ("build", cfg["eval"]["segmentation"]["root"])
+    ) or {"dataset": "fashion_mnist_composite", "splits": {"training": {"images": 7}}}
     monkeypatch.setattr(prepare, "segmentation", fake)
     from folk.cli import main
 
@@ -220,14 +260,16 @@ def test_checked_root_refuses_escapes():
 
 # ------------------------------------------------------------------ image folders
 
+
 def write_jpeg(path: Path, seed: int, size=(40, 30)) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     Image.fromarray(arr).save(path, "JPEG")
 
 
-def make_tree(root: Path, splits=("train", "val"), classes=("cat", "dog", "eel"),
-              per_class=3) -> None:
+def make_tree(
+    root: Path, splits=("train", "val"), classes=("cat", "dog", "eel"), per_class=3
+) -> None:
     seed = 0
     for split in splits:
         for c in classes:
@@ -267,7 +309,7 @@ def test_image_folder_yields_none_for_corrupt_file(tmp_path, caplog):
 
 def test_layout_check_reports_every_problem(tmp_path):
     make_tree(tmp_path, splits=("train",))
-    (tmp_path / "train" / "fox").mkdir()                     # empty class
+    (tmp_path / "train" / "fox").mkdir()  # empty class
     bad = tmp_path / "train" / "eel" / "eel2.jpg"
     bad.write_bytes(b"garbage")
     with pytest.raises(DataError) as err:
@@ -300,8 +342,10 @@ def test_folk_prepare_imagefolder_cli(tmp_path, capsys):
     src = tmp_path / "src"
     make_tree(src)
     params = tmp_path / "p.yaml"
-    params.write_text(f"data:\n  dataset: imagefolder\n  root: {tmp_path / 'prep'}\n"
-                      f"  source: {src}\n  num_classes: 3\n")
+    params.write_text(
+        f"data:\n  dataset: imagefolder\n  root: {tmp_path / 'prep'}\n"
+        f"  source: {src}\n  num_classes: 3\n"
+    )
     assert main(["prepare", "imagefolder", "--config", str(params)]) == 0
     m = read_manifest(tmp_path / "prep")
     assert m["splits"] == {"train": 9, "val": 9} and m["source"] == str(src)
@@ -311,23 +355,29 @@ def test_folk_prepare_imagefolder_cli(tmp_path, capsys):
     # a new corrupt file changes the listing: checked again (in full), and reported
     (src / "val" / "eel" / "zz.jpg").write_bytes(b"junk")
     assert main(["prepare", "imagefolder", "--config", str(params), "--full"]) == 1  # data
-    assert f"unreadable image: '{tmp_path / 'prep' / 'val' / 'eel' / 'zz.jpg'}'" in \
-        capsys.readouterr().err
+    assert (
+        f"unreadable image: '{tmp_path / 'prep' / 'val' / 'eel' / 'zz.jpg'}'"
+        in capsys.readouterr().err
+    )
     assert main(["prepare", "imagenet", "--config", str(params)]) == 2
     assert "data.dataset = 'imagefolder'" in capsys.readouterr().err
     # another dataset's manifest is never overwritten
-    assert main(["prepare", "imagenet", "--config", str(params),
-                 "--set", "data.dataset=imagenet"]) == 1  # a DataError: README, "Exit codes"
+    assert (
+        main(["prepare", "imagenet", "--config", str(params), "--set", "data.dataset=imagenet"])
+        == 1
+    )  # a DataError: README, "Exit codes"
     assert "belongs to dataset 'imagefolder'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ transforms
 
+
 def test_pretrain_views_shapes_range_and_seeding():
     cfg = cfg_for("unused", "augment.local_crops_number=2", "augment.local_crops_size=16")
     views = PretrainViews(cfg)
-    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), np.uint8)) \
-        .convert("RGB")
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), np.uint8)).convert(
+        "RGB"
+    )
     torch.manual_seed(0)
     a = views(img)
     torch.manual_seed(0)
@@ -356,8 +406,7 @@ def test_eval_transform_normalises_and_resizes():
     assert out.shape == (3, 32, 32)
     mean, std = cfg["data"]["mean"], cfg["data"]["std"]
     for c, v in enumerate((100, 150, 200)):
-        assert torch.allclose(out[c], torch.full((32, 32), (v / 255 - mean[c]) / std[c]),
-                              atol=1e-5)
+        assert torch.allclose(out[c], torch.full((32, 32), (v / 255 - mean[c]) / std[c]), atol=1e-5)
     # larger than img_size: shorter side to 32 * 256 / 224 = 36, then centre crop
     resized = ResizeForEval(32)(Image.new("RGB", (100, 60)))
     assert resized.size == (60, 36)
@@ -381,6 +430,7 @@ def test_normalize_matches_per_channel_loop():
 
 # ------------------------------------------------------------------ collation
 
+
 def test_collate_skip_none_single_and_multi_view():
     t = lambda v: torch.full((1, 2, 2), float(v))
     images, labels, n = collate_skip_none([(t(1), 3), None, (t(2), 5), None])
@@ -394,17 +444,16 @@ def test_collate_skip_none_single_and_multi_view():
     assert labels.dtype == torch.long
 
 
-
 def test_a_seeded_block_draws_the_seeds_stream_and_restores_the_rng():
     from folk.utils.seeding import seeded_cpu_rng
 
     torch.manual_seed(123)
     expected_after = torch.rand(4)
     torch.manual_seed(123)
-    with seeded_cpu_rng(2 ** 40 + 7):
+    with seeded_cpu_rng(2**40 + 7):
         inside = torch.rand(5)
         perm = torch.randperm(6)
-    reference = torch.Generator().manual_seed(2 ** 40 + 7)
+    reference = torch.Generator().manual_seed(2**40 + 7)
     assert torch.equal(inside, torch.rand(5, generator=reference))
     assert torch.equal(perm, torch.randperm(6, generator=reference))
     assert torch.equal(torch.rand(4), expected_after)  # the outer stream never moved

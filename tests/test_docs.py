@@ -5,6 +5,7 @@
 - no tracked file refers to material outside the repository;
 - README.md links to docs/METHOD.md.
 """
+
 from __future__ import annotations
 
 import re
@@ -18,8 +19,19 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 METHOD = REPO / "docs" / "METHOD.md"
 DEFAULTS = REPO / "folk" / "config" / "defaults.yaml"
-SECTIONS = ("experiment", "data", "augment", "model", "filter", "method", "pretrain", "eval",
-            "workflow", "launch", "slurm")
+SECTIONS = (
+    "experiment",
+    "data",
+    "augment",
+    "model",
+    "filter",
+    "method",
+    "pretrain",
+    "eval",
+    "workflow",
+    "launch",
+    "slurm",
+)
 # a dotted key such as `pretrain.base_lr` or `eval.linear.n_last_blocks`, not preceded by a
 # character that would make it part of a path or a module name (folk/data.py, folk.data)
 KEY = re.compile(r"(?<![\w./-])(?:%s)(?:\.[A-Za-z_][A-Za-z0-9_]*)+" % "|".join(SECTIONS))
@@ -69,24 +81,34 @@ def markdown_files() -> list[Path]:
 
 # ------------------------------------------------------------------------ helpers' own tests
 
+
 def test_key_pattern_finds_keys_and_skips_paths():
-    text = ("`pretrain.base_lr` and `eval.linear.n_last_blocks` in `--set model.arch=vit`; "
-            "not `folk/data.py`, `folk.data.transforms`, `config.yaml` nor plain data.root\n"
-            "```bash\nfolk config --set augment.preset=mfm\n```\n")
-    assert documented_keys(text) == {"pretrain.base_lr", "eval.linear.n_last_blocks",
-                                     "model.arch", "augment.preset"}
+    text = (
+        "`pretrain.base_lr` and `eval.linear.n_last_blocks` in `--set model.arch=vit`; "
+        "not `folk/data.py`, `folk.data.transforms`, `config.yaml` nor plain data.root\n"
+        "```bash\nfolk config --set augment.preset=mfm\n```\n"
+    )
+    assert documented_keys(text) == {
+        "pretrain.base_lr",
+        "eval.linear.n_last_blocks",
+        "model.arch",
+        "augment.preset",
+    }
     tree = {"model": {"arch": "x"}, "eval": {"linear": {"n_last_blocks": None}}}
     assert has_key(tree, "eval.linear.n_last_blocks") and has_key(tree, "model.arch")
     assert not has_key(tree, "model.arch.name") and not has_key(tree, "model.nope")
 
 
 def test_link_pattern():
-    text = ("[a](docs/METHOD.md) [b](#anchor) [c](https://x.org/y) [`d`](../folk/x.py#L3) "
-            "![e](fig.png \"title\") `[f](in/code.md)`\n```\n[g](in/block.md)\n```\n")
+    text = (
+        "[a](docs/METHOD.md) [b](#anchor) [c](https://x.org/y) [`d`](../folk/x.py#L3) "
+        '![e](fig.png "title") `[f](in/code.md)`\n```\n[g](in/block.md)\n```\n'
+    )
     assert relative_links(text) == ["docs/METHOD.md", "../folk/x.py#L3", "fig.png"]
 
 
 # ------------------------------------------------------------------------ the checks
+
 
 def test_method_keys_exist_in_defaults():
     assert METHOD.is_file(), "docs/METHOD.md is missing"
@@ -146,11 +168,11 @@ def test_no_tracked_file_names_outside_material():
             hits = [s for s in OUTSIDE if s in line]
             if hits:
                 found.append(f"{name}:{number}: {', '.join(hits)}")
-    assert not found, "tracked files refer to material outside the repository:\n" + \
-        "\n".join(found)
+    assert not found, "tracked files refer to material outside the repository:\n" + "\n".join(found)
 
 
 def test_readme_links_to_method():
     targets = [t.split("#", 1)[0] for t in relative_links((REPO / "README.md").read_text())]
-    assert any((REPO / t).resolve() == METHOD.resolve() for t in targets), \
-        "README.md has no link to docs/METHOD.md"
+    assert any(
+        (REPO / t).resolve() == METHOD.resolve() for t in targets
+    ), "README.md has no link to docs/METHOD.md"

@@ -1,4 +1,5 @@
 """Pre-training engine: every variant trains, resume equals no interruption, guards hold."""
+
 from __future__ import annotations
 
 import json
@@ -40,16 +41,21 @@ def test_each_variant_trains_one_step(tiny_cfg, tmp_path, variant):
     method = cfg["method"]
     assert ("loss_rec" in rec) == method["reconstruction"]
     assert ("loss_kd" in rec) == method["distillation"]
-    assert all(torch.isfinite(torch.tensor(v)).item() for k, v in rec.items()
-               if k.startswith("loss"))
+    assert all(
+        torch.isfinite(torch.tensor(v)).item() for k, v in rec.items() if k.startswith("loss")
+    )
 
 
 @pytest.mark.parametrize("arch", ["vit_tiny_patch16_224", "resnet50"])
 def test_multi_crop_trains_with_local_views_smaller_than_the_model(tiny_cfg, tmp_path, arch):
     import timm
 
-    cfg = tiny_cfg(f"model.arch={arch}", "augment.local_crops_number=2",
-                   "augment.local_crops_size=16", "pretrain.max_iterations=1")
+    cfg = tiny_cfg(
+        f"model.arch={arch}",
+        "augment.local_crops_number=2",
+        "augment.local_crops_size=16",
+        "pretrain.max_iterations=1",
+    )
     done = pretrain(cfg, tmp_path)
     assert done["iterations"] == 1
     rec = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
@@ -66,13 +72,27 @@ def test_run_directory_contract(tiny_cfg, tmp_path):
 
     cfg = tiny_cfg("pretrain.epochs=1")
     pretrain(cfg, tmp_path)
-    for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "backbone.pt",
-                 "student_backbone.pt", "DONE.json"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "checkpoints/last.pt",
+        "backbone.pt",
+        "student_backbone.pt",
+        "DONE.json",
+    ):
         assert (tmp_path / name).is_file(), name
     assert load_run_config(tmp_path) == cfg
     done = json.loads((tmp_path / "DONE.json").read_text())
-    for key in ("git_sha", "versions", "device", "wall_time_s", "images_per_s",
-                "peak_memory_mb", "skipped_images", "iterations"):
+    for key in (
+        "git_sha",
+        "versions",
+        "device",
+        "wall_time_s",
+        "images_per_s",
+        "peak_memory_mb",
+        "skipped_images",
+        "iterations",
+    ):
         assert key in done
     assert done["iterations"] == 4 and done["skipped_images"] == 0
     model = timm.create_model(cfg["model"]["arch"], **backbone_kwargs(cfg))
@@ -96,22 +116,35 @@ def test_resume_after_kill_equals_uninterrupted(tiny_cfg, tmp_path):
     state = torch.load(tmp_path / "killed/checkpoints/last.pt", weights_only=True)
     assert state["iteration"] == 4  # iteration 5 was never checkpointed: it is redone
     pretrain(cfg, tmp_path / "killed")
-    assert_same_weights(backbone_state(tmp_path / "straight"),
-                        backbone_state(tmp_path / "killed"))
-    lines = lambda p: [{k: v for k, v in json.loads(l).items() if k not in ("time", "images_per_s")}
-                       for l in (p / "metrics.jsonl").read_text().splitlines()]
+    assert_same_weights(backbone_state(tmp_path / "straight"), backbone_state(tmp_path / "killed"))
+    lines = lambda p: [
+        {k: v for k, v in json.loads(l).items() if k not in ("time", "images_per_s")}
+        for l in (p / "metrics.jsonl").read_text().splitlines()
+    ]
     assert lines(tmp_path / "straight") == lines(tmp_path / "killed")
 
 
 def _start(run_dir: Path, fashion_root: Path, *extra: str) -> subprocess.Popen:
-    overrides = tiny_overrides(fashion_root) + ["pretrain.epochs=6",
-                                                "pretrain.checkpoint_every=1", *extra]
-    cmd = [sys.executable, "-m", "folk.cli", "pretrain", "--out", str(run_dir),
-           "--config", str(REPO / "folk/config/defaults.yaml")]
+    overrides = tiny_overrides(fashion_root) + [
+        "pretrain.epochs=6",
+        "pretrain.checkpoint_every=1",
+        *extra,
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "folk.cli",
+        "pretrain",
+        "--out",
+        str(run_dir),
+        "--config",
+        str(REPO / "folk/config/defaults.yaml"),
+    ]
     for item in overrides:
         cmd += ["--set", item]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -142,8 +175,9 @@ def test_signal_then_resume_equals_uninterrupted(fashion_root, tmp_path, sig):
     assert resumed.returncode == 0, err
     assert "resumed from" in err
     assert straight.wait(timeout=300) == 0
-    assert_same_weights(backbone_state(tmp_path / "straight"),
-                        backbone_state(tmp_path / "interrupted"))
+    assert_same_weights(
+        backbone_state(tmp_path / "straight"), backbone_state(tmp_path / "interrupted")
+    )
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_cfg, tmp_path, monkeypatch):
@@ -188,8 +222,9 @@ def test_resume_with_a_different_configuration_is_refused(tiny_cfg, tmp_path):
 
 
 def test_knn_monitor_logs_initialisation_and_each_epoch(tiny_cfg, tmp_path):
-    cfg = tiny_cfg("pretrain.knn_every=1", "pretrain.knn_train_images=30",
-                   "pretrain.knn_test_images=20")
+    cfg = tiny_cfg(
+        "pretrain.knn_every=1", "pretrain.knn_train_images=30", "pretrain.knn_test_images=20"
+    )
     pretrain(cfg, tmp_path)
     records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     knn = [r for r in records if r["type"] == "knn"]
@@ -206,15 +241,19 @@ def test_zero_epochs_writes_the_initialisation_of_the_same_seed(tiny_cfg, tmp_pa
     pretrain(tiny_cfg(*knn, "pretrain.epochs=1"), trained_dir)
 
     def knn_records(run_dir):
-        return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()
-                if json.loads(l)["type"] == "knn"]
+        return [
+            json.loads(l)
+            for l in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if json.loads(l)["type"] == "knn"
+        ]
 
     # the random-init baseline: the weights a training run of that seed starts from
     from folk.engine.pretrain import Pretrainer
     from folk.evals.monitor import knn_monitor
 
-    start = Pretrainer(tiny_cfg(*knn, "pretrain.epochs=1"), tmp_path / "unused",
-                       monitor=knn_monitor)
+    start = Pretrainer(
+        tiny_cfg(*knn, "pretrain.epochs=1"), tmp_path / "unused", monitor=knn_monitor
+    )
     start.setup()
     assert_same_weights(backbone_state(init_dir), start.teacher.backbone.state_dict())
     init_records = knn_records(init_dir)
@@ -225,14 +264,17 @@ def test_zero_epochs_writes_the_initialisation_of_the_same_seed(tiny_cfg, tmp_pa
     assert not (init_dir / "checkpoints" / "last.pt").exists()
 
 
-@pytest.mark.parametrize("batch, world, accum, most, want", [
-    (2048, 1, 1, 256, (256, 8)),      # paper batch on one GPU: 8 steps of 256
-    (2048, 8, 1, 256, (256, 1)),      # on 8 GPUs: none
-    (2048, 16, 1, 256, (128, 1)),
-    (96, 1, 1, 40, (32, 3)),          # the fewest steps that split evenly: 3 x 32, not 48
-    (64, 2, 2, 256, (16, 2)),         # at least accum_steps
-    (10, 1, 1, 3, (2, 5)),
-])
+@pytest.mark.parametrize(
+    "batch, world, accum, most, want",
+    [
+        (2048, 1, 1, 256, (256, 8)),  # paper batch on one GPU: 8 steps of 256
+        (2048, 8, 1, 256, (256, 1)),  # on 8 GPUs: none
+        (2048, 16, 1, 256, (128, 1)),
+        (96, 1, 1, 40, (32, 3)),  # the fewest steps that split evenly: 3 x 32, not 48
+        (64, 2, 2, 256, (16, 2)),  # at least accum_steps
+        (10, 1, 1, 3, (2, 5)),
+    ],
+)
 def test_micro_batching_splits_the_global_batch(batch, world, accum, most, want):
     from folk.engine.pretrain import micro_batching
 
@@ -240,8 +282,9 @@ def test_micro_batching_splits_the_global_batch(batch, world, accum, most, want)
     assert (micro, steps) == want
     assert micro * steps * world == batch and micro <= most and steps >= accum
     # no smaller number of steps would do
-    assert not any(batch % (world * s) == 0 and batch // (world * s) <= most
-                   for s in range(accum, steps))
+    assert not any(
+        batch % (world * s) == 0 and batch // (world * s) <= most for s in range(accum, steps)
+    )
 
 
 def test_micro_batching_refuses_what_cannot_be_split():
@@ -260,5 +303,4 @@ def test_a_derived_accumulation_trains_as_the_same_accumulation_set_by_hand(tiny
     by_hand = tiny_cfg("pretrain.accum_steps=4", "pretrain.max_iterations=3")
     pretrain(derived, tmp_path / "derived")
     pretrain(by_hand, tmp_path / "by_hand")
-    assert_same_weights(backbone_state(tmp_path / "derived"),
-                        backbone_state(tmp_path / "by_hand"))
+    assert_same_weights(backbone_state(tmp_path / "derived"), backbone_state(tmp_path / "by_hand"))

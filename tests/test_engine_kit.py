@@ -1,5 +1,6 @@
 """The training kit every loop uses: state files and their one mismatch policy, hooks,
 device and precision, per-sample seeds."""
+
 from __future__ import annotations
 
 import logging
@@ -14,13 +15,20 @@ LOG = logging.getLogger("test.engine.kit")
 def state_file(path, fingerprint, disposable):
     from folk.engine.checkpoint import StateFile
 
-    return StateFile(path, identity={"format": 1, "fingerprint": fingerprint},
-                     disposable=disposable, remedy="delete it", other="another setting",
-                     log=LOG, required=("step",))
+    return StateFile(
+        path,
+        identity={"format": 1, "fingerprint": fingerprint},
+        disposable=disposable,
+        remedy="delete it",
+        other="another setting",
+        log=LOG,
+        required=("step",),
+    )
 
 
-@pytest.mark.parametrize("fingerprint", ["abc", torch.tensor([1, 2], dtype=torch.uint8),
-                                         {"lrs": (0.1, 0.2), "seed": 0}])
+@pytest.mark.parametrize(
+    "fingerprint", ["abc", torch.tensor([1, 2], dtype=torch.uint8), {"lrs": (0.1, 0.2), "seed": 0}]
+)
 def test_a_state_of_the_same_identity_is_resumed(tmp_path, fingerprint):
     state_file(tmp_path / "s.pt", fingerprint, False).save({"step": 3})
     state = state_file(tmp_path / "s.pt", fingerprint, False).load()

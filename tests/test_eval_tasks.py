@@ -1,5 +1,6 @@
 """The table of evaluation tasks (folk.eval_tasks) is the one list: every row has its module,
 every place that names the tasks reads the table, and every record states its columns."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,11 @@ def test_every_task_is_a_module_with_run():
     for task in TASKS.values():
         path = REPO / (task.module.replace(".", "/") + ".py")
         assert path.is_file(), f"{task.name}: no {path.relative_to(REPO)}"
-        runs = [n for n in ast.parse(path.read_text()).body
-                if isinstance(n, ast.FunctionDef) and n.name == "run"]
+        runs = [
+            n
+            for n in ast.parse(path.read_text()).body
+            if isinstance(n, ast.FunctionDef) and n.name == "run"
+        ]
         assert runs and [a.arg for a in runs[0].args.args] == ["cfg", "run_dir", "out_dir", "log"]
 
 
@@ -46,26 +50,44 @@ def test_rows_name_known_inputs_keys_and_tables():
         assert set(task.inputs) <= set(INPUTS), task.name
         assert set(task.reads) <= set(eval_keys), task.name
         for table in task.tables:
-            assert table in tables or (table == ABLATION_TABLES
-                                       and any(t.startswith("ablation_") for t in tables))
+            assert table in tables or (
+                table == ABLATION_TABLES and any(t.startswith("ablation_") for t in tables)
+            )
 
 
 def test_robustness_columns_leave_the_severities_in_the_record():
-    metrics = dict.fromkeys(["mean_corruption_top1", "clean_top1", "jpeg_s1_top1",
-                             "jpeg_mean_top1", "lowpass_r4_top1", "highpass_r0.5_top1"], 1.0)
-    got = [(c.metric, c.label, c.order) for c in sorted(
-        declared_columns("robustness", metrics, "mean_corruption_top1"), key=lambda c: c.order)]
-    assert got == [("mean_corruption_top1", "mean under corruption", (0,)),
-                   ("clean_top1", "clean", (1,)), ("jpeg_mean_top1", "jpeg", (2, "jpeg")),
-                   ("lowpass_r4_top1", "low-pass r=4", (3, 4.0)),
-                   ("highpass_r0.5_top1", "high-pass r=0.5", (4, 0.5))]
+    metrics = dict.fromkeys(
+        [
+            "mean_corruption_top1",
+            "clean_top1",
+            "jpeg_s1_top1",
+            "jpeg_mean_top1",
+            "lowpass_r4_top1",
+            "highpass_r0.5_top1",
+        ],
+        1.0,
+    )
+    got = [
+        (c.metric, c.label, c.order)
+        for c in sorted(
+            declared_columns("robustness", metrics, "mean_corruption_top1"), key=lambda c: c.order
+        )
+    ]
+    assert got == [
+        ("mean_corruption_top1", "mean under corruption", (0,)),
+        ("clean_top1", "clean", (1,)),
+        ("jpeg_mean_top1", "jpeg", (2, "jpeg")),
+        ("lowpass_r4_top1", "low-pass r=4", (3, 4.0)),
+        ("highpass_r0.5_top1", "high-pass r=0.5", (4, 0.5)),
+    ]
 
 
 def test_protocol_columns_are_the_names_the_protocol_writes():
     ev = defaults()["eval"]
     fewshot = {c.metric for c in TASKS["fewshot"].protocol_columns(ev)}
-    assert fewshot == {f"frac{round(f * 100, 6):g}pct_top1_mean" for f in ev["fewshot"]["fractions"]} \
-        | {f"shot{k}_top1_mean" for k in ev["fewshot"]["shots"]}
+    assert fewshot == {
+        f"frac{round(f * 100, 6):g}pct_top1_mean" for f in ev["fewshot"]["fractions"]
+    } | {f"shot{k}_top1_mean" for k in ev["fewshot"]["shots"]}
     robustness = {c.metric for c in TASKS["robustness"].protocol_columns(ev)}
     assert {"mean_corruption_top1", "clean_top1"} <= robustness
     assert {f"{c}_mean_top1" for c in ev["robustness"]["corruptions"]} <= robustness
@@ -79,16 +101,33 @@ def test_a_record_states_its_columns_and_older_records_stay_valid(tmp_path):
     out = task_dir(tmp_path, "fewshot")
     out.mkdir(parents=True)
     metrics = {"shot1_top1_mean": 30.0, "shot1_top1_std": 2.0}
-    record = write_metrics(out, cfg=cfg, run_dir=tmp_path, task="fewshot", variant="",
-                           dataset="fashion_mnist", split="test", metrics=metrics,
-                           primary="shot1_top1_mean", seed=0, epochs=0, started=0.0)
-    assert record["columns"] == [{"metric": "shot1_top1_mean", "label": "1-shot",
-                                  "group": "shots", "order": [1, 1.0],
-                                  "std": "shot1_top1_std"}]
+    record = write_metrics(
+        out,
+        cfg=cfg,
+        run_dir=tmp_path,
+        task="fewshot",
+        variant="",
+        dataset="fashion_mnist",
+        split="test",
+        metrics=metrics,
+        primary="shot1_top1_mean",
+        seed=0,
+        epochs=0,
+        started=0.0,
+    )
+    assert record["columns"] == [
+        {
+            "metric": "shot1_top1_mean",
+            "label": "1-shot",
+            "group": "shots",
+            "order": [1, 1.0],
+            "std": "shot1_top1_std",
+        }
+    ]
     path = out / "metrics.json"
     assert json.loads(path.read_text())["columns"] == record["columns"]
     assert record_problem(path) is None
-    del record["columns"]                      # as written before records stated columns
+    del record["columns"]  # as written before records stated columns
     path.write_text(json.dumps(record))
     assert record_problem(path) is None
     record["columns"] = [{"metric": "shot1_top1_mean", "label": "1-shot"}]

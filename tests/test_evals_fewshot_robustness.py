@@ -1,6 +1,7 @@
 """Few-shot evaluation (label subsets, logistic regression with C chosen on the training set
 only, ``folk eval fewshot``) and robustness (corruptions, frequency filters,
 ``folk eval robustness``), with a tiny ViT and real Fashion-MNIST on the CPU."""
+
 from __future__ import annotations
 
 import gzip
@@ -17,8 +18,7 @@ import torch
 from conftest import FASHION_FILES, RGB_STATS, TINY_VIT, tiny_overrides
 
 LOG = logging.getLogger("test.evals.fewshot")
-FAST_FT = ["eval.finetune.epochs=1", "eval.finetune.batch_size=16",
-           "eval.finetune.warmup_epochs=0"]
+FAST_FT = ["eval.finetune.epochs=1", "eval.finetune.batch_size=16", "eval.finetune.warmup_epochs=0"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,12 +67,15 @@ def natural_images(size: int = 224) -> torch.Tensor:
     from skimage.transform import resize
 
     photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
-    x = [torch.from_numpy(resize(p, (size, size), anti_aliasing=True)).permute(2, 0, 1)
-         for p in photos]
+    x = [
+        torch.from_numpy(resize(p, (size, size), anti_aliasing=True)).permute(2, 0, 1)
+        for p in photos
+    ]
     return torch.stack(x).float().clamp(0, 1)
 
 
 # ---------------------------------------------------------------- few-shot subsets
+
 
 def test_fewshot_subsets_class_balanced_and_seed_stable(own_root):
     from folk.config import load_config
@@ -107,6 +110,7 @@ def test_fewshot_subsets_class_balanced_and_seed_stable(own_root):
 
 # ---------------------------------------------------------------- logistic regression
 
+
 def separable(n_per_class: int, classes: int, dim: int, seed: int):
     rng = np.random.default_rng(seed)
     centres = np.eye(dim)[:classes] * 5.0
@@ -120,14 +124,12 @@ def test_logistic_regression_separable_reaches_100_percent():
 
     train_x, train_y = separable(5, 6, 16, seed=0)
     test_x, test_y = separable(50, 6, 16, seed=1)
-    acc, c = logreg_accuracy(train_x, train_y, test_x, test_y, [0.1, 10.0], seed=0,
-                             fallback_c=10.0)
+    acc, c = logreg_accuracy(train_x, train_y, test_x, test_y, [0.1, 10.0], seed=0, fallback_c=10.0)
     assert acc >= 99.0
     assert c in (0.1, 10.0)
     # one shot: no cross-validation possible, the fallback C is used
     one_x, one_y = separable(1, 6, 16, seed=2)
-    acc1, c1 = logreg_accuracy(one_x, one_y, test_x, test_y, [0.1, 10.0], seed=0,
-                               fallback_c=3.0)
+    acc1, c1 = logreg_accuracy(one_x, one_y, test_x, test_y, [0.1, 10.0], seed=0, fallback_c=3.0)
     assert c1 == 3.0 and acc1 >= 95.0
 
 
@@ -151,8 +153,7 @@ def test_c_selection_never_sees_test_features(monkeypatch):
             return _original(self, X, *args, **kwargs)
 
         monkeypatch.setattr(LogisticRegression, method, spy)
-    logreg_accuracy(train_x, train_y, test_x, test_y, [0.01, 1.0, 100.0], seed=0,
-                    fallback_c=1.0)
+    logreg_accuracy(train_x, train_y, test_x, test_y, [0.01, 1.0, 100.0], seed=0, fallback_c=1.0)
     first_test = next(i for i, (_, rows) in enumerate(calls) if set(rows) & test_rows)
     fits = [i for i, (m, _) in enumerate(calls) if m == "fit"]
     assert len(fits) == 3 * 4 + 1  # 3 Cs x 4 folds (k = 4), then the refit
@@ -173,23 +174,35 @@ def test_select_c_folds_hold_out_every_class():
 
 # ---------------------------------------------------------------- folk eval fewshot
 
+
 def test_folk_eval_fewshot_end_to_end(run_dir, capsys):
     from folk.cli import main
 
-    args = ["eval", "fewshot", "--run", str(run_dir)] + sets(FAST_FT + [
-        "eval.fewshot.shots=[1, 2]", "eval.fewshot.fractions=[0.001]",
-        "eval.fewshot.seeds=[0, 1]", "eval.fewshot.logreg_c=[0.1, 10.0]"])
+    args = ["eval", "fewshot", "--run", str(run_dir)] + sets(
+        FAST_FT
+        + [
+            "eval.fewshot.shots=[1, 2]",
+            "eval.fewshot.fractions=[0.001]",
+            "eval.fewshot.seeds=[0, 1]",
+            "eval.fewshot.logreg_c=[0.1, 10.0]",
+        ]
+    )
     assert main(args) == 0
     out_dir = run_dir / "eval" / "fewshot"
     record = json.loads((out_dir / "metrics.json").read_text())
     assert record["primary"] == "shot1_top1_mean"
     m = record["metrics"]
-    assert set(m) == {f"{n}_top1_{s}" for n in ("shot1", "shot2", "frac0.1pct")
-                      for s in ("mean", "std")}
+    assert set(m) == {
+        f"{n}_top1_{s}" for n in ("shot1", "shot2", "frac0.1pct") for s in ("mean", "std")
+    }
     assert all(0.0 <= v <= 100.0 for v in m.values())
     # the fraction statistics from the per-seed results, recomputed
-    tops = [json.loads((out_dir / f"result-frac0.1pct-seed{s}.json").read_text())
-            ["result"]["metrics"]["top1"] for s in (0, 1)]
+    tops = [
+        json.loads((out_dir / f"result-frac0.1pct-seed{s}.json").read_text())["result"]["metrics"][
+            "top1"
+        ]
+        for s in (0, 1)
+    ]
     assert m["frac0.1pct_top1_mean"] == pytest.approx((tops[0] + tops[1]) / 2)
     assert m["frac0.1pct_top1_std"] == pytest.approx(abs(tops[0] - tops[1]) / math.sqrt(2))
     for s in (0, 1):
@@ -204,13 +217,26 @@ def test_folk_eval_fewshot_end_to_end(run_dir, capsys):
 def test_fewshot_with_nothing_to_do_is_a_config_error(run_dir, capsys):
     from folk.cli import main
 
-    rc = main(["eval", "fewshot", "--run", str(run_dir), "--variant", "empty",
-               "--set", "eval.fewshot.shots=[]", "--set", "eval.fewshot.fractions=[]"])
+    rc = main(
+        [
+            "eval",
+            "fewshot",
+            "--run",
+            str(run_dir),
+            "--variant",
+            "empty",
+            "--set",
+            "eval.fewshot.shots=[]",
+            "--set",
+            "eval.fewshot.fractions=[]",
+        ]
+    )
     assert rc == 2
     assert "eval.fewshot.fractions" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- corruptions
+
 
 @pytest.mark.parametrize("table, size", [("imagenet_c", 224), ("cifar_c", 32)])
 def test_corruptions_grow_with_severity_and_stay_in_range(table, size):
@@ -248,14 +274,19 @@ def test_corruptions_against_independent_formulas():
     gen = torch.Generator().manual_seed(7)
     noise = torch.randn(x.shape, generator=gen)
     want = (x + SEVERITY_TABLES["cifar_c"]["gaussian_noise"][3] * noise).clamp(0, 1)
-    got = corrupt(x, "gaussian_noise", 4, table="cifar_c",
-                  generator=torch.Generator().manual_seed(7))
+    got = corrupt(
+        x, "gaussian_noise", 4, table="cifar_c", generator=torch.Generator().manual_seed(7)
+    )
     torch.testing.assert_close(got, want)
     # blur: scipy's Gaussian filter with mirrored borders and the same +-ceil(3 sigma) support
     sigma = SEVERITY_TABLES["cifar_c"]["gaussian_blur"][4] * 32 / 32
     radius = math.ceil(3 * sigma)
-    want = np.stack([[gaussian_filter(ch, sigma, mode="mirror", truncate=radius / sigma)
-                      for ch in img] for img in xn])
+    want = np.stack(
+        [
+            [gaussian_filter(ch, sigma, mode="mirror", truncate=radius / sigma) for ch in img]
+            for img in xn
+        ]
+    )
     got = corrupt(x, "gaussian_blur", 5, table="cifar_c").numpy()
     np.testing.assert_allclose(got, np.clip(want, 0, 1), atol=1e-5)
     # JPEG: lossy, yet close to the input, and deterministic
@@ -273,7 +304,7 @@ def test_frequency_filters_against_numpy_fft():
     mask = np.zeros((h, w))
     for i in range(h):  # centred circular mask, strict < as MFM
         for j in range(w):
-            mask[i, j] = (i - h // 2) ** 2 + (j - w // 2) ** 2 < radius ** 2
+            mask[i, j] = (i - h // 2) ** 2 + (j - w // 2) ** 2 < radius**2
     spectrum = np.fft.fft2(x.numpy().astype(np.float64))
     for fn, keep in ((low_pass, mask), (high_pass, 1 - mask)):
         want = np.clip(np.fft.ifft2(spectrum * np.fft.ifftshift(keep)).real, 0, 1)
@@ -299,6 +330,7 @@ def test_bad_corruption_arguments():
 
 # ---------------------------------------------------------------- folk eval robustness
 
+
 def test_folk_eval_robustness_end_to_end(run_dir, fashion_root, capsys):
     from folk.cli import main
 
@@ -306,15 +338,35 @@ def test_folk_eval_robustness_end_to_end(run_dir, fashion_root, capsys):
     rc = main(["eval", "robustness", "--run", str(run_dir)])
     assert rc == 2 and "eval.robustness.filter_radii" in capsys.readouterr().err
     # without a fine-tuned classifier: a clear error, nothing written
-    rc = main(["eval", "robustness", "--run", str(run_dir),
-               "--set", "eval.robustness.filter_radii=[8, 32]"])
+    rc = main(
+        [
+            "eval",
+            "robustness",
+            "--run",
+            str(run_dir),
+            "--set",
+            "eval.robustness.filter_radii=[8, 32]",
+        ]
+    )
     assert rc == 2 and "folk eval finetune" in capsys.readouterr().err
     assert main(["eval", "finetune", "--run", str(run_dir)] + sets(FAST_FT)) == 0
     finetuned = json.loads((run_dir / "eval/finetune/metrics.json").read_text())["metrics"]
 
-    assert main(["eval", "robustness", "--run", str(run_dir),
-                 "--set", "eval.robustness.severities=[1, 3, 5]",
-                 "--set", "eval.robustness.filter_radii=[8, 32]"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "robustness",
+                "--run",
+                str(run_dir),
+                "--set",
+                "eval.robustness.severities=[1, 3, 5]",
+                "--set",
+                "eval.robustness.filter_radii=[8, 32]",
+            ]
+        )
+        == 0
+    )
     record = json.loads((run_dir / "eval/robustness/metrics.json").read_text())
     m = record["metrics"]
     corruptions = ["gaussian_noise", "gaussian_blur", "jpeg", "contrast"]
@@ -327,10 +379,17 @@ def test_folk_eval_robustness_end_to_end(run_dir, fashion_root, capsys):
     # the clean accuracy is the fine-tuned classifier's own test accuracy
     assert m["clean_top1"] == pytest.approx(finetuned["top1"])
     for c in corruptions:
-        assert m[f"{c}_mean_top1"] == pytest.approx(np.mean([m[f"{c}_s{s}_top1"] for s in (1, 3, 5)]))
-    assert m["mean_corruption_top1"] == pytest.approx(np.mean([m[f"{c}_mean_top1"] for c in corruptions]))
+        assert m[f"{c}_mean_top1"] == pytest.approx(
+            np.mean([m[f"{c}_s{s}_top1"] for s in (1, 3, 5)])
+        )
+    assert m["mean_corruption_top1"] == pytest.approx(
+        np.mean([m[f"{c}_mean_top1"] for c in corruptions])
+    )
     n_test = 40
     for v in m.values():  # accuracies of 40 images
         assert 0.0 <= v <= 100.0
-    assert all(abs(m[k] * n_test / 100 - round(m[k] * n_test / 100)) < 1e-9
-               for k in m if k.endswith("_top1") and "mean" not in k)
+    assert all(
+        abs(m[k] * n_test / 100 - round(m[k] * n_test / 100)) < 1e-9
+        for k in m
+        if k.endswith("_top1") and "mean" not in k
+    )

@@ -1,6 +1,7 @@
 """Fine-tuning evaluation: the classifier built on the backbone, layer-wise lr decay, the
 RandAugment/Pillow fix, ``folk eval finetune`` end to end, and resume-after-interruption
 being bitwise equal to an uninterrupted run (tiny ViT, real Fashion-MNIST, CPU)."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,11 @@ from conftest import RGB_STATS, TINY_VIT, tiny_overrides
 
 LOG = logging.getLogger("test.evals.finetune")
 # 64 training images, batch 16: 4 optimiser steps per epoch
-FAST = ["eval.finetune.batch_size=16", "eval.finetune.warmup_epochs=1",
-        "eval.finetune.checkpoint_every=3"]
+FAST = [
+    "eval.finetune.batch_size=16",
+    "eval.finetune.warmup_epochs=1",
+    "eval.finetune.checkpoint_every=3",
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -49,6 +53,7 @@ def eval_cfg(run_dir: Path, *overrides: str) -> dict:
 
 
 # ---------------------------------------------------------------- the classifier
+
 
 def test_mean_pooling_classifier_matches_explicit_computation(run_dir):
     from folk.evals.finetune import make_classifier
@@ -113,13 +118,22 @@ def test_layer_decay_scales_per_block(run_dir):
         for p in group["params"]:
             name = names[id(p)]
             seen.add(name)
-            assert group["lr_scale"] == pytest.approx(decay ** (num_layers - 1 - layer_id(name))), name
+            assert group["lr_scale"] == pytest.approx(
+                decay ** (num_layers - 1 - layer_id(name))
+            ), name
             no_decay = p.ndim <= 1 or name in ("cls_token", "pos_embed")
             assert group["weight_decay"] == (0.0 if no_decay else wd), name
     assert seen == set(names.values())
     # the scheduler applies the scale: after warm-up every group runs at lr * scale
-    sched = CosineLRScheduler(optimizer, t_initial=10, lr_min=0.0, warmup_t=5,
-                              warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
+    sched = CosineLRScheduler(
+        optimizer,
+        t_initial=10,
+        lr_min=0.0,
+        warmup_t=5,
+        warmup_lr_init=0.0,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
     sched.step_update(num_updates=5)
     for group in optimizer.param_groups:
         assert group["lr"] == pytest.approx(lr * group["lr_scale"])
@@ -133,12 +147,21 @@ def test_posterize_at_full_magnitude_does_not_crash():
     from folk.config import load_config
     from folk.evals.finetune import _posterize_compat, train_transform
 
-    img = Image.fromarray((np.arange(28 * 28) % 256).astype(np.uint8).reshape(28, 28)).convert("RGB")
+    img = Image.fromarray((np.arange(28 * 28) % 256).astype(np.uint8).reshape(28, 28)).convert(
+        "RGB"
+    )
     assert np.asarray(_posterize_compat(img, 0)).max() == 0
-    assert np.array_equal(np.asarray(_posterize_compat(img, 3)),
-                          np.asarray(ImageOps.posterize(img, 3)))
-    cfg = load_config(None, ["model.img_size=32", "eval.finetune.auto_augment=rand-m10-mstd0-n3-inc1",
-                             "eval.finetune.reprob=0"])
+    assert np.array_equal(
+        np.asarray(_posterize_compat(img, 3)), np.asarray(ImageOps.posterize(img, 3))
+    )
+    cfg = load_config(
+        None,
+        [
+            "model.img_size=32",
+            "eval.finetune.auto_augment=rand-m10-mstd0-n3-inc1",
+            "eval.finetune.reprob=0",
+        ],
+    )
     transform = train_transform(cfg)
     random.seed(0)  # RandAugment draws from python's and numpy's global RNGs
     np.random.seed(0)
@@ -148,6 +171,7 @@ def test_posterize_at_full_magnitude_does_not_crash():
 
 
 # ---------------------------------------------------------------- end to end
+
 
 def test_folk_eval_finetune_end_to_end_and_rerun(run_dir, capsys):
     import timm
@@ -171,8 +195,9 @@ def test_folk_eval_finetune_end_to_end_and_rerun(run_dir, capsys):
     cfg = eval_cfg(run_dir)
     state = torch.load(out_dir / "classifier.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
-    model = timm.create_model(cfg["model"]["arch"], **(backbone_kwargs(cfg) | {
-        "num_classes": 10, "global_pool": "avg"})).eval()
+    model = timm.create_model(
+        cfg["model"]["arch"], **(backbone_kwargs(cfg) | {"num_classes": 10, "global_pool": "avg"})
+    ).eval()
     model.load_state_dict(state)
     test = build_dataset(cfg, "test", transform=eval_transform(cfg))
     hits1 = hits5 = 0
@@ -247,7 +272,20 @@ def test_missing_backbone_and_bad_accumulation_are_clear_errors(fashion_root, tm
     assert main(["eval", "finetune", "--run", str(run)]) == 2
     assert "no backbone.pt" in capsys.readouterr().err
     shutil.copy(tmp_path / "backbone.pt", run / "backbone.pt")
-    assert main(["eval", "finetune", "--run", str(run), "--set", "eval.finetune.batch_size=10",
-                 "--set", "eval.finetune.accum_steps=3"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "finetune",
+                "--run",
+                str(run),
+                "--set",
+                "eval.finetune.batch_size=10",
+                "--set",
+                "eval.finetune.accum_steps=3",
+            ]
+        )
+        == 2
+    )
     assert "eval.finetune.accum_steps" in capsys.readouterr().err
     assert not (run / "eval" / "finetune" / "metrics.json").exists()

@@ -1,5 +1,6 @@
 """Frozen-feature evaluations: feature extraction and its cache, weighted k-NN, linear probe,
 and ``folk eval knn|linear`` end to end on a tiny run directory with real Fashion-MNIST."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,10 @@ import torch
 import yaml
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_fmnist = pytest.mark.skipif(not (FMNIST / "t10k-images-idx3-ubyte.gz").is_file(),
-                                  reason="Fashion-MNIST IDX files not installed "
-                                         "(apt-get install dataset-fashion-mnist)")
+needs_fmnist = pytest.mark.skipif(
+    not (FMNIST / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason="Fashion-MNIST IDX files not installed " "(apt-get install dataset-fashion-mnist)",
+)
 LOG = logging.getLogger("test.evals")
 
 
@@ -29,6 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- k-NN
+
 
 def reference_knn(train, train_labels, test, k, temperature, num_classes):
     """Explicit loop: cosine similarity to every training sample, sort, weighted vote."""
@@ -56,17 +59,23 @@ def test_knn_matches_explicit_loop():
     test_labels = torch.randint(0, num_classes, (23,), generator=gen)
     ks = [1, 5, 20]
     temperature = 0.07
-    metrics = knn_metrics(train, train_labels, test, test_labels, ks, temperature,
-                          num_classes, chunk_size=6)
+    metrics = knn_metrics(
+        train, train_labels, test, test_labels, ks, temperature, num_classes, chunk_size=6
+    )
     for k in ks:
-        want = reference_knn(train.numpy(), train_labels.numpy(), test.numpy(), k,
-                             temperature, num_classes)
+        want = reference_knn(
+            train.numpy(), train_labels.numpy(), test.numpy(), k, temperature, num_classes
+        )
         got = knn_predict(train, train_labels, test, k, temperature, num_classes, chunk_size=6)
         np.testing.assert_array_equal(got.numpy(), want)
         assert metrics[f"top1_k{k}"] == pytest.approx(100.0 * np.mean(want == test_labels.numpy()))
         assert f"top5_k{k}" in metrics
-        assert knn_accuracy(train, train_labels, test, test_labels, k=k, T=temperature,
-                            num_classes=num_classes) == metrics[f"top1_k{k}"]
+        assert (
+            knn_accuracy(
+                train, train_labels, test, test_labels, k=k, T=temperature, num_classes=num_classes
+            )
+            == metrics[f"top1_k{k}"]
+        )
     # top-5 against explicit rankings of the votes: only classes that got a vote count
     train_n = train / train.norm(dim=1, keepdim=True)
     for k in (1, 5, 20):
@@ -77,8 +86,9 @@ def test_knn_matches_explicit_loop():
             votes = [0.0] * num_classes
             for j in order:
                 votes[int(train_labels[j])] += math.exp(sims[j] / temperature)
-            top5 = [c for c in sorted(range(num_classes), key=lambda c: -votes[c])[:5]
-                    if votes[c] > 0]
+            top5 = [
+                c for c in sorted(range(num_classes), key=lambda c: -votes[c])[:5] if votes[c] > 0
+            ]
             hits += int(y) in top5
         assert metrics[f"top5_k{k}"] == pytest.approx(100.0 * hits / len(test))
     assert metrics["top5_k1"] == metrics["top1_k1"]  # one neighbour votes for one class
@@ -113,8 +123,8 @@ def test_primary_k():
 
 # ---------------------------------------------------------------- linear probe
 
-def separable_problem(n_per_class=60, dim=16, num_classes=3, seed=0, margin=4.0,
-                      noise_seed=None):
+
+def separable_problem(n_per_class=60, dim=16, num_classes=3, seed=0, margin=4.0, noise_seed=None):
     """Gaussian clusters around ``seed``'s class centres; ``noise_seed`` draws fresh
     samples of the same problem (a test set)."""
     gen = torch.Generator().manual_seed(seed)
@@ -161,7 +171,7 @@ def test_grid_heads_train_independently():
         for epoch in range(epochs):
             order = torch.randperm(n, generator=torch.Generator().manual_seed(7 * 100_003 + epoch))
             for s in range(steps):
-                idx = order[s * batch:(s + 1) * batch]
+                idx = order[s * batch : (s + 1) * batch]
                 xb, yb = x[idx].double(), y[idx]
                 p = torch.softmax(xb @ w.T + b, dim=1)
                 p[torch.arange(len(yb)), yb] -= 1.0
@@ -229,8 +239,15 @@ def _probe_cfg(**linear):
     from folk.config import load_config
 
     sets = [as_set(f"eval.linear.{k}", v) for k, v in linear.items()]
-    return load_config(None, ["data.num_classes=3", "eval.linear.n_last_blocks=2",
-                              "eval.linear.avgpool_patchtokens=true"] + sets)
+    return load_config(
+        None,
+        [
+            "data.num_classes=3",
+            "eval.linear.n_last_blocks=2",
+            "eval.linear.avgpool_patchtokens=true",
+        ]
+        + sets,
+    )
 
 
 def test_lr_selection_never_sees_test_labels(tmp_path, monkeypatch):
@@ -275,7 +292,6 @@ def test_linear_probe_run_resumes_to_done(tmp_path, monkeypatch):
     assert (tmp_path / "out" / linear.GRID_FILE).stat().st_mtime_ns == mtime
 
 
-
 def test_damaged_grid_checkpoint_is_retrained(tmp_path, caplog):
     """A truncated grid.pt is a cache: retrained from scratch with a warning naming it, to
     the same classifiers as a run that never had one."""
@@ -292,6 +308,7 @@ def test_damaged_grid_checkpoint_is_retrained(tmp_path, caplog):
     assert torch.equal(clean[0].weight, again[0].weight)
     assert torch.load(ckpt, weights_only=True)["epoch"] == 2  # rewritten, loadable
 
+
 def test_standardize_matches_numpy_and_uses_fitting_rows_only():
     """z-scores written out in numpy with the fitting rows' mean and population std; the
     held-out rows and the test set do not move the statistics."""
@@ -304,12 +321,13 @@ def test_standardize_matches_numpy_and_uses_fitting_rows_only():
     fit = np.arange(0, 40, 2)
     mean = train[fit].astype(np.float64).mean(axis=0)
     std = np.sqrt(((train[fit].astype(np.float64) - mean) ** 2).mean(axis=0))
-    got_train, got_test = standardize(torch.from_numpy(train), torch.from_numpy(test),
-                                      torch.from_numpy(fit))
-    np.testing.assert_allclose(got_train.numpy(), (train - mean) / (std + 1e-6), rtol=1e-5,
-                               atol=1e-5)
-    np.testing.assert_allclose(got_test.numpy(), (test - mean) / (std + 1e-6), rtol=1e-5,
-                               atol=1e-4)
+    got_train, got_test = standardize(
+        torch.from_numpy(train), torch.from_numpy(test), torch.from_numpy(fit)
+    )
+    np.testing.assert_allclose(
+        got_train.numpy(), (train - mean) / (std + 1e-6), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(got_test.numpy(), (test - mean) / (std + 1e-6), rtol=1e-5, atol=1e-4)
     moved = train.copy()
     moved[1::2] *= 1000.0  # the rows outside fit
     again, _ = standardize(torch.from_numpy(moved), torch.from_numpy(test), torch.from_numpy(fit))
@@ -326,9 +344,11 @@ def test_standardize_makes_the_probe_scale_free(tmp_path, monkeypatch):
     xt, yt = separable_problem(n_per_class=20, seed=8, noise_seed=8)
     shrunk, shrunk_t = x * 1e-3 + 10.0, xt * 1e-3 + 10.0
     results = {}
-    for name, standardize, feats in [("plain", False, (shrunk, shrunk_t)),
-                                     ("std", True, (shrunk, shrunk_t)),
-                                     ("std_original", True, (x, xt))]:
+    for name, standardize, feats in [
+        ("plain", False, (shrunk, shrunk_t)),
+        ("std", True, (shrunk, shrunk_t)),
+        ("std_original", True, (x, xt)),
+    ]:
         cfg = _probe_cfg(lrs=[0.01], epochs=5, batch_size=32, standardize=standardize)
         _fake_features(monkeypatch, (feats[0], y), (feats[1], yt))
         results[name] = linear.run(cfg, tmp_path, tmp_path / name, LOG)["metrics"]["top1"]
@@ -339,18 +359,33 @@ def test_standardize_makes_the_probe_scale_free(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- features
 
+
 def tiny_cfg(data_root: Path, **extra):
     from folk.config import load_config
 
     sets = {
-        "data.dataset": "fashion_mnist", "data.root": str(data_root), "data.in_chans": 1,
-        "data.num_classes": 10, "data.mean": [0.286], "data.std": [0.353],
-        "data.train_subset": 200, "data.test_subset": 50, "data.num_workers": 0,
-        "model.arch": "vit_tiny_patch16_224", "model.img_size": 32, "model.patch_size": 4,
-        "model.depth": 2, "model.head_out_dim": 64, "model.head_hidden_dim": 32,
-        "model.head_bottleneck_dim": 16, "eval.batch_size": 64,
-        "eval.knn.k": [1, 5, 20], "eval.linear.epochs": 3, "eval.linear.lrs": [0.01, 0.1],
-        "eval.linear.n_last_blocks": 2, "eval.linear.batch_size": 64,
+        "data.dataset": "fashion_mnist",
+        "data.root": str(data_root),
+        "data.in_chans": 1,
+        "data.num_classes": 10,
+        "data.mean": [0.286],
+        "data.std": [0.353],
+        "data.train_subset": 200,
+        "data.test_subset": 50,
+        "data.num_workers": 0,
+        "model.arch": "vit_tiny_patch16_224",
+        "model.img_size": 32,
+        "model.patch_size": 4,
+        "model.depth": 2,
+        "model.head_out_dim": 64,
+        "model.head_hidden_dim": 32,
+        "model.head_bottleneck_dim": 16,
+        "eval.batch_size": 64,
+        "eval.knn.k": [1, 5, 20],
+        "eval.linear.epochs": 3,
+        "eval.linear.lrs": [0.01, 0.1],
+        "eval.linear.n_last_blocks": 2,
+        "eval.linear.batch_size": 64,
     }
     sets.update(extra)
     return load_config(None, [as_set(k, v) for k, v in sets.items()])
@@ -383,8 +418,15 @@ def test_embedding_layout_matches_manual_forward():
     from folk.evals.features import embed_batch
 
     torch.manual_seed(0)
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0,
-                            img_size=32, patch_size=4, depth=3, in_chans=1).eval()
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=0,
+        img_size=32,
+        patch_size=4,
+        depth=3,
+        in_chans=1,
+    ).eval()
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         h = vit.norm_pre(vit._pos_embed(vit.patch_embed(x)))
@@ -398,8 +440,9 @@ def test_embedding_layout_matches_manual_forward():
         assert torch.allclose(embed_batch(vit, x), vit.forward_features(x)[:, 0], atol=1e-6)
         resnet = timm.create_model("resnet18", pretrained=False, num_classes=0, in_chans=1).eval()
         y = torch.randn(2, 1, 64, 64)
-        assert torch.allclose(embed_batch(resnet, y, 4, True),
-                              resnet.forward_features(y).mean(dim=(2, 3)), atol=1e-5)
+        assert torch.allclose(
+            embed_batch(resnet, y, 4, True), resnet.forward_features(y).mean(dim=(2, 3)), atol=1e-5
+        )
 
 
 @needs_fmnist
@@ -426,16 +469,24 @@ def test_feature_cache_reuse_and_invalidation(tmp_path, fmnist_root):
     assert torch.equal(again, feats) and torch.equal(labels2, labels)
 
     # a subset by indices equals those rows of the full extraction (and is its own entry)
-    sub, sub_labels = extract_features(load_eval_backbone(run_dir, cfg), cfg, "train", cache,
-                                       n_last_blocks=2, indices=[3, 0, 7], log=LOG)
+    sub, sub_labels = extract_features(
+        load_eval_backbone(run_dir, cfg),
+        cfg,
+        "train",
+        cache,
+        n_last_blocks=2,
+        indices=[3, 0, 7],
+        log=LOG,
+    )
     assert torch.allclose(sub, feats[[3, 0, 7]], atol=1e-5)
     assert torch.equal(sub_labels, labels[[3, 0, 7]])
     assert len(list(cache.glob("*.pt"))) == 2
 
     # new weights in backbone.pt: the cache must not answer
     make_run_dir(run_dir, cfg, seed=1)
-    fresh, _ = extract_features(load_eval_backbone(run_dir, cfg), cfg, "train", cache,
-                                n_last_blocks=2, log=LOG)
+    fresh, _ = extract_features(
+        load_eval_backbone(run_dir, cfg), cfg, "train", cache, n_last_blocks=2, log=LOG
+    )
     assert not torch.allclose(fresh, feats)
     assert len(list(cache.glob("*.pt"))) == 3
 
@@ -454,10 +505,19 @@ def test_undecodable_images_are_skipped(tmp_path, caplog):
         for i in range(3):
             Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(d / f"{i}.png")
     (root / "train" / "b" / "broken.png").write_bytes(b"not an image at all")
-    cfg = tiny_cfg(root, **{"data.dataset": "imagefolder", "data.in_chans": 3,
-                            "data.num_classes": 2, "data.mean": [0.5, 0.5, 0.5],
-                            "data.std": [0.25, 0.25, 0.25], "data.train_subset": 0,
-                            "data.train_split": "train", "eval.batch_size": 4})
+    cfg = tiny_cfg(
+        root,
+        **{
+            "data.dataset": "imagefolder",
+            "data.in_chans": 3,
+            "data.num_classes": 2,
+            "data.mean": [0.5, 0.5, 0.5],
+            "data.std": [0.25, 0.25, 0.25],
+            "data.train_subset": 0,
+            "data.train_split": "train",
+            "eval.batch_size": 4,
+        },
+    )
     torch.manual_seed(0)
     backbone = build_backbone(cfg)
     with caplog.at_level(logging.WARNING):
@@ -469,9 +529,25 @@ def test_undecodable_images_are_skipped(tmp_path, caplog):
 
 # ---------------------------------------------------------------- folk eval, end to end
 
+
 def _schema_keys():
-    return {"schema", "run", "run_dir", "task", "variant", "dataset", "split", "metrics",
-            "primary", "columns", "seed", "epochs", "git_sha", "wall_time_s", "finished_at"}
+    return {
+        "schema",
+        "run",
+        "run_dir",
+        "task",
+        "variant",
+        "dataset",
+        "split",
+        "metrics",
+        "primary",
+        "columns",
+        "seed",
+        "epochs",
+        "git_sha",
+        "wall_time_s",
+        "finished_at",
+    }
 
 
 @needs_fmnist
@@ -496,8 +572,14 @@ def test_cli_knn_end_to_end(tmp_path, fmnist_root, capsys):
         cached[f.name.split("-")[1]] = blob
     assert set(cached) == {"train", "test"}
     assert cached["train"]["features"].shape == (200, 192)
-    want = reference_knn(cached["train"]["features"].numpy(), cached["train"]["labels"].numpy(),
-                         cached["test"]["features"].numpy(), 20, 0.07, 10)
+    want = reference_knn(
+        cached["train"]["features"].numpy(),
+        cached["train"]["labels"].numpy(),
+        cached["test"]["features"].numpy(),
+        20,
+        0.07,
+        10,
+    )
     acc = 100.0 * np.mean(want == cached["test"]["labels"].numpy())
     assert record["metrics"]["top1_k20"] == pytest.approx(acc)
     assert acc > 20.0  # random ViT features on Fashion-MNIST are far above chance (10 %)
@@ -515,8 +597,10 @@ def test_cli_linear_end_to_end(tmp_path, fmnist_root):
 
     cfg = tiny_cfg(fmnist_root)
     run_dir = make_run_dir(tmp_path / "run", cfg)
-    assert main(["eval", "linear", "--run", str(run_dir),
-                 "--set", "eval.linear.val_fraction=0.2"]) == 0
+    assert (
+        main(["eval", "linear", "--run", str(run_dir), "--set", "eval.linear.val_fraction=0.2"])
+        == 0
+    )
     out = run_dir / "eval" / "linear"
     record = json.loads((out / "metrics.json").read_text())
     assert set(record) == _schema_keys()
@@ -525,8 +609,9 @@ def test_cli_linear_end_to_end(tmp_path, fmnist_root):
     assert record["metrics"]["best_lr"] in (0.01, 0.1)
     assert (out / "grid.pt").is_file()
     # features of the last 2 blocks: 2 x 192
-    blob = torch.load(next((run_dir / "eval" / "features").glob("features-train-*.pt")),
-                      weights_only=True)
+    blob = torch.load(
+        next((run_dir / "eval" / "features").glob("features-train-*.pt")), weights_only=True
+    )
     assert blob["features"].shape == (200, 384)
 
 
@@ -547,6 +632,5 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
 
     # more blocks asked for than the backbone has: refused before any data is read
     good = make_run_dir(tmp_path / "run2", cfg)
-    assert main(["eval", "linear", "--run", str(good),
-                 "--set", "eval.linear.n_last_blocks=4"]) == 2
+    assert main(["eval", "linear", "--run", str(good), "--set", "eval.linear.n_last_blocks=4"]) == 2
     assert "n_last_blocks" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """``folk eval pixels``: k-NN and the linear probe on raw eval-transformed pixels, checked
 against numpy and scikit-learn on a real Fashion-MNIST subset, and end to end through the
 CLI on random-initialisation runs of two different backbones."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pixel_cfg(tiny_cfg, *extra):
-    return tiny_cfg(*GRAY, *SUBSETS, "model.img_size=28", "model.patch_size=4",
-                    f"eval.knn.k={KS}", f"eval.knn.temperature={T}", *extra)
+    return tiny_cfg(
+        *GRAY,
+        *SUBSETS,
+        "model.img_size=28",
+        "model.patch_size=4",
+        f"eval.knn.k={KS}",
+        f"eval.knn.temperature={T}",
+        *extra,
+    )
 
 
 def numpy_pixels(cfg, split):
@@ -56,10 +64,22 @@ def pixel_result(tmp_path_factory, fashion_root):
     from folk.config import load_config
     from folk.evals import pixels
 
-    cfg = load_config(None, tiny_overrides(fashion_root) + GRAY + SUBSETS + [
-        "model.img_size=28", "model.patch_size=4", f"eval.knn.k={KS}",
-        f"eval.knn.temperature={T}", "eval.linear.lrs=[0.0001, 0.001, 0.01]",
-        "eval.linear.epochs=30", "eval.linear.batch_size=32", "eval.linear.val_fraction=0.2"])
+    cfg = load_config(
+        None,
+        tiny_overrides(fashion_root)
+        + GRAY
+        + SUBSETS
+        + [
+            "model.img_size=28",
+            "model.patch_size=4",
+            f"eval.knn.k={KS}",
+            f"eval.knn.temperature={T}",
+            "eval.linear.lrs=[0.0001, 0.001, 0.01]",
+            "eval.linear.epochs=30",
+            "eval.linear.batch_size=32",
+            "eval.linear.val_fraction=0.2",
+        ],
+    )
     import torch
 
     before = torch.get_num_threads()
@@ -112,7 +132,7 @@ def test_linear_probe_is_close_to_scikit_learn_logistic_regression(pixel_result)
     assert result["epochs"] == 30
     clf = LogisticRegression(C=1.0, max_iter=2000).fit(train_x, train_y)
     sk_top1 = 100.0 * clf.score(test_x, test_y)
-    assert sk_top1 > 65.0                                      # the reference itself learns
+    assert sk_top1 > 65.0  # the reference itself learns
     # the probe trains on 80 % of the 200 images (the rest chooses the lr): within a few
     # points of a converged logistic regression on all 200, and far above chance (10 %)
     assert metrics["linear_top1"] > 60.0
@@ -122,11 +142,20 @@ def test_linear_probe_is_close_to_scikit_learn_logistic_regression(pixel_result)
 def _pretrain(fashion_root, run_dir, *extra):
     from folk.cli import main
 
-    sets = tiny_overrides(fashion_root) + GRAY + SUBSETS + [
-        "model.img_size=16", "eval.linear.lrs=[0.001, 0.01]", "eval.linear.epochs=5",
-        "eval.linear.batch_size=32", "pretrain.epochs=0", *extra]
-    args = ["pretrain", "--out", str(run_dir),
-            "--config", str(REPO / "folk/config/defaults.yaml")]
+    sets = (
+        tiny_overrides(fashion_root)
+        + GRAY
+        + SUBSETS
+        + [
+            "model.img_size=16",
+            "eval.linear.lrs=[0.001, 0.01]",
+            "eval.linear.epochs=5",
+            "eval.linear.batch_size=32",
+            "pretrain.epochs=0",
+            *extra,
+        ]
+    )
+    args = ["pretrain", "--out", str(run_dir), "--config", str(REPO / "folk/config/defaults.yaml")]
     for item in sets:
         args += ["--set", item]
     assert main(args) == 0
@@ -147,9 +176,10 @@ def test_folk_eval_pixels_end_to_end_ignores_the_backbone(tmp_path, fashion_root
     assert a["task"] == "pixels" and a["split"] == "test" and a["dataset"] == "fashion_mnist"
     # the default eval.knn.k has 20: the primary is the k-NN task's
     assert a["primary"] == "knn_top1_k20" and a["primary"] in a["metrics"]
-    assert set(a["metrics"]) == ({f"knn_top{t}_k{k}" for t in (1, 5) for k in (10, 20, 100, 200)}
-                                 | {"linear_top1", "linear_top5", "linear_val_top1",
-                                    "linear_best_lr"})
+    assert set(a["metrics"]) == (
+        {f"knn_top{t}_k{k}" for t in (1, 5) for k in (10, 20, 100, 200)}
+        | {"linear_top1", "linear_top5", "linear_val_top1", "linear_best_lr"}
+    )
     assert a["metrics"]["knn_top1_k20"] > 40.0
     assert a["epochs"] == 5
     # a ViT and a ResNet-50 of other pre-training variants: the same numbers
@@ -165,6 +195,6 @@ def test_pixels_refuses_features_larger_than_memory(tiny_cfg, monkeypatch):
 
     cfg = pixel_cfg(tiny_cfg)
     monkeypatch.setattr(pixels, "_physical_memory", lambda: 1000 * 28 * 28 * 4)
-    pixels.check_memory(cfg, {"train": 600, "test": 400})       # exactly fits
+    pixels.check_memory(cfg, {"train": 600, "test": 400})  # exactly fits
     with pytest.raises(ConfigError, match="data.train_subset"):
         pixels.check_memory(cfg, {"train": 601, "test": 400})

@@ -2,6 +2,7 @@
 A filter or an evaluation is one new module plus one registry row, so each test writes the
 module into a temporary directory and adds the row before the rest of folk is imported
 (what editing the registry's file does), in a fresh interpreter."""
+
 from __future__ import annotations
 
 import json
@@ -22,19 +23,24 @@ def scale(x, generator, *, strength, clamp=True):
     return (out.clamp(0.0, 1.0) if clamp else out), torch.ones((b, 1, h, w))
 '''
 
-ADD_FILTER_ROW = '''
+ADD_FILTER_ROW = """
 from folk import filter_registry as registry
 
 registry.FILTERS["toy_scale"] = registry.FilterSpec(
     "toy_filter:scale",
     {"strength": registry.key("filter.random_rho"), "clamp": registry.key("filter.clamp")},
     lambda cfg: f"toy scale ({cfg['filter']['random_rho']:g})")
-'''
+"""
 
 
 def run_python(code: str, path) -> dict:
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         env={"PYTHONPATH": f"{path}:{REPO}", "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": f"{path}:{REPO}", "PATH": "/usr/bin:/bin"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -42,7 +48,7 @@ def run_python(code: str, path) -> dict:
 def test_a_toy_filter_is_one_module_and_one_registry_row(tmp_path, fashion_root):
     (tmp_path / "toy_filter.py").write_text(TOY_FILTER)
     overrides = tiny_overrides(fashion_root) + ["method.filter=toy_scale", "filter.random_rho=0.25"]
-    code = ADD_FILTER_ROW + textwrap.dedent(f'''
+    code = ADD_FILTER_ROW + textwrap.dedent(f"""
         import json
         import torch
         from folk.config import load_config
@@ -69,7 +75,7 @@ def test_a_toy_filter_is_one_module_and_one_registry_row(tmp_path, fashion_root)
             "max_error": float((filtered - 0.25 * views[0]).abs().max()),
             "keys": list(registry.FILTERS["toy_scale"].config_keys),
             "label": registry.FILTERS["toy_scale"].label(cfg), "refused": refused}}))
-        ''')
+        """)
     result = run_python(code, tmp_path)
     assert result["max_error"] == 0.0  # the step's student views are the toy filter's
     assert result["loss"] == result["loss"] and abs(result["loss"]) < 1e6
@@ -81,7 +87,7 @@ def test_a_toy_filter_is_one_module_and_one_registry_row(tmp_path, fashion_root)
 
 
 def test_a_toy_variant_is_one_registry_row(tmp_path):
-    code = textwrap.dedent('''
+    code = textwrap.dedent("""
         import json
         from folk.variants import VARIANTS
 
@@ -94,10 +100,15 @@ def test_a_toy_variant_is_one_registry_row(tmp_path):
         print(json.dumps({"method": cfg["method"], "preset": cfg["augment"]["preset"],
                           "recipe": cfg["pretrain"]["optim_recipe"],
                           "lr": cfg["pretrain"]["base_lr"]}))
-        ''')
+        """)
     result = run_python(code, tmp_path)
-    assert result["method"] == {"filter": "com_rcom", "num_views": 1, "reconstruction": True,
-                                "distillation": True, "p_com": 0.0}
+    assert result["method"] == {
+        "filter": "com_rcom",
+        "num_views": 1,
+        "reconstruction": True,
+        "distillation": True,
+        "p_com": 0.0,
+    }
     # the row names the recipes it trains with, and resolution fills them in
     assert (result["preset"], result["recipe"]) == ("dino", "dino")
     assert result["lr"] == 1.0e-3  # DINO's 5e-4 per 256 images, stated per 512
@@ -107,11 +118,19 @@ def test_a_new_ablation_is_one_entry_of_workflow_ablations():
     from folk.ablations import ablations
     from folk.config import load_config
 
-    cfg = load_config(None, ["workflow.ablations.drop_path={set: model.drop_path, "
-                             "values: [0.0, 0.2], labels: [stochastic depth]}"])
+    cfg = load_config(
+        None,
+        [
+            "workflow.ablations.drop_path={set: model.drop_path, "
+            "values: [0.0, 0.2], labels: [stochastic depth]}"
+        ],
+    )
     grid = ablations(cfg)["drop_path"]
     assert grid.title == "Ablation: drop_path" and grid.labels == ("stochastic depth",)
-    assert [grid.run_name("folk", v) for v in grid.values] == ["folk-drop_path0", "folk-drop_path0.2"]
+    assert [grid.run_name("folk", v) for v in grid.values] == [
+        "folk-drop_path0",
+        "folk-drop_path0.2",
+    ]
     assert grid.sets(0.2) == ["model.drop_path=0.2"]
     # the defaults' entries are still there, and a list alone changes one's values
     cfg = load_config(None, ["workflow.ablations.p_com=[0.1]"])
@@ -129,7 +148,7 @@ def run(cfg, run_dir, out_dir, log):
                 primary="patch_share", seed=cfg["experiment"]["seed"], epochs=0)
 '''
 
-ADD_TASK_ROW = '''
+ADD_TASK_ROW = """
 import folk.evals
 from folk import eval_tasks as registry
 from folk.metric_columns import primary_column
@@ -139,7 +158,7 @@ folk.evals.__path__.append(TOY_DIR)
 registry.TASKS["toy_patch_share"] = registry.EvalTask(
     "toy_patch_share", "patch_share", ("data",), ("batch_size",), ("knn_linear",),
     primary_column("patch share (%)"))
-'''
+"""
 
 
 def test_a_toy_evaluation_is_one_module_and_one_registry_row(tmp_path, fashion_root):
@@ -149,7 +168,10 @@ def test_a_toy_evaluation_is_one_module_and_one_registry_row(tmp_path, fashion_r
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     save_config(load_config(None, tiny_overrides(fashion_root)), run_dir / "config.yaml")
-    code = f"TOY_DIR = {str(tmp_path)!r}\n" + ADD_TASK_ROW + textwrap.dedent(f'''
+    code = (
+        f"TOY_DIR = {str(tmp_path)!r}\n"
+        + ADD_TASK_ROW
+        + textwrap.dedent(f"""
         import json
         from folk.cli import main
         from folk.config import load_config
@@ -157,14 +179,22 @@ def test_a_toy_evaluation_is_one_module_and_one_registry_row(tmp_path, fashion_r
         status = main(["eval", "toy_patch_share", "--run", {str(run_dir)!r}])
         cfg = load_config(None, ["workflow.evals=[knn, toy_patch_share]"])
         print(json.dumps({{"status": status, "evals": cfg["workflow"]["evals"]}}))
-        ''')
+        """)
+    )
     result = run_python(code, tmp_path)
     assert result == {"status": 0, "evals": ["knn", "toy_patch_share"]}
     record = json.loads((run_dir / "eval" / "toy_patch_share" / "metrics.json").read_text())
-    assert record["metrics"] == {"patch_share": 100.0 * 8 ** 2 / 32 ** 2}  # 8 px of 32 px
+    assert record["metrics"] == {"patch_share": 100.0 * 8**2 / 32**2}  # 8 px of 32 px
     assert record["primary"] == "patch_share" and record["task"] == "toy_patch_share"
-    assert record["columns"] == [{"metric": "patch_share", "label": "patch share (%)",
-                                  "group": "top1", "order": [0], "std": None}]
+    assert record["columns"] == [
+        {
+            "metric": "patch_share",
+            "label": "patch share (%)",
+            "group": "top1",
+            "order": [0],
+            "std": None,
+        }
+    ]
 
 
 def test_a_toy_table_is_one_builder_and_one_registry_row(tmp_path, monkeypatch):
@@ -176,15 +206,24 @@ def test_a_toy_table_is_one_builder_and_one_registry_row(tmp_path, monkeypatch):
 
     def patch_share_table(inputs):
         """A toy table: each main-grid run's ViT patch size against its image size."""
-        table = Table(name="toy_patch_share", title="Toy: patch share",
-                      description="The share of the image one ViT patch covers, per run.",
-                      key_columns=["run"], columns=[Column("patch share (%)")],
-                      empty_note="No runs.")
+        table = Table(
+            name="toy_patch_share",
+            title="Toy: patch share",
+            description="The share of the image one ViT patch covers, per run.",
+            key_columns=["run"],
+            columns=[Column("patch share (%)")],
+            empty_note="No runs.",
+        )
         for run in sorted(inputs.runs, key=lambda r: r.name):
             m = run.cfg["model"]
             share = 100.0 * m["patch_size"] ** 2 / m["img_size"] ** 2
-            table.rows.append(Row(keys={"run": run.name}, origin=OURS,
-                                  cells={"patch share (%)": Cell(share, source=run.rel)}))
+            table.rows.append(
+                Row(
+                    keys={"run": run.name},
+                    origin=OURS,
+                    cells={"patch share (%)": Cell(share, source=run.rel)},
+                )
+            )
         return table
 
     monkeypatch.setattr(tables, "TABLES", tables.TABLES + [patch_share_table])

@@ -28,7 +28,9 @@ def photos(h: int, w: int) -> torch.Tensor:
         if array.ndim == 2:
             array = np.repeat(array[..., None], 3, axis=2)
         images.append(torch.from_numpy(array).permute(2, 0, 1))
-    resized = [F.interpolate(im[None], size=(h, w), mode="bilinear", antialias=True) for im in images]
+    resized = [
+        F.interpolate(im[None], size=(h, w), mode="bilinear", antialias=True) for im in images
+    ]
     return torch.cat(resized).clamp(0, 1)
 
 
@@ -167,7 +169,9 @@ def test_com_rcom_per_channel_masks_differ_between_channels():
 # ------------------------------------------------------------------------------ MFM
 
 
-@pytest.mark.parametrize("h,w,radius", [(64, 64, 16 * 64 / 224), (28, 28, 5), (33, 31, 7.5), (32, 17, 4)])
+@pytest.mark.parametrize(
+    "h,w,radius", [(64, 64, 16 * 64 / 224), (28, 28, 5), (33, 31, 7.5), (32, 17, 4)]
+)
 def test_mfm_masks_match_double_loop(h, w, radius):
     expected_low = np.zeros((h, w))
     for y in range(h):
@@ -236,7 +240,9 @@ def test_random_patch_masks_exact_count(h, w, patch, ratio):
         masked_patches = []
         for gy in range(grid_h):
             for gx in range(grid_w):
-                block = pixel_mask[b, 0, gy * patch : (gy + 1) * patch, gx * patch : (gx + 1) * patch]
+                block = pixel_mask[
+                    b, 0, gy * patch : (gy + 1) * patch, gx * patch : (gx + 1) * patch
+                ]
                 assert block.min() == block.max()  # a patch is all visible or all masked
                 masked_patches.append(block.max().item() == 0)
                 pixels = out[b, :, gy * patch : (gy + 1) * patch, gx * patch : (gx + 1) * patch]
@@ -255,7 +261,9 @@ def test_random_patch_masks_exact_count(h, w, patch, ratio):
 # ------------------------------------------------------------------------------ common contract
 
 
-FILTER_KWARGS = dict(portions=PORTIONS, p_com=0.5, radius=5.0, rho=0.4, patch_ratio=0.5, patch_size=4)
+FILTER_KWARGS = dict(
+    portions=PORTIONS, p_com=0.5, radius=5.0, rho=0.4, patch_ratio=0.5, patch_size=4
+)
 
 
 @pytest.mark.parametrize("name", ["com_rcom", "mfm", "random_frequency", "random_patch"])
@@ -308,7 +316,9 @@ def test_none_filter_and_errors():
 
 def test_centred_log_spectrum_matches_numpy():
     x = photos(33, 31)
-    expected = np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(x.numpy().astype(np.float64)), axes=(-2, -1))))
+    expected = np.log1p(
+        np.abs(np.fft.fftshift(np.fft.fft2(x.numpy().astype(np.float64)), axes=(-2, -1)))
+    )
     result = filters.centred_log_spectrum(x)
     assert result.shape == (3, 33, 31)
     np.testing.assert_allclose(result.numpy(), expected.mean(axis=1), rtol=1e-5, atol=1e-5)

@@ -1,6 +1,7 @@
 """``filter.clamp`` and ``filter.mfm_p_low``: the unclamped views equal numpy's inverse FFT of
 the masked spectrum, the clamped ones its clip, and MFM's low-pass choice follows p_low, also
 as configured through the training objective."""
+
 from __future__ import annotations
 
 import math
@@ -91,8 +92,9 @@ def test_random_patch_and_none_accept_clamp():
     for clamp in (True, False):
         out, freq, pixel = filters.random_patch_with_pixel_mask(x, 0.5, 8, gen(1), clamp=clamp)
         np.testing.assert_array_equal(out.numpy(), x.numpy() * pixel.numpy())
-        a, _ = filters.apply_filter("random_patch", x, generator=gen(1), patch_ratio=0.5,
-                                    patch_size=8, clamp=clamp)
+        a, _ = filters.apply_filter(
+            "random_patch", x, generator=gen(1), patch_ratio=0.5, patch_size=8, clamp=clamp
+        )
         assert torch.equal(a, out)
         none, _ = filters.apply_filter("none", x, generator=gen(1), clamp=clamp)
         assert torch.equal(none, x)
@@ -142,8 +144,9 @@ def test_objective_filters_with_the_configured_p_low():
     for p_low in (0.3, 0.8):
         cfg, objective = _objective(f"filter.mfm_p_low={p_low}")
         assert objective.filter_name == "mfm"
-        _, mask = filters.apply_filter(objective.filter_name, x, generator=gen(3),
-                                       **objective.filter_kwargs)
+        _, mask = filters.apply_filter(
+            objective.filter_name, x, generator=gen(3), **objective.filter_kwargs
+        )
         assert _within_three_sigma(int((mask[:, 0, 4, 4] == 1).sum()), n, p_low)
 
 
@@ -154,7 +157,8 @@ def test_objective_feeds_the_student_the_configured_mfm_view(clamp):
     views = [photos(32)[:3], photos(32)[1:]]
     seen = []
     hook = objective.student.backbone.patch_embed.register_forward_pre_hook(
-        lambda mod, args: seen.append(args[0].detach().clone()))
+        lambda mod, args: seen.append(args[0].detach().clone())
+    )
     objective(views, 0.04, gen(4))
     hook.remove()
     # MFM draws one uniform per image: low-pass iff u < p_low

@@ -6,6 +6,7 @@ uniforms, patches), and the view is ``real(ifft2(fft2(x) * M))``, clipped or not
 every parity of H and W, so the Nyquist row and column of even sizes and the unpaired last
 column of odd widths are all exercised.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,8 +63,9 @@ def check(result, x, expected_mask: np.ndarray, clamp: bool) -> None:
     out, mask = result[0], result[1]
     np.testing.assert_array_equal(mask.numpy(), expected_mask)
     assert mask.dtype == torch.float32 and mask.is_contiguous()
-    np.testing.assert_allclose(out.double().numpy(), full_filter(x, expected_mask, clamp),
-                               rtol=0, atol=2e-5)
+    np.testing.assert_allclose(
+        out.double().numpy(), full_filter(x, expected_mask, clamp), rtol=0, atol=2e-5
+    )
     # a real tensor of its own, not a strided view into a complex buffer
     assert out.dtype == torch.float32 and out.is_contiguous() and out.shape == x.shape
     assert out.untyped_storage().nbytes() == out.numel() * out.element_size()
@@ -142,7 +144,7 @@ def test_mfm_equals_the_full_spectrum_filter(h, w):
         low = np.zeros((h, w))
         for y in range(h):
             for xx in range(w):
-                low[y, xx] = (y - h // 2) ** 2 + (xx - w // 2) ** 2 < radius ** 2
+                low[y, xx] = (y - h // 2) ** 2 + (xx - w // 2) ** 2 < radius**2
         is_low = (torch.rand(x.shape[0], generator=gen(seed)) < 0.5).numpy()
         expected = np.stack([low if flag else 1 - low for flag in is_low])[:, None]
         clamp = seed != 2
@@ -183,7 +185,7 @@ def test_random_patch_and_none_are_unchanged_pixel_operations(h, w):
         for i in range(b):
             for cell in np.argsort(scores[i], kind="stable")[:n_masked]:
                 gy, gx = divmod(int(cell), grid_w)
-                pixel[i, 0, gy * patch:(gy + 1) * patch, gx * patch:(gx + 1) * patch] = 0
+                pixel[i, 0, gy * patch : (gy + 1) * patch, gx * patch : (gx + 1) * patch] = 0
         out, freq, pixel_mask = filters.random_patch_with_pixel_mask(x, ratio, patch, gen(seed))
         np.testing.assert_array_equal(pixel_mask.numpy(), pixel)
         np.testing.assert_array_equal(out.numpy(), x.numpy() * pixel)

@@ -7,6 +7,7 @@ CUDA stream (``.item()``, ``bool(t)``, data-dependent shapes, cross-device copie
 from Python data), and the steps of each variant must record none. On a GPU the same steps
 also run under ``torch.cuda.set_sync_debug_mode("error")``, which raises at any real sync.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -33,8 +34,11 @@ def _trainer(cfg: dict, run_dir):
         # not a sync, but this counter cannot tell them from device tensors. The fused CPU
         # optimiser runs the update the GPU runs.
         trainer.optimizer = torch.optim.AdamW(
-            param_groups(trainer.student, trainer.p["no_wd_tokens"]), lr=0.0,
-            betas=tuple(trainer.p["betas"]), fused=True)
+            param_groups(trainer.student, trainer.p["no_wd_tokens"]),
+            lr=0.0,
+            betas=tuple(trainer.p["betas"]),
+            fused=True,
+        )
     trainer.sampler.set_epoch(0, 0)
     return trainer
 
@@ -70,8 +74,9 @@ def _count_step_syncs(trainer, steps: int) -> HostSyncCounter:
 def _assert_step_has_no_host_sync(cfg: dict, run_dir, variant: str) -> None:
     trainer = _trainer(cfg, run_dir)
     counter = _count_step_syncs(trainer, steps=2)
-    assert not counter.events, f"{variant}: {len(counter.events)} host syncs in two steps:\n" \
-                               f"{counter.report()}"
+    assert not counter.events, (
+        f"{variant}: {len(counter.events)} host syncs in two steps:\n" f"{counter.report()}"
+    )
 
 
 def _step_config(tiny_cfg, variant: str) -> dict:
@@ -95,8 +100,12 @@ def test_training_step_has_no_host_sync_on_cuda(tiny_cfg, tmp_path, variant):
 
 
 def _clear_filter_caches() -> None:
-    for cached in (filters._device_long_table, filters._half_layout, filters._mfm_masks,
-                   filters._own_draw):
+    for cached in (
+        filters._device_long_table,
+        filters._half_layout,
+        filters._mfm_masks,
+        filters._own_draw,
+    ):
         cached.cache_clear()
 
 
@@ -104,8 +113,10 @@ def _filter_calls(x: torch.Tensor, g: torch.Generator):
     kwargs = dict(portions=(0.005, 0.01, 0.05), radius=4.0, patch_size=4)
     for name in filters.FILTER_NAMES:
         yield name, lambda name=name: filters.apply_filter(name, x, generator=g, **kwargs)
-    yield "com_rcom per channel", lambda: filters.com_rcom(x, [0.01, 0.05], 0.5, g,
-                                                           per_channel=True)
+    yield (
+        "com_rcom per channel",
+        lambda: filters.com_rcom(x, [0.01, 0.05], 0.5, g, per_channel=True),
+    )
     b = x.shape[0]
     yield "informed_masks(q)", lambda: filters.informed_masks(x, 0.05)
     yield "informed_masks(list)", lambda: filters.informed_masks(x, [0.01, 0.05] * (b // 2))
@@ -180,8 +191,19 @@ def _assert_device_photometric_has_no_host_sync(device: torch.device, monkeypatc
     from folk.data import photometric
     from folk.data.photometric import ViewSpec, apply_photometric, draw_params
 
-    spec = ViewSpec(dict(color_jitter_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.2,
-                         hue=0.1, grayscale_prob=0.2), 3, blur_p=0.5, solarize_p=0.2)
+    spec = ViewSpec(
+        dict(
+            color_jitter_prob=0.8,
+            brightness=0.4,
+            contrast=0.4,
+            saturation=0.2,
+            hue=0.1,
+            grayscale_prob=0.2,
+        ),
+        3,
+        blur_p=0.5,
+        solarize_p=0.2,
+    )
     gen = torch.Generator().manual_seed(0)
     rows = torch.stack([draw_params(spec, gen) for _ in range(8)]).to(device)
     crops = torch.randint(0, 256, (8, 3, 24, 24), generator=gen, dtype=torch.uint8).to(device)

@@ -2,6 +2,7 @@
 submitit's own sbatch writer), Snakemake resources, submitit's real signal handler chained
 after the engine's checkpoint, the in-process and local executors, and --wait's errors.
 The real-cluster tests are in tests/slurm/."""
+
 from __future__ import annotations
 
 import json
@@ -46,18 +47,38 @@ def fake_commands(tmp_path: Path, monkeypatch, **scripts: str) -> Path:
 
 # ------------------------------------------------------------------ options
 
+
 def test_paper_defaults_give_one_task_per_gpu_with_usr2_and_requeue(tmp_path):
     from folk.launch.options import slurm_parameters
 
-    cfg = paper("slurm.nodes=2", "slurm.partition=gpu", "slurm.account=proj",
-                "slurm.qos=high", "slurm.constraint=a100", "slurm.mem_gb=480",
-                "slurm.extra_sbatch={mail_type: END, exclusive: true, hint: false}",
-                "slurm.setup=['module load cuda']")
+    cfg = paper(
+        "slurm.nodes=2",
+        "slurm.partition=gpu",
+        "slurm.account=proj",
+        "slurm.qos=high",
+        "slurm.constraint=a100",
+        "slurm.mem_gb=480",
+        "slurm.extra_sbatch={mail_type: END, exclusive: true, hint: false}",
+        "slurm.setup=['module load cuda']",
+    )
     lines = sbatch_lines(slurm_parameters(cfg, "pretrain", "folk-x"), tmp_path)
-    for flag in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--cpus-per-task=10",
-                 "--time=4320", "--signal=USR2@120", "--requeue", "--partition=gpu",
-                 "--account=proj", "--qos=high", "--constraint=a100", "--mem=480GB",
-                 "--mail-type=END", "--exclusive", "--job-name=folk-x"):
+    for flag in (
+        "--nodes=2",
+        "--ntasks-per-node=8",
+        "--gpus-per-node=8",
+        "--cpus-per-task=10",
+        "--time=4320",
+        "--signal=USR2@120",
+        "--requeue",
+        "--partition=gpu",
+        "--account=proj",
+        "--qos=high",
+        "--constraint=a100",
+        "--mem=480GB",
+        "--mail-type=END",
+        "--exclusive",
+        "--job-name=folk-x",
+    ):
         assert f"#SBATCH {flag}" in lines, flag
     assert not any("hint" in line for line in lines)  # a switch set to false is left out
     assert "module load cuda" in lines
@@ -70,33 +91,43 @@ def test_finetune_job_is_one_process_with_eval_resources(tmp_path):
 
     cfg = paper("slurm.eval_gpus=2", "slurm.eval_mem_gb=100", "slurm.eval_runtime_min=90")
     lines = sbatch_lines(slurm_parameters(cfg, "finetune", "ft"), tmp_path)
-    for flag in ("--ntasks-per-node=1", "--gpus-per-node=2", "--cpus-per-task=20",
-                 "--time=90", "--mem=100GB", "--nodes=1"):
+    for flag in (
+        "--ntasks-per-node=1",
+        "--gpus-per-node=2",
+        "--cpus-per-task=20",
+        "--time=90",
+        "--mem=100GB",
+        "--nodes=1",
+    ):
         assert f"#SBATCH {flag}" in lines, flag
 
 
 def test_cpu_only_requests_no_gpu(tmp_path):
     from folk.launch.options import slurm_parameters
 
-    cfg = paper("slurm.cpu_only=true", "slurm.gpus_per_node=0", "slurm.eval_gpus=0",
-                "slurm.cpus_per_gpu=3")
+    cfg = paper(
+        "slurm.cpu_only=true", "slurm.gpus_per_node=0", "slurm.eval_gpus=0", "slurm.cpus_per_gpu=3"
+    )
     lines = sbatch_lines(slurm_parameters(cfg, "pretrain", "x"), tmp_path)
     assert "#SBATCH --ntasks-per-node=1" in lines and "#SBATCH --cpus-per-task=3" in lines
     assert not any(line.startswith(("#SBATCH --gpu", "#SBATCH --gres")) for line in lines)
 
 
-@pytest.mark.parametrize("sets, key", [
-    (["slurm.gpus_per_node=0"], "slurm.gpus_per_node"),
-    (["slurm.eval_gpus=0"], "slurm.eval_gpus"),
-    (["slurm.cpu_only=true"], "slurm.gpus_per_node"),
-    (["slurm.cpu_only=true", "slurm.gpus_per_node=0"], "slurm.eval_gpus"),
-    (["slurm.extra_sbatch={time: 10}"], "slurm.timeout_min"),
-    (["slurm.extra_sbatch={gres: 'gpu:2'}"], "slurm.gpus_per_node"),
-    (["slurm.extra_sbatch={'--mail-type': END}"], "slurm.extra_sbatch"),
-    (["slurm.extra_sbatch={mail-type: [END]}"], "slurm.extra_sbatch"),
-    (["slurm.timeout_min=2", "slurm.signal_delay_s=120"], "slurm.signal_delay_s"),
-    (["slurm.setup=[1, 2]"], "slurm.setup"),
-])
+@pytest.mark.parametrize(
+    "sets, key",
+    [
+        (["slurm.gpus_per_node=0"], "slurm.gpus_per_node"),
+        (["slurm.eval_gpus=0"], "slurm.eval_gpus"),
+        (["slurm.cpu_only=true"], "slurm.gpus_per_node"),
+        (["slurm.cpu_only=true", "slurm.gpus_per_node=0"], "slurm.eval_gpus"),
+        (["slurm.extra_sbatch={time: 10}"], "slurm.timeout_min"),
+        (["slurm.extra_sbatch={gres: 'gpu:2'}"], "slurm.gpus_per_node"),
+        (["slurm.extra_sbatch={'--mail-type': END}"], "slurm.extra_sbatch"),
+        (["slurm.extra_sbatch={mail-type: [END]}"], "slurm.extra_sbatch"),
+        (["slurm.timeout_min=2", "slurm.signal_delay_s=120"], "slurm.signal_delay_s"),
+        (["slurm.setup=[1, 2]"], "slurm.setup"),
+    ],
+)
 def test_bad_options_name_the_key(sets, key):
     from folk.launch.options import slurm_parameters
 
@@ -134,41 +165,86 @@ def test_bad_partition_fails_before_submission(tmp_path, monkeypatch, capsys):
     from folk.cli import main
 
     marker = tmp_path / "sbatch-called"
-    fake_commands(tmp_path, monkeypatch, sinfo="echo 'debug*'",
-                  sbatch=f"touch {marker}; echo 'Submitted batch job 1'", srun="exit 0")
+    fake_commands(
+        tmp_path,
+        monkeypatch,
+        sinfo="echo 'debug*'",
+        sbatch=f"touch {marker}; echo 'Submitted batch job 1'",
+        srun="exit 0",
+    )
     (tmp_path / "data").mkdir()
-    code = main(["launch", "--config", str(REPO / "params/test_tiny.yaml"),
-                 "--set", "launch.executor=slurm", "--set", "slurm.partition=gpu-a100",
-                 "--set", f"data.root={tmp_path / 'data'}", "--out", str(tmp_path / "run")])
+    code = main(
+        [
+            "launch",
+            "--config",
+            str(REPO / "params/test_tiny.yaml"),
+            "--set",
+            "launch.executor=slurm",
+            "--set",
+            "slurm.partition=gpu-a100",
+            "--set",
+            f"data.root={tmp_path / 'data'}",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "slurm.partition" in err and "gpu-a100" in err and "debug" in err
     assert not marker.exists() and not (tmp_path / "run").exists()
-    code = main(["launch", "--config", str(REPO / "params/test_tiny.yaml"),
-                 "--set", "launch.executor=slurm", "--set", "slurm.gpus_per_node=0",
-                 "--set", "slurm.cpu_only=false",
-                 "--set", f"data.root={tmp_path / 'data'}", "--out", str(tmp_path / "run")])
+    code = main(
+        [
+            "launch",
+            "--config",
+            str(REPO / "params/test_tiny.yaml"),
+            "--set",
+            "launch.executor=slurm",
+            "--set",
+            "slurm.gpus_per_node=0",
+            "--set",
+            "slurm.cpu_only=false",
+            "--set",
+            f"data.root={tmp_path / 'data'}",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 2 and "slurm.gpus_per_node" in capsys.readouterr().err
     assert not marker.exists()
 
 
 # ------------------------------------------------------------------ Snakemake resources
 
+
 def test_rule_resources():
     from folk.launch.resources import check_workflow_slurm, rule_resources
 
-    cfg = paper("slurm.partition=gpu", "slurm.account=proj",
-                "slurm.extra_sbatch={mail-type: END, exclusive: true}")
+    cfg = paper(
+        "slurm.partition=gpu",
+        "slurm.account=proj",
+        "slurm.extra_sbatch={mail-type: END, exclusive: true}",
+    )
     ev = rule_resources(cfg, "eval")
-    assert ev == {"slurm_partition": "gpu", "slurm_account": "proj",
-                  "slurm_extra": "--mail-type=END --exclusive", "runtime": 720,
-                  "mem_mb": 64 * 1024, "gpu": 1, "cpus_per_gpu": 10, "tasks": 0}
+    assert ev == {
+        "slurm_partition": "gpu",
+        "slurm_account": "proj",
+        "slurm_extra": "--mail-type=END --exclusive",
+        "runtime": 720,
+        "mem_mb": 64 * 1024,
+        "gpu": 1,
+        "cpus_per_gpu": 10,
+        "tasks": 0,
+    }
     pre = rule_resources(cfg, "pretrain")  # as a plugin job: one process, one GPU
     assert pre["gpu"] == 1 and pre["runtime"] == 4320 and pre["tasks"] == 0
-    assert rule_resources(cfg, "cpu") == {"slurm_partition": "gpu", "slurm_account": "proj",
-                                          "slurm_extra": "--mail-type=END --exclusive"}
-    cpu = paper("slurm.cpu_only=true", "slurm.gpus_per_node=0", "slurm.eval_gpus=0",
-                "slurm.eval_mem_gb=0")
+    assert rule_resources(cfg, "cpu") == {
+        "slurm_partition": "gpu",
+        "slurm_account": "proj",
+        "slurm_extra": "--mail-type=END --exclusive",
+    }
+    cpu = paper(
+        "slurm.cpu_only=true", "slurm.gpus_per_node=0", "slurm.eval_gpus=0", "slurm.eval_mem_gb=0"
+    )
     assert rule_resources(cpu, "eval") == {"runtime": 720}
     with pytest.raises(ConfigError, match=r"slurm\.eval_gpus"):
         check_workflow_slurm(paper("slurm.eval_gpus=0"))
@@ -196,18 +272,27 @@ def test_profiles_resolve_from_the_repository_root():
 
 # ------------------------------------------------------------------ jobs and signals
 
+
 def test_split_finetune_overrides():
     from folk.commands.launch import _split_finetune_overrides
 
-    launch, rest = _split_finetune_overrides(["slurm.eval_gpus=2", "eval.finetune.epochs=3",
-                                              "launch.executor=local"])
+    launch, rest = _split_finetune_overrides(
+        ["slurm.eval_gpus=2", "eval.finetune.epochs=3", "launch.executor=local"]
+    )
     assert launch == ["slurm.eval_gpus=2", "launch.executor=local"]
     assert rest == ["eval.finetune.epochs=3"]
 
 
 def _local_job_env(monkeypatch, folder: Path, rank: int = 0, ntasks: int = 1) -> None:
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-                "MASTER_PORT", "SLURM_CPUS_PER_TASK"):
+    for key in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "SLURM_CPUS_PER_TASK",
+    ):
         # set, then delete: monkeypatch then removes what the job environment exports
         monkeypatch.setenv(key, "")
         monkeypatch.delenv(key)
@@ -227,8 +312,11 @@ def test_ddp_environment_from_submitit(tmp_path, monkeypatch):
 
     _local_job_env(monkeypatch, tmp_path, rank=1, ntasks=2)
     assert prepare_process() == 1
-    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == \
-        ("1", "2", "1")
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == (
+        "1",
+        "2",
+        "1",
+    )
     assert 20000 <= int(os.environ["MASTER_PORT"]) <= 60000 and os.environ["MASTER_ADDR"]
     info = env_dist_info()
     assert (info.rank, info.world_size, info.local_rank) == (1, 2, 1)
@@ -259,8 +347,9 @@ def _assert_same_backbones(a: Path, b: Path) -> None:
         assert torch.equal(wa[key], wb[key]), key
 
 
-def test_usr2_checkpoints_then_submitit_requeues_and_the_job_resumes(tiny_cfg, tmp_path,
-                                                                       monkeypatch):
+def test_usr2_checkpoints_then_submitit_requeues_and_the_job_resumes(
+    tiny_cfg, tmp_path, monkeypatch
+):
     """submitit's real handler (the one a SLURM or local job installs) chained after the
     engine: USR2 -> checkpoint at the step boundary -> checkpoint() -> requeue pickle ->
     exit; the requeued object resumes and ends with the uninterrupted run's weights."""
@@ -336,12 +425,23 @@ def test_job_reads_its_configuration_through_the_current_defaults(tiny_cfg, tmp_
 
 # ------------------------------------------------------------------ executors
 
+
 def _tiny_launch_cfg(fashion_root: Path, *extra: str) -> dict:
     from conftest import tiny_overrides
 
-    return load_config(None, tiny_overrides(fashion_root) + [
-        "slurm.cpu_only=true", "slurm.gpus_per_node=0", "slurm.eval_gpus=0",
-        "slurm.timeout_min=10", "slurm.signal_delay_s=30", "launch.poll_s=1", *extra])
+    return load_config(
+        None,
+        tiny_overrides(fashion_root)
+        + [
+            "slurm.cpu_only=true",
+            "slurm.gpus_per_node=0",
+            "slurm.eval_gpus=0",
+            "slurm.timeout_min=10",
+            "slurm.signal_delay_s=30",
+            "launch.poll_s=1",
+            *extra,
+        ],
+    )
 
 
 def test_executor_none_trains_in_process(fashion_root, tmp_path):
@@ -363,8 +463,11 @@ def test_finetune_task_in_process(fashion_root, tmp_path):
     from folk.launch.submit import launch
 
     cfg = _tiny_launch_cfg(fashion_root, "launch.executor=none", "pretrain.epochs=1")
-    sets = ["eval.finetune.epochs=1", "eval.finetune.batch_size=16",
-            "eval.finetune.warmup_epochs=0"]
+    sets = [
+        "eval.finetune.epochs=1",
+        "eval.finetune.batch_size=16",
+        "eval.finetune.warmup_epochs=0",
+    ]
     with pytest.raises(RunDirError, match="DONE.json"):  # nothing pre-trained yet
         launch(cfg, tmp_path / "run", task="finetune", eval_overrides=sets)
     launch(cfg, tmp_path / "run")
@@ -408,8 +511,10 @@ def test_each_submission_gets_a_fresh_folder(tmp_path):
     b = submission_folder(cfg, tmp_path / "run")
     assert a != b and a.parent == b.parent == (tmp_path / "run/submitit").resolve()
     shared = paper("launch.folder=" + str(tmp_path / "logs"), "experiment.run_name=folk")
-    assert submission_folder(shared, tmp_path / "run").parent == \
-        (tmp_path / "logs/folk/folk").resolve()
+    assert (
+        submission_folder(shared, tmp_path / "run").parent
+        == (tmp_path / "logs/folk/folk").resolve()
+    )
 
 
 def test_attach_to_a_job_still_running(tmp_path, monkeypatch):
@@ -417,9 +522,18 @@ def test_attach_to_a_job_still_running(tmp_path, monkeypatch):
 
     run = tmp_path / "run"
     (run / "submitit").mkdir(parents=True)
-    (run / "submitit/job.json").write_text(json.dumps(
-        {"job_id": "17", "executor": "slurm", "task": "pretrain", "job_name": "folk-a",
-         "folder": str(tmp_path / "f"), "tasks": 2}))
+    (run / "submitit/job.json").write_text(
+        json.dumps(
+            {
+                "job_id": "17",
+                "executor": "slurm",
+                "task": "pretrain",
+                "job_name": "folk-a",
+                "folder": str(tmp_path / "f"),
+                "tasks": 2,
+            }
+        )
+    )
     state = tmp_path / "state"
     fake_commands(tmp_path, monkeypatch, squeue=f"cat {state}", sacct="exit 1")
     state.write_text("RUNNING|folk-a|None\n")

@@ -1,5 +1,6 @@
 """The import graph's rules, read from the source (every import statement, in functions
 too) and from what importing a module really loads."""
+
 from __future__ import annotations
 
 import ast
@@ -40,25 +41,36 @@ def imported_modules(path) -> set[str]:
 
 def library_modules() -> list:
     """Every module of the package except the commands and the ``folk`` entry point."""
-    return [path for path in PACKAGE.rglob("*.py")
-            if path.parent != PACKAGE / "commands" and path != PACKAGE / "cli.py"]
+    return [
+        path
+        for path in PACKAGE.rglob("*.py")
+        if path.parent != PACKAGE / "commands" and path != PACKAGE / "cli.py"
+    ]
 
 
 def modules_loaded_by(*modules: str) -> set[str]:
-    code = ("import sys\n" + "".join(f"import {m}\n" for m in modules)
-            + "print('\\n'.join(sorted(sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                         text=True, check=True).stdout
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in modules)
+        + "print('\\n'.join(sorted(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     return set(out.split())
 
 
 def test_the_engine_imports_nothing_from_the_evaluations():
     for path in (PACKAGE / "engine").glob("*.py"):
-        above = {m for m in imported_modules(path)
-                 if m.startswith(("folk.evals", "folk.commands", "folk.training"))}
+        above = {
+            m
+            for m in imported_modules(path)
+            if m.startswith(("folk.evals", "folk.commands", "folk.training"))
+        }
         assert not above, f"{path.relative_to(REPO)} imports {sorted(above)}"
-    engine = [f"folk.engine.{p.stem}" for p in (PACKAGE / "engine").glob("*.py")
-              if p.stem != "__init__"]
+    engine = [
+        f"folk.engine.{p.stem}" for p in (PACKAGE / "engine").glob("*.py") if p.stem != "__init__"
+    ]
     loaded = modules_loaded_by(*engine)
     assert not {m for m in loaded if m.startswith(("folk.evals", "folk.commands"))}
 
@@ -75,15 +87,26 @@ def test_no_library_imports_the_entry_point():
         assert not entry, f"{path.relative_to(REPO)} imports {sorted(entry)}"
 
 
-PARSER_METHODS = {"add_argument", "add_argument_group", "add_mutually_exclusive_group",
-                  "add_subparsers", "add_parser", "parse_args", "parse_known_args"}
+PARSER_METHODS = {
+    "add_argument",
+    "add_argument_group",
+    "add_mutually_exclusive_group",
+    "add_subparsers",
+    "add_parser",
+    "parse_args",
+    "parse_known_args",
+}
 
 
 def parser_calls(path) -> set[str]:
     """The argparse methods ``path`` calls, by name, whatever the object."""
-    return {node.func.attr for node in ast.walk(parsed(path))
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-            and node.func.attr in PARSER_METHODS}
+    return {
+        node.func.attr
+        for node in ast.walk(parsed(path))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in PARSER_METHODS
+    }
 
 
 def test_only_the_commands_parse_arguments():

@@ -18,7 +18,9 @@ torch.set_num_threads(1)
 
 def numpy_frequency_loss(pred, target, centred_mask, reduction="global"):
     """Explicit loops over images, channels and frequencies; mask given in the centred layout."""
-    pred, target, centred_mask = (np.asarray(a, dtype=np.float64) for a in (pred, target, centred_mask))
+    pred, target, centred_mask = (
+        np.asarray(a, dtype=np.float64) for a in (pred, target, centred_mask)
+    )
     b, c, h, w = pred.shape
     mask = np.fft.ifftshift(centred_mask, axes=(-2, -1))  # to the layout of np.fft.fft2
     total, terms = 0.0, 0
@@ -47,7 +49,9 @@ def random_masks(shape, keep_prob, seed):
     return (rng.random(shape) < keep_prob).astype(np.float32)
 
 
-@pytest.mark.parametrize("shape,mask_channels", [((3, 3, 16, 16), 1), ((2, 3, 15, 13), 1), ((2, 3, 12, 9), 3)])
+@pytest.mark.parametrize(
+    "shape,mask_channels", [((3, 3, 16, 16), 1), ((2, 3, 15, 13), 1), ((2, 3, 12, 9), 3)]
+)
 @pytest.mark.parametrize("reduction", ["global", "per_image"])
 def test_frequency_loss_matches_numpy_loops(shape, mask_channels, reduction):
     gen = torch.Generator().manual_seed(0)
@@ -56,7 +60,7 @@ def test_frequency_loss_matches_numpy_loops(shape, mask_channels, reduction):
     b, _, h, w = shape
     mask = random_masks((b, mask_channels, h, w), keep_prob=0.7, seed=1)
     mask[0] = 1.0  # first image: nothing masked, contributes nothing
-    mask[-1, :, :h // 2] = 0.0  # last image: many masked frequencies (weighs more globally)
+    mask[-1, :, : h // 2] = 0.0  # last image: many masked frequencies (weighs more globally)
     result = frequency_loss(pred, target, torch.from_numpy(mask), reduction=reduction)
     expected = numpy_frequency_loss(pred.numpy(), target.numpy(), mask, reduction)
     assert result.dtype == torch.float32 and result.dim() == 0
@@ -65,14 +69,21 @@ def test_frequency_loss_matches_numpy_loops(shape, mask_channels, reduction):
 
 def test_frequency_loss_reductions_differ_and_default_is_global():
     gen = torch.Generator().manual_seed(1)
-    pred, target = torch.randn((2, 3, 8, 8), generator=gen), torch.randn((2, 3, 8, 8), generator=gen)
+    pred, target = (
+        torch.randn((2, 3, 8, 8), generator=gen),
+        torch.randn((2, 3, 8, 8), generator=gen),
+    )
     mask = torch.ones((2, 1, 8, 8))
     mask[0, 0, :2] = 0  # 16 masked frequencies
     mask[1, 0, :6] = 0  # 48 masked frequencies
     default = frequency_loss(pred, target, mask)
-    assert default.item() == pytest.approx(numpy_frequency_loss(pred, target, mask.numpy(), "global"), rel=1e-5)
+    assert default.item() == pytest.approx(
+        numpy_frequency_loss(pred, target, mask.numpy(), "global"), rel=1e-5
+    )
     per_image = frequency_loss(pred, target, mask, reduction="per_image")
-    assert per_image.item() == pytest.approx(numpy_frequency_loss(pred, target, mask.numpy(), "per_image"), rel=1e-5)
+    assert per_image.item() == pytest.approx(
+        numpy_frequency_loss(pred, target, mask.numpy(), "per_image"), rel=1e-5
+    )
     assert default.item() != pytest.approx(per_image.item(), rel=1e-3)
 
 
@@ -178,7 +189,10 @@ def numpy_teacher_entropy(teachers, center, teacher_temp, n_students):
 
 def logits(n_views, batch, dim, seed, scale=3.0):
     gen = torch.Generator().manual_seed(seed)
-    return [(scale * torch.randn((batch, dim), generator=gen)).requires_grad_(True) for _ in range(n_views)]
+    return [
+        (scale * torch.randn((batch, dim), generator=gen)).requires_grad_(True)
+        for _ in range(n_views)
+    ]
 
 
 @pytest.mark.parametrize("n_students", [2, 4])
@@ -193,12 +207,19 @@ def test_distillation_matches_numpy_over_two_steps(n_students):
         loss = criterion(students, teachers, temp)
         previous = center
         expected, center = numpy_dino(
-            [s.detach().numpy() for s in students], [t.detach().numpy() for t in teachers], center, temp
+            [s.detach().numpy() for s in students],
+            [t.detach().numpy() for t in teachers],
+            center,
+            temp,
         )
         assert loss.item() == pytest.approx(expected, rel=1e-5)
-        entropy = numpy_teacher_entropy([t.detach().numpy() for t in teachers], previous, temp, n_students)
+        entropy = numpy_teacher_entropy(
+            [t.detach().numpy() for t in teachers], previous, temp, n_students
+        )
         assert criterion.diagnostics["teacher_entropy"].item() == pytest.approx(entropy, rel=1e-5)
-        assert criterion.diagnostics["kl"].item() == pytest.approx(expected - entropy, rel=1e-4, abs=1e-5)
+        assert criterion.diagnostics["kl"].item() == pytest.approx(
+            expected - entropy, rel=1e-4, abs=1e-5
+        )
         np.testing.assert_allclose(criterion.center.numpy(), center, rtol=1e-5, atol=1e-6)
     assert not np.allclose(center, 0)  # the second step really used a non-zero centre
 
@@ -210,7 +231,9 @@ def test_distillation_pairs_are_cross_view():
     a = torch.tensor([[10.0] + [0.0] * (dim - 1)])
     b = torch.tensor([[0.0] * (dim - 1) + [10.0]])
     loss = criterion([a, b], [a, b], teacher_temp=1.0)
-    expected, _ = numpy_dino([a.numpy(), b.numpy()], [a.numpy(), b.numpy()], np.zeros((1, dim)), 1.0, 1.0, 1.0)
+    expected, _ = numpy_dino(
+        [a.numpy(), b.numpy()], [a.numpy(), b.numpy()], np.zeros((1, dim)), 1.0, 1.0, 1.0
+    )
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert loss.item() > 5.0  # only the mismatched pairs (a vs b) count
     with pytest.raises(ValueError, match="no cross-view pair"):
@@ -245,7 +268,9 @@ def test_distillation_under_autocast_is_fp32():
 
 
 def _distributed_worker(rank, world_size, init_file, rows, results):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
     try:
         torch.set_num_threads(1)
         criterion = DistillationLoss(rows[0][0].shape[1], center_momentum=0.5)
@@ -263,7 +288,11 @@ def test_distillation_centre_is_averaged_across_processes(tmp_path, monkeypatch)
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # loopback only: no network needed
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_distributed_worker, args=(world_size, str(tmp_path / "init"), rows, results), nprocs=world_size)
+        mp.spawn(
+            _distributed_worker,
+            args=(world_size, str(tmp_path / "init"), rows, results),
+            nprocs=world_size,
+        )
         results = dict(results)
     everything = torch.cat([t for per_rank in rows for t in per_rank])
     expected = 0.5 * everything.mean(dim=0, keepdim=True)
@@ -294,7 +323,9 @@ def test_sinkhorn_knopp_matches_numpy(iterations):
     gen = torch.Generator().manual_seed(iterations)
     t = torch.randn((12, 7), generator=gen)
     q = sinkhorn_knopp(t, 0.2, iterations)
-    np.testing.assert_allclose(q.numpy(), numpy_sinkhorn(t.numpy(), 0.2, iterations), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        q.numpy(), numpy_sinkhorn(t.numpy(), 0.2, iterations), rtol=1e-5, atol=1e-7
+    )
     torch.testing.assert_close(q.sum(dim=1), torch.ones(12))
     converged = sinkhorn_knopp(t, 1.0, 100)  # every prototype receives 12 / 7 of the mass
     torch.testing.assert_close(converged.sum(dim=0), torch.full((7,), 12 / 7), rtol=1e-4, atol=1e-4)
@@ -311,7 +342,9 @@ def test_sinkhorn_knopp_survives_a_sharp_teacher():
 
 def test_distillation_with_sinkhorn_knopp_targets_matches_numpy():
     dim, batch, temp = 9, 6, 0.07
-    criterion = DistillationLoss(dim, student_temp=0.1, centering="sinkhorn_knopp", sinkhorn_iterations=3)
+    criterion = DistillationLoss(
+        dim, student_temp=0.1, centering="sinkhorn_knopp", sinkhorn_iterations=3
+    )
     students = logits(2, batch, dim, seed=30)
     teachers = logits(2, batch, dim, seed=31)
     loss = criterion(students, teachers, temp)
@@ -332,7 +365,9 @@ def test_distillation_with_sinkhorn_knopp_targets_matches_numpy():
 def _sinkhorn_worker(rank, world_size, init_file, rows, results):
     from folk.losses import sinkhorn_knopp
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
     try:
         torch.set_num_threads(1)
         results[rank] = sinkhorn_knopp(rows[rank], 0.1, 3)
@@ -349,7 +384,11 @@ def test_sinkhorn_knopp_normalises_over_all_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_sinkhorn_worker, args=(world_size, str(tmp_path / "init"), rows, results), nprocs=world_size)
+        mp.spawn(
+            _sinkhorn_worker,
+            args=(world_size, str(tmp_path / "init"), rows, results),
+            nprocs=world_size,
+        )
         results = dict(results)
     expected = sinkhorn_knopp(torch.cat(rows), 0.1, 3)
     torch.testing.assert_close(torch.cat([results[0], results[1]]), expected, rtol=1e-5, atol=1e-7)
@@ -374,8 +413,12 @@ def test_centre_update_once_per_step_is_independent_of_accumulation():
         for half in (slice(0, n), slice(n, 2 * n)):
             loss = split([s[half] for s in students], [t[half] for t in teachers], temp)
             # every micro-batch of the step sees the step's centre
-            expected, _ = numpy_dino([s[half].numpy() for s in students],
-                                     [t[half].numpy() for t in teachers], center, temp)
+            expected, _ = numpy_dino(
+                [s[half].numpy() for s in students],
+                [t[half].numpy() for t in teachers],
+                center,
+                temp,
+            )
             assert loss.item() == pytest.approx(expected, rel=1e-5)
         split.apply_center_update()
         rows = np.concatenate([t.numpy().astype(np.float64) for t in teachers])
@@ -406,7 +449,9 @@ def test_centre_state_dict_round_trip_and_sinkhorn_has_no_centre():
 
 
 def _deferred_worker(rank, world_size, init_file, micro_batches, results):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
     try:
         torch.set_num_threads(1)
         dim = micro_batches[0][0][0].shape[1]
@@ -424,16 +469,22 @@ def test_deferred_centre_is_the_mean_over_processes_and_micro_batches(tmp_path, 
     world_size, dim = 2, 5
     gen = torch.Generator().manual_seed(4)
     sizes = {0: (3, 2), 1: (4, 5)}  # rows per micro-batch on each rank
-    micro_batches = [[[torch.randn((b, dim), generator=gen) for _ in range(2)] for b in sizes[r]]
-                     for r in range(world_size)]
+    micro_batches = [
+        [[torch.randn((b, dim), generator=gen) for _ in range(2)] for b in sizes[r]]
+        for r in range(world_size)
+    ]
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_deferred_worker, args=(world_size, str(tmp_path / "init"), micro_batches, results),
-                 nprocs=world_size)
+        mp.spawn(
+            _deferred_worker,
+            args=(world_size, str(tmp_path / "init"), micro_batches, results),
+            nprocs=world_size,
+        )
         results = dict(results)
-    rows = np.concatenate([t.numpy().astype(np.float64) for rank in micro_batches
-                           for micro in rank for t in micro])
+    rows = np.concatenate(
+        [t.numpy().astype(np.float64) for rank in micro_batches for micro in rank for t in micro]
+    )
     assert rows.shape[0] == 2 * (3 + 2 + 4 + 5)
     expected = 0.5 * rows.mean(axis=0, keepdims=True)
     for rank in range(world_size):

@@ -1,4 +1,5 @@
 """Networks: shapes, EMA update against an explicit formula, DINO head details."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,9 +8,18 @@ import torch
 from folk.config import load_config
 from folk.models import DINOHead, build_student_teacher, ema_update
 
-TINY = ["model.arch=vit_tiny_patch16_224", "model.img_size=32", "model.patch_size=4",
-        "model.depth=2", "model.embed_dim=48", "model.num_heads=3", "model.head_out_dim=64",
-        "model.head_hidden_dim=32", "model.head_bottleneck_dim=16", "filter.mfm_radius=16"]
+TINY = [
+    "model.arch=vit_tiny_patch16_224",
+    "model.img_size=32",
+    "model.patch_size=4",
+    "model.depth=2",
+    "model.embed_dim=48",
+    "model.num_heads=3",
+    "model.head_out_dim=64",
+    "model.head_hidden_dim=32",
+    "model.head_bottleneck_dim=16",
+    "filter.mfm_radius=16",
+]
 
 
 @pytest.mark.parametrize("arch, size", [("vit_tiny_patch16_224", 32), ("resnet50", 64)])
@@ -78,8 +88,9 @@ def test_teacher_keeps_its_own_head_batch_norm_statistics():
     student(torch.rand(4, 3, 32, 32))  # training mode: the student's running statistics move
     before = [b.clone() for b in teacher.dino_head.buffers()]
     ema_update(teacher, student, 0.99)
-    for (name, t_buf), s_buf, b in zip(teacher.dino_head.named_buffers(),
-                                       student.dino_head.buffers(), before):
+    for (name, t_buf), s_buf, b in zip(
+        teacher.dino_head.named_buffers(), student.dino_head.buffers(), before
+    ):
         assert torch.equal(t_buf, b), name
         if t_buf.is_floating_point():
             assert not torch.equal(t_buf, s_buf), name

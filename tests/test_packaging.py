@@ -1,5 +1,6 @@
 """One set of requirements: pyproject.toml states them, requirements.txt and environment.yml
 repeat them line for line, and the environment the tests run in satisfies them."""
+
 from __future__ import annotations
 
 import re
@@ -25,8 +26,9 @@ def pyproject() -> dict:
 def declared() -> list[Requirement]:
     """pyproject's dependencies, then its `test` extra, in order."""
     project = pyproject()["project"]
-    return [Requirement(r) for r in project["dependencies"] +
-            project["optional-dependencies"]["test"]]
+    return [
+        Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]
+    ]
 
 
 def requirements_txt() -> list[Requirement]:

@@ -3,6 +3,7 @@ recipe and the per-architecture choices, checked against the values of the refer
 written out here (MFM's configs/*/mfm_pretrain__*.yaml and config.py, DINO's main_dino.py
 defaults and README), and the learning-rate schedules against timm's scheduler (the one MFM
 trains with) and DINO's formula."""
+
 from __future__ import annotations
 
 import math
@@ -19,22 +20,54 @@ from folk.errors import ConfigError
 from folk.schedules import pretrain_schedules
 
 # MFM: RandomResizedCrop(scale=(MIN_CROP_SCALE=0.2, 1), bicubic) + RandomHorizontalFlip
-MFM_AUGMENT = {"crop_scale": [0.2, 1.0], "flip_prob": 0.5, "color_jitter_prob": 0.0,
-               "grayscale_prob": 0.0, "blur_prob": [0.0, 0.0], "solarize_prob": [0.0, 0.0]}
+MFM_AUGMENT = {
+    "crop_scale": [0.2, 1.0],
+    "flip_prob": 0.5,
+    "color_jitter_prob": 0.0,
+    "grayscale_prob": 0.0,
+    "blur_prob": [0.0, 0.0],
+    "solarize_prob": [0.0, 0.0],
+}
 # DINO's DataAugmentationDINO; global crops (0.14, 1) when multi-crop is off
-DINO_AUGMENT = {"crop_scale": [0.14, 1.0], "flip_prob": 0.5, "color_jitter_prob": 0.8,
-                "grayscale_prob": 0.2, "blur_prob": [1.0, 0.1], "solarize_prob": [0.0, 0.2]}
+DINO_AUGMENT = {
+    "crop_scale": [0.14, 1.0],
+    "flip_prob": 0.5,
+    "color_jitter_prob": 0.8,
+    "grayscale_prob": 0.2,
+    "blur_prob": [1.0, 0.1],
+    "solarize_prob": [0.0, 0.2],
+}
 # MFM's TRAIN section (ViT-S, ViT-B and ResNet-50 configs alike) and DROP_PATH_RATE
-MFM_OPTIM = {"base_lr": 3e-4, "warmup_lr": 2.5e-7, "min_lr": 2.5e-6, "scale_min_lr": True,
-             "warmup_epochs": 20, "weight_decay": 0.05, "weight_decay_end": 0.05,
-             "betas": [0.9, 0.95], "clip_grad": 3.0, "no_wd_tokens": True,
-             "cosine_after_warmup": False, "clip_mode": "global"}
+MFM_OPTIM = {
+    "base_lr": 3e-4,
+    "warmup_lr": 2.5e-7,
+    "min_lr": 2.5e-6,
+    "scale_min_lr": True,
+    "warmup_epochs": 20,
+    "weight_decay": 0.05,
+    "weight_decay_end": 0.05,
+    "betas": [0.9, 0.95],
+    "clip_grad": 3.0,
+    "no_wd_tokens": True,
+    "cosine_after_warmup": False,
+    "clip_mode": "global",
+}
 # DINO's main_dino.py: lr 5e-4 per 256 images, warm-up 10 epochs from 0, min_lr 1e-6,
 # weight decay 0.04 -> 0.4, AdamW's default betas, clip 3.0, student drop path 0.1
-DINO_OPTIM = {"base_lr": 5e-4 * 512 / 256, "warmup_lr": 0.0, "min_lr": 1e-6,
-              "scale_min_lr": False, "warmup_epochs": 10, "weight_decay": 0.04,
-              "weight_decay_end": 0.4, "betas": [0.9, 0.999], "clip_grad": 3.0,
-              "no_wd_tokens": False, "cosine_after_warmup": True, "clip_mode": "per_param"}
+DINO_OPTIM = {
+    "base_lr": 5e-4 * 512 / 256,
+    "warmup_lr": 0.0,
+    "min_lr": 1e-6,
+    "scale_min_lr": False,
+    "warmup_epochs": 10,
+    "weight_decay": 0.04,
+    "weight_decay_end": 0.4,
+    "betas": [0.9, 0.999],
+    "clip_grad": 3.0,
+    "no_wd_tokens": False,
+    "cosine_after_warmup": True,
+    "clip_mode": "per_param",
+}
 
 
 def shown(capsys, *sets: str) -> dict:
@@ -70,10 +103,18 @@ def test_dino_baseline_shows_dino_recipe(capsys, monkeypatch):
     assert_subset(cfg["pretrain"], DINO_OPTIM)
     assert cfg["model"]["drop_path"] == 0.1
     # DINO's teacher: momentum 0.996 -> 1 (cosine), temperature 0.04 -> 0.07 over 30 epochs
-    assert_subset(cfg["pretrain"], {"momentum_teacher": 0.996, "momentum_teacher_end": 1.0,
-                                    "warmup_teacher_temp": 0.04, "final_teacher_temp": 0.07,
-                                    "warmup_teacher_temp_epochs": 30, "center_momentum": 0.9,
-                                    "student_temp": 0.1})
+    assert_subset(
+        cfg["pretrain"],
+        {
+            "momentum_teacher": 0.996,
+            "momentum_teacher_end": 1.0,
+            "warmup_teacher_temp": 0.04,
+            "final_teacher_temp": 0.07,
+            "warmup_teacher_temp_epochs": 30,
+            "center_momentum": 0.9,
+            "student_temp": 0.1,
+        },
+    )
 
 
 def test_folk_shows_dino_augmentation_and_mfm_optimiser(capsys, monkeypatch):
@@ -97,10 +138,18 @@ def test_crop_scale_follows_multicrop():
 
 
 def test_explicit_keys_win_over_presets_and_recipes():
-    cfg = load_config(None, ["pretrain.variant=mfm", "augment.blur_prob=[0.3, 0.4]",
-                             "augment.crop_scale=[0.5, 1.0]", "pretrain.base_lr=1e-3",
-                             "model.drop_path=0.2", "augment.preset=dino",
-                             "pretrain.optim_recipe=dino"])
+    cfg = load_config(
+        None,
+        [
+            "pretrain.variant=mfm",
+            "augment.blur_prob=[0.3, 0.4]",
+            "augment.crop_scale=[0.5, 1.0]",
+            "pretrain.base_lr=1e-3",
+            "model.drop_path=0.2",
+            "augment.preset=dino",
+            "pretrain.optim_recipe=dino",
+        ],
+    )
     assert cfg["augment"]["blur_prob"] == [0.3, 0.4] and cfg["augment"]["crop_scale"] == [0.5, 1.0]
     assert cfg["augment"]["color_jitter_prob"] == 0.8  # from the preset asked for
     assert cfg["pretrain"]["base_lr"] == 1e-3 and cfg["model"]["drop_path"] == 0.2
@@ -117,37 +166,50 @@ def test_resolved_config_records_presets_and_reloads_unchanged(tmp_path):
     assert load_run_config(tmp_path / "run") == cfg
 
 
-@pytest.mark.parametrize("arch, norm_last, blocks, avgpool, p_low", [
-    ("vit_small_patch16_224", False, 4, False, 0.5),   # DINO README: only safe with ViT-S
-    ("vit_base_patch16_224", True, 1, True, 0.5),      # DINO: --n_last_blocks 1 --avgpool true
-    ("vit_tiny_patch16_224", True, 4, False, 0.5),     # DINO's defaults
-    ("resnet50", True, 4, False, 0.3),                 # MFM ResNet-50: SAMPLE_RATIO 0.3
-])
+@pytest.mark.parametrize(
+    "arch, norm_last, blocks, avgpool, p_low",
+    [
+        ("vit_small_patch16_224", False, 4, False, 0.5),  # DINO README: only safe with ViT-S
+        ("vit_base_patch16_224", True, 1, True, 0.5),  # DINO: --n_last_blocks 1 --avgpool true
+        ("vit_tiny_patch16_224", True, 4, False, 0.5),  # DINO's defaults
+        ("resnet50", True, 4, False, 0.3),  # MFM ResNet-50: SAMPLE_RATIO 0.3
+    ],
+)
 def test_per_architecture_defaults(arch, norm_last, blocks, avgpool, p_low):
     cfg = load_config(None, [f"model.arch={arch}"])
     assert cfg["model"]["head_norm_last_layer"] is norm_last
     assert cfg["eval"]["linear"]["n_last_blocks"] == blocks
     assert cfg["eval"]["linear"]["avgpool_patchtokens"] is avgpool
     assert cfg["filter"]["mfm_p_low"] == p_low
-    overridden = load_config(None, [f"model.arch={arch}", "model.head_norm_last_layer=true",
-                                    "eval.linear.n_last_blocks=2", "filter.mfm_p_low=0.7"])
+    overridden = load_config(
+        None,
+        [
+            f"model.arch={arch}",
+            "model.head_norm_last_layer=true",
+            "eval.linear.n_last_blocks=2",
+            "filter.mfm_p_low=0.7",
+        ],
+    )
     assert overridden["model"]["head_norm_last_layer"] is True
     assert overridden["eval"]["linear"]["n_last_blocks"] == 2
     assert overridden["filter"]["mfm_p_low"] == 0.7
 
 
-@pytest.mark.parametrize("item, needle", [
-    ("augment.blur_prob=sharp", "augment.blur_prob"),
-    ("augment.blur_prob=[0.5]", "augment.blur_prob"),
-    ("augment.crop_scale=[0.0, 1.0]", "augment.crop_scale"),
-    ("model.drop_path=1.5", "model.drop_path"),
-    ("pretrain.betas=[0.9, 1.0]", "pretrain.betas"),
-    ("pretrain.scale_min_lr=3", "pretrain.scale_min_lr"),
-    ("augment.preset=simclr", "augment.preset"),
-    ("pretrain.optim_recipe=sgd", "pretrain.optim_recipe"),
-    ("filter.mfm_p_low=2", "filter.mfm_p_low"),
-    ("filter.local_views=all", "filter.local_views"),
-])
+@pytest.mark.parametrize(
+    "item, needle",
+    [
+        ("augment.blur_prob=sharp", "augment.blur_prob"),
+        ("augment.blur_prob=[0.5]", "augment.blur_prob"),
+        ("augment.crop_scale=[0.0, 1.0]", "augment.crop_scale"),
+        ("model.drop_path=1.5", "model.drop_path"),
+        ("pretrain.betas=[0.9, 1.0]", "pretrain.betas"),
+        ("pretrain.scale_min_lr=3", "pretrain.scale_min_lr"),
+        ("augment.preset=simclr", "augment.preset"),
+        ("pretrain.optim_recipe=sgd", "pretrain.optim_recipe"),
+        ("filter.mfm_p_low=2", "filter.mfm_p_low"),
+        ("filter.local_views=all", "filter.local_views"),
+    ],
+)
 def test_bad_recipe_values_are_named(item, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         load_config(None, [item])
@@ -158,15 +220,22 @@ def test_mfm_learning_rate_matches_timm_cosine_scheduler():
     three learning rates scaled by batch / 512."""
     from timm.scheduler.cosine_lr import CosineLRScheduler
 
-    cfg = load_config(None, ["pretrain.variant=mfm", "pretrain.epochs=12",
-                             "pretrain.warmup_epochs=3"])
+    cfg = load_config(
+        None, ["pretrain.variant=mfm", "pretrain.epochs=12", "pretrain.warmup_epochs=3"]
+    )
     iters, batch = 7, 2048
     ours = pretrain_schedules(cfg, iters, batch)["lr"]
     scale = batch / 512
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=3e-4 * scale)
-    sched = CosineLRScheduler(opt, t_initial=12 * iters, lr_min=2.5e-6 * scale,
-                              warmup_lr_init=2.5e-7 * scale, warmup_t=3 * iters,
-                              cycle_limit=1, t_in_epochs=False)
+    sched = CosineLRScheduler(
+        opt,
+        t_initial=12 * iters,
+        lr_min=2.5e-6 * scale,
+        warmup_lr_init=2.5e-7 * scale,
+        warmup_t=3 * iters,
+        cycle_limit=1,
+        t_in_epochs=False,
+    )
     theirs = []
     for t in range(12 * iters):
         sched.step_update(t)
@@ -177,11 +246,12 @@ def test_mfm_learning_rate_matches_timm_cosine_scheduler():
 
 
 def test_dino_schedules_match_their_formula():
-    cfg = load_config(None, ["pretrain.variant=dino_2view", "pretrain.epochs=10",
-                             "pretrain.warmup_epochs=2"])
+    cfg = load_config(
+        None, ["pretrain.variant=dino_2view", "pretrain.epochs=10", "pretrain.warmup_epochs=2"]
+    )
     iters, batch = 5, 1024
     s = pretrain_schedules(cfg, iters, batch)
-    peak = 5e-4 * batch / 256            # DINO's linear scaling rule
+    peak = 5e-4 * batch / 256  # DINO's linear scaling rule
     warm, total = 2 * iters, 10 * iters
     for t in range(total):
         if t < warm:
@@ -199,10 +269,20 @@ def test_token_weight_decay_follows_the_recipe(recipe, tokens_decayed):
     from folk.engine.pretrain import param_groups
     from folk.models import Student
 
-    cfg = load_config(None, [f"pretrain.optim_recipe={recipe}", "model.img_size=32",
-                             "model.patch_size=8", "model.depth=1", "model.embed_dim=32",
-                             "model.num_heads=2", "model.head_out_dim=16",
-                             "model.head_hidden_dim=16", "model.head_bottleneck_dim=8"])
+    cfg = load_config(
+        None,
+        [
+            f"pretrain.optim_recipe={recipe}",
+            "model.img_size=32",
+            "model.patch_size=8",
+            "model.depth=1",
+            "model.embed_dim=32",
+            "model.num_heads=2",
+            "model.head_out_dim=16",
+            "model.head_hidden_dim=16",
+            "model.head_bottleneck_dim=8",
+        ],
+    )
     student = Student(cfg)
     decay, no_decay = param_groups(student, cfg["pretrain"]["no_wd_tokens"])
     names = {id(p): n for n, p in student.named_parameters()}
@@ -224,13 +304,26 @@ def test_mfm_preset_views_are_crop_and_flip_only(fashion_root):
     from folk.data import build_dataset
     from folk.data.transforms import PretrainViews
 
-    base = ["data.dataset=fashion_mnist", f"data.root={fashion_root}", "data.in_chans=1",
-            "data.num_classes=10",
-            "data.mean=[0.286]", "data.std=[0.353]", "model.img_size=32",
-            "model.patch_size=4", "augment.crop_scale=[1.0, 1.0]", "augment.flip_prob=0.0"]
+    base = [
+        "data.dataset=fashion_mnist",
+        f"data.root={fashion_root}",
+        "data.in_chans=1",
+        "data.num_classes=10",
+        "data.mean=[0.286]",
+        "data.std=[0.353]",
+        "model.img_size=32",
+        "model.patch_size=4",
+        "augment.crop_scale=[1.0, 1.0]",
+        "augment.flip_prob=0.0",
+    ]
     image = build_dataset(load_config(None, base), "train")[0][0]
-    want = F.to_dtype(F.resize(F.to_image(image), [32, 32], interpolation=InterpolationMode.BICUBIC,
-                               antialias=True), torch.float32, scale=True)
+    want = F.to_dtype(
+        F.resize(
+            F.to_image(image), [32, 32], interpolation=InterpolationMode.BICUBIC, antialias=True
+        ),
+        torch.float32,
+        scale=True,
+    )
     torch.manual_seed(0)
     mfm = PretrainViews(load_config(None, base + ["pretrain.variant=mfm"]))
     for _ in range(5):
@@ -247,7 +340,9 @@ def test_gradient_clipping_modes_match_their_formulas(mode):
     from folk.engine.pretrain import clip_gradients
 
     rng = np.random.default_rng(0)
-    grads = [rng.normal(size=s) * scale for s, scale in (((3, 4), 5.0), ((7,), 0.01), ((2, 2, 2), 2.0))]
+    grads = [
+        rng.normal(size=s) * scale for s, scale in (((3, 4), 5.0), ((7,), 0.01), ((2, 2, 2), 2.0))
+    ]
     params = []
     for g in grads:
         p = torch.nn.Parameter(torch.zeros(g.shape, dtype=torch.float64))
@@ -256,12 +351,12 @@ def test_gradient_clipping_modes_match_their_formulas(mode):
     params.append(torch.nn.Parameter(torch.zeros(2)))  # no gradient: left alone
     clip_gradients(params, 1.5, mode)
     if mode == "global":
-        total = math.sqrt(sum(float((g ** 2).sum()) for g in grads))
+        total = math.sqrt(sum(float((g**2).sum()) for g in grads))
         want = [g * min(1.0, 1.5 / (total + 1e-6)) for g in grads]
     else:
         want = []
         for g in grads:
-            norm = math.sqrt(float((g ** 2).sum()))
+            norm = math.sqrt(float((g**2).sum()))
             coef = 1.5 / (norm + 1e-6)
             want.append(g * coef if coef < 1 else g)
     for p, w in zip(params, want):
@@ -272,12 +367,18 @@ def test_gradient_clipping_modes_match_their_formulas(mode):
 def test_recipes_choose_the_clipping_of_their_source():
     assert load_config(None, ["pretrain.variant=mfm"])["pretrain"]["clip_mode"] == "global"
     assert load_config(None, ["pretrain.variant=folk"])["pretrain"]["clip_mode"] == "global"
-    assert load_config(None, ["pretrain.variant=dino_2view"])["pretrain"]["clip_mode"] == "per_param"
+    assert (
+        load_config(None, ["pretrain.variant=dino_2view"])["pretrain"]["clip_mode"] == "per_param"
+    )
 
 
 def test_linear_probe_blocks_capped_by_a_shortened_vit():
     assert load_config(None, ["model.depth=2"])["eval"]["linear"]["n_last_blocks"] == 1  # ViT-B
     small = load_config(None, ["model.arch=vit_small_patch16_224", "model.depth=2"])
     assert small["eval"]["linear"]["n_last_blocks"] == 2
-    assert load_config(None, ["model.arch=vit_small_patch16_224", "model.depth=6"]
-                       )["eval"]["linear"]["n_last_blocks"] == 4
+    assert (
+        load_config(None, ["model.arch=vit_small_patch16_224", "model.depth=6"])["eval"]["linear"][
+            "n_last_blocks"
+        ]
+        == 4
+    )

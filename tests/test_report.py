@@ -1,5 +1,6 @@
 """`folk report` on fixture run directories: every table in three formats with the fixtures'
 values, missing results kept missing, LaTeX escaped, figures of the promised size, README."""
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,22 @@ from report_fixtures import DEMO, build_runs, write_run  # noqa: E402
 
 from folk.cli import main  # noqa: E402
 
-TABLES = ["finetune", "fewshot", "segmentation", "resnet50", "knn_linear", "robustness",
-          "compute", "ablation_filter", "ablation_portions", "ablation_p_com",
-          "ablation_loss_weights", "ablation_distillation", "ablation_reconstruction",
-          "ablation_epochs"]
+TABLES = [
+    "finetune",
+    "fewshot",
+    "segmentation",
+    "resnet50",
+    "knn_linear",
+    "robustness",
+    "compute",
+    "ablation_filter",
+    "ablation_portions",
+    "ablation_p_com",
+    "ablation_loss_weights",
+    "ablation_distillation",
+    "ablation_reconstruction",
+    "ablation_epochs",
+]
 FIGURES = ["fig1_filters", "fig4_masking", "fig5_reconstruction_loss", "knn_epochs", "throughput"]
 DEMO_BACKBONE = "ViT-T/4 @32px"
 
@@ -40,8 +53,9 @@ def read_csv(out: Path, name: str) -> pd.DataFrame:
 
 def md_rows(out: Path, name: str) -> list[list[str]]:
     """The Markdown table as lists of cell texts (header first, separator dropped)."""
-    lines = [l for l in (out / "tables" / f"{name}.md").read_text().splitlines()
-             if l.startswith("|")]
+    lines = [
+        l for l in (out / "tables" / f"{name}.md").read_text().splitlines() if l.startswith("|")
+    ]
     rows = [[c.strip() for c in l.strip("|").split(" | ")] for l in lines]
     return [rows[0]] + rows[2:]
 
@@ -91,8 +105,10 @@ def test_cell_values_equal_the_fixtures(report):
     kl = read_csv(report, "knn_linear")
     row = ours(kl, method="folk", dataset="Fashion-MNIST")
     assert (row["k-NN top-1"], row["linear top-1"]) == (71.25, 75.5)
-    assert row["source"].split(";") == ["demo/folk/eval/knn/metrics.json",
-                                        "demo/folk/eval/linear/metrics.json"]
+    assert row["source"].split(";") == [
+        "demo/folk/eval/knn/metrics.json",
+        "demo/folk/eval/linear/metrics.json",
+    ]
     assert ours(kl, method="folk_no_rec")["linear top-1"] == 66.0
 
     fs = read_csv(report, "fewshot")
@@ -102,17 +118,26 @@ def test_cell_values_equal_the_fixtures(report):
     assert (row["5-shot"], row["5-shot std"]) == (50.0, 1.0)
     assert md_cell(report, "fewshot", "folk", "1-shot", dataset="Fashion-MNIST") == "30.0 ± 2.0"
 
-    seg = ours(read_csv(report, "segmentation"), method="folk", **{"pre-train data": "Fashion-MNIST"})
-    assert (seg["mIoU"], seg["pixel acc."], seg["eval data"]) == \
-        (33.375, 80.5, "Fashion-MNIST composite")
+    seg = ours(
+        read_csv(report, "segmentation"), method="folk", **{"pre-train data": "Fashion-MNIST"}
+    )
+    assert (seg["mIoU"], seg["pixel acc."], seg["eval data"]) == (
+        33.375,
+        80.5,
+        "Fashion-MNIST composite",
+    )
     assert ours(fs, method="folk", dataset="Fashion-MNIST")["user list (logreg)"] == 45.0
 
     rob_df = read_csv(report, "robustness")
     rob = ours(rob_df, method="folk", dataset="Fashion-MNIST")
-    assert (rob["mean under corruption"], rob["clean"], rob["gaussian noise"], rob["jpeg"]) == \
-        (60.5, 79.0, 65.0, 56.0)
+    assert (rob["mean under corruption"], rob["clean"], rob["gaussian noise"], rob["jpeg"]) == (
+        60.5,
+        79.0,
+        65.0,
+        56.0,
+    )
     assert (rob["low-pass r=4"], rob["low-pass r=16"], rob["high-pass r=4"]) == (50.0, 75.0, 20.0)
-    assert pd.isna(rob["high-pass r=16"])            # not measured: missing, not a number
+    assert pd.isna(rob["high-pass r=16"])  # not measured: missing, not a number
     partial = ours(rob_df, method="folk_no_rec")
     assert partial["high-pass r=16"] == 10.0 and pd.isna(partial["jpeg"])
     assert md_cell(report, "robustness", "folk_no_rec", "jpeg") == "–"
@@ -133,8 +158,10 @@ def test_published_numbers_beside_ours_with_source_and_dataset(report):
     assert "*published*" in md and "Jiahao000/MFM README" in md
     # the demo's dataset and its note are visible next to its numbers
     assert "Fashion-MNIST demo, 2000 images" in md
-    assert md_cell(report, "finetune", "folk", "dataset", **{"pre-train epochs": "5"}) == \
-        "Fashion-MNIST"
+    assert (
+        md_cell(report, "finetune", "folk", "dataset", **{"pre-train epochs": "5"})
+        == "Fashion-MNIST"
+    )
     kl = read_csv(report, "knn_linear")
     dino = kl[(kl["method"] == "DINO") & (kl["pre-train epochs"] == 100)].iloc[0]
     assert (dino["k-NN top-1"], dino["linear top-1"]) == (69.3, 74.0)
@@ -142,12 +169,12 @@ def test_published_numbers_beside_ours_with_source_and_dataset(report):
 
 def test_missing_results_stay_missing(report):
     kl = read_csv(report, "knn_linear")
-    assert pd.isna(ours(kl, method="mfm")["linear top-1"])          # knn but no linear
+    assert pd.isna(ours(kl, method="mfm")["linear top-1"])  # knn but no linear
     assert ours(kl, method="mfm")["k-NN top-1"] == 62.0
     assert md_cell(report, "knn_linear", "mfm", "linear top-1") == "–"
     assert md_cell(report, "knn_linear", "dino_2view", "k-NN top-1") == "–"
     comp = read_csv(report, "compute")
-    unfinished = ours(comp, run="mfm_comrcom")                       # no DONE.json
+    unfinished = ours(comp, run="mfm_comrcom")  # no DONE.json
     for col in ("images/s", "wall time (h)", "GPU-hours", "CPU-hours", "peak memory (MB)"):
         assert pd.isna(unfinished[col])
     assert "no DONE.json" in unfinished["notes"]
@@ -173,27 +200,36 @@ def test_compute_hours_are_wall_time_times_devices(report):
 def test_ablations_grouped_by_config_not_by_name(report):
     pc = read_csv(report, "ablation_p_com")
     got = {float(r["p_com"]): r["k-NN top-1"] for _, r in pc.iterrows()}
-    assert got == {0.25: 68.0, 0.5: 71.25, 0.75: 69.5}   # 0.5: the main-grid folk run
+    assert got == {0.25: 68.0, 0.5: 71.25, 0.75: 69.5}  # 0.5: the main-grid folk run
     assert ours(pc, p_com=0.75)["linear top-1"] == 70.0
     por = read_csv(report, "ablation_portions")
     assert set(por["portion set Q"]) == {"{0.01}", "{0.005, 0.01, 0.05}"}
     lw = ours(read_csv(report, "ablation_loss_weights"), run="sweep_d")
     assert (lw["λ_rec"], lw["λ_kd"], lw["k-NN top-1"]) == (1, 0.5, 67.0)
     ep = read_csv(report, "ablation_epochs")
-    assert {int(r["pre-train epochs"]): r["k-NN top-1"] for _, r in ep.iterrows()} == \
-        {2: 55.0, 5: 71.25}
+    assert {int(r["pre-train epochs"]): r["k-NN top-1"] for _, r in ep.iterrows()} == {
+        2: 55.0,
+        5: 71.25,
+    }
     dist = read_csv(report, "ablation_distillation")
-    assert {r["method"]: r["distillation"] for _, r in dist.iterrows()} == \
-        {"folk": "yes", "mfm_comrcom": "no"}
+    assert {r["method"]: r["distillation"] for _, r in dist.iterrows()} == {
+        "folk": "yes",
+        "mfm_comrcom": "no",
+    }
     rec = read_csv(report, "ablation_reconstruction")
-    assert set(zip(rec["method"], rec["reconstruction"])) == {("folk", "yes"), ("folk_no_rec", "no")}
+    assert set(zip(rec["method"], rec["reconstruction"])) == {
+        ("folk", "yes"),
+        ("folk_no_rec", "no"),
+    }
     filt = read_csv(report, "ablation_filter")
     demo = filt[filt["dataset"] == "Fashion-MNIST"]
     assert set(demo["method"]) == {"folk", "folk_mfm_filters", "dino_2view"}
     # an ablation the report does not know: the varied key is found in the configs
     aug = read_csv(report, "ablation_augment")
-    assert {float(r["augment.flip_prob"]): r["k-NN top-1"] for _, r in aug.iterrows()} == \
-        {0.0: 64.0, 0.5: 71.25}
+    assert {float(r["augment.flip_prob"]): r["k-NN top-1"] for _, r in aug.iterrows()} == {
+        0.0: 64.0,
+        0.5: 71.25,
+    }
 
 
 def test_latex_escapes_special_characters(report):
@@ -218,7 +254,7 @@ def test_provenance_stamp_in_every_file(report):
             text = (report / "tables" / f"{name}.{ext}").read_text()
             assert "Generated by" in text and re.search(r"\d{4}-\d\d-\d\d", text), (name, ext)
     kl = (report / "tables" / "knn_linear.md").read_text()
-    assert "aaaaaaaaaaaa" in kl and "bbbbbbbbbbbb" in kl     # DONE.json and metrics.json SHAs
+    assert "aaaaaaaaaaaa" in kl and "bbbbbbbbbbbb" in kl  # DONE.json and metrics.json SHAs
     assert "demo/folk/eval/knn/metrics.json" in kl
 
 
@@ -246,14 +282,28 @@ def test_throughput_figure_has_the_loader_beside_the_step(tmp_path):
     bench = collect_bench(runs)
     assert {b.record["type"] for b in bench} == {"bench", "bench_data"}
     bars = {r["variant"]: r["images_per_s"] for r in _input_rows(bench)}
-    assert bars == {"input: ours, 1 core": 40.0, "input: DINO's, 1 core": 50.0,
-                    "input: ours, 2 workers": 80.0, "input + step": 78.0}
+    assert bars == {
+        "input: ours, 1 core": 40.0,
+        "input: DINO's, 1 core": 50.0,
+        "input: ours, 2 workers": 80.0,
+        "input + step": 78.0,
+    }
     info = figure_throughput(bench, tmp_path / "fig")
     assert info.has_data and (tmp_path / "fig" / "throughput.png").is_file()
     assert info.datasets == ["random tensors (no data loading)", "imagefolder (data/photos)"]
     with open(runs / "demo" / "bench_data.jsonl", "a") as f:
-        f.write(json.dumps({"type": "bench_data", "measure": "summary", "variant": "folk",
-                            "arch": "vit_tiny_patch16_224", "device": "cpu"}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "type": "bench_data",
+                    "measure": "summary",
+                    "variant": "folk",
+                    "arch": "vit_tiny_patch16_224",
+                    "device": "cpu",
+                }
+            )
+            + "\n"
+        )
     with pytest.raises(RunDirError, match="bench_data record 7 lacks key"):
         collect_bench(runs)
 
@@ -271,8 +321,9 @@ def test_empty_runs_directory_writes_every_layout(tmp_path):
         assert "|" in md and ("No " in md)
     # the few-shot layout is the configured protocol even without results
     assert {"1% labels", "10% labels", "1-shot", "13-shot"} <= set(read_csv(out, "fewshot").columns)
-    assert {"mean under corruption", "clean", "jpeg", "low-pass r=4", "high-pass r=32"} <= \
-        set(read_csv(out, "robustness").columns)
+    assert {"mean under corruption", "clean", "jpeg", "low-pass r=4", "high-pass r=32"} <= set(
+        read_csv(out, "robustness").columns
+    )
     for name in FIGURES:
         with Image.open(out / "figures" / f"{name}.png") as im:
             assert im.size == (1600, 900)
@@ -283,41 +334,70 @@ def test_bad_inputs_are_named(tmp_path, capsys):
     assert main(["report", "--runs", str(tmp_path / "absent"), "--out", str(tmp_path / "o")]) == 2
     assert "absent" in capsys.readouterr().err
     runs = tmp_path / "runs"
-    run = write_run(runs, "demo", "folk", "folk", DEMO,
-                    evals={"knn": ({"top1_k20": 70.0}, "top1_k20")})
+    run = write_run(
+        runs, "demo", "folk", "folk", DEMO, evals={"knn": ({"top1_k20": 70.0}, "top1_k20")}
+    )
     bad = run / "eval" / "knn" / "metrics.json"
     bad.write_text("{not json")
     assert main(["report", "--runs", str(runs), "--out", str(tmp_path / "o")]) == 2
     assert str(bad) in capsys.readouterr().err
-    bad.write_text(json.dumps({"schema": "folk.eval/1", "run": "folk", "task": "knn",
-                               "variant": "", "dataset": "x", "metrics": {}, "primary": "top1"}))
+    bad.write_text(
+        json.dumps(
+            {
+                "schema": "folk.eval/1",
+                "run": "folk",
+                "task": "knn",
+                "variant": "",
+                "dataset": "x",
+                "metrics": {},
+                "primary": "top1",
+            }
+        )
+    )
     assert main(["report", "--runs", str(runs), "--out", str(tmp_path / "o")]) == 2
     assert "primary metric 'top1'" in capsys.readouterr().err
     shutil.rmtree(run / "eval")
     ref = tmp_path / "ref.csv"
     ref.write_text("method,value\nMFM,83.1\n")
-    assert main(["report", "--runs", str(runs), "--out", str(tmp_path / "o"),
-                 "--ref", str(ref)]) == 1      # a data file that cannot be used (DataError)
+    assert (
+        main(["report", "--runs", str(runs), "--out", str(tmp_path / "o"), "--ref", str(ref)]) == 1
+    )  # a data file that cannot be used (DataError)
     assert "missing column(s)" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()       # nothing written before the inputs are valid
+    assert not (tmp_path / "o").exists()  # nothing written before the inputs are valid
 
 
 def test_fewshot_metric_names():
     """The few-shot columns are read from the names folk.evals.fewshot writes, no others."""
     from folk.eval_tasks import declared_columns
 
-    metrics = dict.fromkeys(["frac1pct_top1_mean", "frac1pct_top1_std", "frac0.5pct_top1_mean",
-                             "frac0.5pct_top1_std", "file_logreg_top1_mean", "file_top1",
-                             "shot13_top1_mean", "shot5_top5_mean", "best_c",
-                             "fraction0.1_top1_std", "10pct_top1", "5shot_top1_mean"], 1.0)
-    got = {c.metric: (c.label, c.group, c.order[1], c.std)
-           for c in declared_columns("fewshot", metrics, "shot13_top1_mean")}
+    metrics = dict.fromkeys(
+        [
+            "frac1pct_top1_mean",
+            "frac1pct_top1_std",
+            "frac0.5pct_top1_mean",
+            "frac0.5pct_top1_std",
+            "file_logreg_top1_mean",
+            "file_top1",
+            "shot13_top1_mean",
+            "shot5_top5_mean",
+            "best_c",
+            "fraction0.1_top1_std",
+            "10pct_top1",
+            "5shot_top1_mean",
+        ],
+        1.0,
+    )
+    got = {
+        c.metric: (c.label, c.group, c.order[1], c.std)
+        for c in declared_columns("fewshot", metrics, "shot13_top1_mean")
+    }
     assert got == {
         "frac1pct_top1_mean": ("1% labels", "fraction", 1.0, "frac1pct_top1_std"),
         "frac0.5pct_top1_mean": ("0.5% labels", "fraction", 0.5, "frac0.5pct_top1_std"),
         "file_logreg_top1_mean": ("user list (logreg)", "file", 1.0, None),
         "file_top1": ("user list (fine-tune)", "file", 0.0, None),
-        "shot13_top1_mean": ("13-shot", "shots", 13.0, None)}
+        "shot13_top1_mean": ("13-shot", "shots", 13.0, None),
+    }
 
 
 def test_the_report_reads_the_columns_a_record_states(tmp_path):
@@ -327,13 +407,20 @@ def test_the_report_reads_the_columns_a_record_states(tmp_path):
     from folk.report.tables.fewshot import fewshot_table
 
     runs = tmp_path / "runs"
-    run = write_run(runs, "demo", "folk", "folk", DEMO,
-                    evals={"fewshot": ({"a": 40.0, "a_spread": 1.5, "b": 30.0}, "a")})
+    run = write_run(
+        runs,
+        "demo",
+        "folk",
+        "folk",
+        DEMO,
+        evals={"fewshot": ({"a": 40.0, "a_spread": 1.5, "b": 30.0}, "a")},
+    )
     path = run / "eval" / "fewshot" / "metrics.json"
     rec = json.loads(path.read_text())
     rec["columns"] = [
         {"metric": "b", "label": "second", "group": "g", "order": [2], "std": None},
-        {"metric": "a", "label": "first", "group": "g", "order": [1], "std": "a_spread"}]
+        {"metric": "a", "label": "first", "group": "g", "order": [1], "std": "a_spread"},
+    ]
     path.write_text(json.dumps(rec))
     table = fewshot_table(collect_runs(runs), {})
     assert [c.name for c in table.columns] == ["first", "second"]
@@ -348,13 +435,22 @@ def test_the_report_reads_the_columns_a_record_states(tmp_path):
 # The published baseline results, each read from the named project's own README: the
 # packaged reference file must hold exactly these (method, backbone, top-1 or mIoU)
 PUBLISHED = [
-    ("MFM", "ViT-B/16", 83.1), ("MFM", "ResNet-50", 78.5), ("MFM", "ResNet-50", 80.1),
-    ("SR (MFM paper)", "ViT-B/16", 82.4), ("Deblur (MFM paper)", "ViT-B/16", 81.7),
+    ("MFM", "ViT-B/16", 83.1),
+    ("MFM", "ResNet-50", 78.5),
+    ("MFM", "ResNet-50", 80.1),
+    ("SR (MFM paper)", "ViT-B/16", 82.4),
+    ("Deblur (MFM paper)", "ViT-B/16", 81.7),
     ("Denoise (MFM paper)", "ViT-B/16", 82.7),
-    ("DINO", "ViT-S/16", 69.3), ("DINO", "ViT-S/16", 74.0),
-    ("DINO", "ViT-S/16", 73.3), ("DINO", "ViT-S/16", 76.0),
-    ("iBOT", "ViT-S/16", 75.2), ("iBOT", "ViT-S/16", 77.9), ("iBOT", "ViT-S/16", 82.3),
-    ("iBOT", "ViT-B/16", 84.0), ("iBOT", "ViT-B/16", 50.0), ("MAE", "ViT-B/16", 83.6),
+    ("DINO", "ViT-S/16", 69.3),
+    ("DINO", "ViT-S/16", 74.0),
+    ("DINO", "ViT-S/16", 73.3),
+    ("DINO", "ViT-S/16", 76.0),
+    ("iBOT", "ViT-S/16", 75.2),
+    ("iBOT", "ViT-S/16", 77.9),
+    ("iBOT", "ViT-S/16", 82.3),
+    ("iBOT", "ViT-B/16", 84.0),
+    ("iBOT", "ViT-B/16", 50.0),
+    ("MAE", "ViT-B/16", 83.6),
 ]
 
 
@@ -362,8 +458,11 @@ def test_reference_file_holds_the_published_numbers():
     from folk.report.collect import load_reference
 
     ref = load_reference()
-    got = sorted((r["method"], r["backbone"], r["value"]) for _, r in ref.iterrows()
-                 if r["task"] != "compute")
+    got = sorted(
+        (r["method"], r["backbone"], r["value"])
+        for _, r in ref.iterrows()
+        if r["task"] != "compute"
+    )
     assert got == sorted(PUBLISHED)
 
 
@@ -375,15 +474,30 @@ def test_report_on_real_pretraining_runs(tmp_path, fashion_root):
 
     torch.set_num_threads(1)
     runs = tmp_path / "runs"
-    sets = [f"--set={o}" for o in tiny_overrides(fashion_root)] + \
-           ["--set=experiment.name=tiny", "--set=pretrain.knn_every=1",
-            "--set=pretrain.knn_train_images=64", "--set=pretrain.knn_test_images=40",
-            "--set=experiment.dataset_note=tiny test run"]
+    sets = [f"--set={o}" for o in tiny_overrides(fashion_root)] + [
+        "--set=experiment.name=tiny",
+        "--set=pretrain.knn_every=1",
+        "--set=pretrain.knn_train_images=64",
+        "--set=pretrain.knn_test_images=40",
+        "--set=experiment.dataset_note=tiny test run",
+    ]
     for variant in ("mfm", "mfm_comrcom"):
         run_dir = runs / "tiny" / variant
-        assert main(["pretrain", "--config", str(REPO / "params" / "test_tiny.yaml"), *sets,
-                     f"--set=pretrain.variant={variant}", f"--set=experiment.run_name={variant}",
-                     "--out", str(run_dir)]) == 0
+        assert (
+            main(
+                [
+                    "pretrain",
+                    "--config",
+                    str(REPO / "params" / "test_tiny.yaml"),
+                    *sets,
+                    f"--set=pretrain.variant={variant}",
+                    f"--set=experiment.run_name={variant}",
+                    "--out",
+                    str(run_dir),
+                ]
+            )
+            == 0
+        )
     assert main(["eval", "knn", "--run", str(runs / "tiny" / "mfm")]) == 0
     out = tmp_path / "results"
     assert main(["report", "--runs", str(runs), "--out", str(out)]) == 0

@@ -1,6 +1,7 @@
 """Reference rows of the report: the random initialisation, raw pixels and the majority
 class beside every result, results that do not beat the initialisation marked, and the
 paper's claims stated with their numbers."""
+
 from __future__ import annotations
 
 import shutil
@@ -19,35 +20,68 @@ from folk.report.collect import collect_runs
 def runs_dir(tmp_path):
     root = tmp_path / "runs"
     init = DEMO + ["pretrain.epochs=0"]
-    write_run(root, "demo", "random_init", "folk", init,
-              evals={"knn": ({"top1_k20": 48.5}, "top1_k20"),
-                     "linear": ({"top1": 50.0}, "top1"),
-                     "finetune": ({"top1": 70.0}, "top1", "fashion_mnist", 2),
-                     "fewshot": ({"shot5_top1_mean": 40.0, "shot5_top1_std": 1.0},
-                                 "shot5_top1_mean"),
-                     "pixels": ({"knn_top1_k20": 78.25, "linear_top1": 82.5,
-                                 "linear_best_lr": 0.1}, "knn_top1_k20"),
-                     "segmentation": ({"miou": 20.0, "pixel_acc": 80.0, "miou_majority": 7.0,
-                                       "pixel_acc_majority": 77.6}, "miou",
-                                      "fashion_mnist_composite")})
-    write_run(root, "demo", "folk", "folk", DEMO,
-              evals={"knn": ({"top1_k20": 55.0}, "top1_k20"),
-                     "linear": ({"top1": 49.0}, "top1"),          # below the initialisation
-                     "finetune": ({"top1": 75.0}, "top1", "fashion_mnist", 2),
-                     "fewshot": ({"shot5_top1_mean": 45.0, "shot5_top1_std": 2.0},
-                                 "shot5_top1_mean"),
-                     "segmentation": ({"miou": 19.0, "pixel_acc": 81.0, "miou_majority": 7.0,
-                                       "pixel_acc_majority": 77.6}, "miou",
-                                      "fashion_mnist_composite")},
-              records=loss_records(2.0, 0.1))
-    write_run(root, "demo", "mfm", "mfm", DEMO,
-              evals={"fewshot": ({"shot5_top1_mean": 47.0, "shot5_top1_std": 1.0},
-                                 "shot5_top1_mean"),
-                     "finetune": ({"top1": 74.0}, "top1", "fashion_mnist", 2)},
-              records=loss_records(1.0, 0.01))
-    write_run(root, "demo", "mfm_comrcom", "mfm_comrcom", DEMO,
-              evals={"knn": ({"top1_k20": 52.0}, "top1_k20")},
-              records=loss_records(1.5, 0.01))
+    write_run(
+        root,
+        "demo",
+        "random_init",
+        "folk",
+        init,
+        evals={
+            "knn": ({"top1_k20": 48.5}, "top1_k20"),
+            "linear": ({"top1": 50.0}, "top1"),
+            "finetune": ({"top1": 70.0}, "top1", "fashion_mnist", 2),
+            "fewshot": ({"shot5_top1_mean": 40.0, "shot5_top1_std": 1.0}, "shot5_top1_mean"),
+            "pixels": (
+                {"knn_top1_k20": 78.25, "linear_top1": 82.5, "linear_best_lr": 0.1},
+                "knn_top1_k20",
+            ),
+            "segmentation": (
+                {"miou": 20.0, "pixel_acc": 80.0, "miou_majority": 7.0, "pixel_acc_majority": 77.6},
+                "miou",
+                "fashion_mnist_composite",
+            ),
+        },
+    )
+    write_run(
+        root,
+        "demo",
+        "folk",
+        "folk",
+        DEMO,
+        evals={
+            "knn": ({"top1_k20": 55.0}, "top1_k20"),
+            "linear": ({"top1": 49.0}, "top1"),  # below the initialisation
+            "finetune": ({"top1": 75.0}, "top1", "fashion_mnist", 2),
+            "fewshot": ({"shot5_top1_mean": 45.0, "shot5_top1_std": 2.0}, "shot5_top1_mean"),
+            "segmentation": (
+                {"miou": 19.0, "pixel_acc": 81.0, "miou_majority": 7.0, "pixel_acc_majority": 77.6},
+                "miou",
+                "fashion_mnist_composite",
+            ),
+        },
+        records=loss_records(2.0, 0.1),
+    )
+    write_run(
+        root,
+        "demo",
+        "mfm",
+        "mfm",
+        DEMO,
+        evals={
+            "fewshot": ({"shot5_top1_mean": 47.0, "shot5_top1_std": 1.0}, "shot5_top1_mean"),
+            "finetune": ({"top1": 74.0}, "top1", "fashion_mnist", 2),
+        },
+        records=loss_records(1.0, 0.01),
+    )
+    write_run(
+        root,
+        "demo",
+        "mfm_comrcom",
+        "mfm_comrcom",
+        DEMO,
+        evals={"knn": ({"top1_k20": 52.0}, "top1_k20")},
+        records=loss_records(1.5, 0.01),
+    )
     return root
 
 
@@ -68,7 +102,7 @@ def test_reference_rows_and_marks(runs_dir, tmp_path):
     assert row(knn, "random init")["k-NN top-1"] == 48.5
     assert row(knn, "raw pixels")["k-NN top-1"] == 78.25
     assert row(knn, "raw pixels")["linear top-1"] == 82.5
-    assert row(knn, "folk")["below random init"] == "linear top-1"   # 49.0 <= 50.0
+    assert row(knn, "folk")["below random init"] == "linear top-1"  # 49.0 <= 50.0
     assert pd.isna(row(knn, "random init")["below random init"])
     md = (out / "tables" / "knn_linear.md").read_text()
     assert "49.0 ↓" in md and "55.0 ↓" not in md and "do not beat the random" in md
@@ -79,11 +113,11 @@ def test_reference_rows_and_marks(runs_dir, tmp_path):
     seg = read(out, "segmentation")
     assert row(seg, "majority class")["mIoU"] == 7.0
     assert row(seg, "majority class")["pixel acc."] == pytest.approx(77.6)
-    assert row(seg, "folk")["below random init"] == "mIoU"          # 19.0 <= 20.0
+    assert row(seg, "folk")["below random init"] == "mIoU"  # 19.0 <= 20.0
 
     ft = read(out, "finetune")
     assert row(ft, "random init").filter(like="ViT-T").dropna().tolist() == [70.0]
-    assert pd.isna(row(ft, "folk")["below random init"])             # 75.0 > 70.0
+    assert pd.isna(row(ft, "folk")["below random init"])  # 75.0 > 70.0
     # the initialisation is not a point of the per-epoch k-NN figure nor an ablation member
     assert "random_init" not in (out / "README.md").read_text().split("k-NN accuracy over")[1]
 
@@ -91,13 +125,13 @@ def test_reference_rows_and_marks(runs_dir, tmp_path):
 def test_claims_state_what_holds_with_numbers(runs_dir, tmp_path):
     claims = {c.statement.split(":")[0]: c for c in check_claims(collect_runs(runs_dir))}
     init = claims["Pre-training helps"]
-    assert init.verdict == NOT_REPRODUCED          # k-NN above, linear below
+    assert init.verdict == NOT_REPRODUCED  # k-NN above, linear below
     assert any("knn" in e and "+6.5" in e for e in init.evidence)
     assert any("linear" in e and "-1.0" in e for e in init.evidence)
     fewshot = next(c for s, c in claims.items() if "few-shot" in s)
     assert fewshot.verdict == NOT_REPRODUCED and "45.0 ± 2.0" in fewshot.evidence[0]
     fig5 = next(c for s, c in claims.items() if "harder" in s)
-    assert fig5.verdict == HOLDS                   # mfm_comrcom's loss 1.5-.. above mfm's 1.0-..
+    assert fig5.verdict == HOLDS  # mfm_comrcom's loss 1.5-.. above mfm's 1.0-..
     distil = next(c for s, c in claims.items() if "distillation" in s)
     assert distil.verdict == HOLDS and "+3.0" in distil.evidence[0]
     finetune = next(c for s, c in claims.items() if "fine-tuning" in s)
@@ -123,9 +157,14 @@ def test_seed_siblings_become_mean_and_spread(tmp_path):
     root = tmp_path / "runs"
     for seed, (knn, lin) in enumerate([(50.0, 60.0), (54.0, 61.0), (55.0, 65.0)]):
         name = "folk" if seed == 0 else f"folk-seed{seed}"
-        write_run(root, "demo", name, "folk", DEMO + [f"experiment.seed={seed}"],
-                  evals={"knn": ({"top1_k20": knn}, "top1_k20"),
-                         "linear": ({"top1": lin}, "top1")})
+        write_run(
+            root,
+            "demo",
+            name,
+            "folk",
+            DEMO + [f"experiment.seed={seed}"],
+            evals={"knn": ({"top1_k20": knn}, "top1_k20"), "linear": ({"top1": lin}, "top1")},
+        )
     write_run(root, "demo", "mfm", "mfm", DEMO, evals={"knn": ({"top1_k20": 40.0}, "top1_k20")})
     out = tmp_path / "results"
     build_report(root, out)
@@ -158,29 +197,50 @@ def test_an_evaluation_of_one_seed_keeps_its_number_in_a_merged_run(tmp_path):
     md = (out / "tables" / "knn_linear.md").read_text()
     assert "seeds 0, 1" in md and "pre-training seed 0 only" in md
 
+
 def test_one_seed_difference_within_the_sampling_error_does_not_hold(tmp_path):
     """One seed each, 1,000 test images: 77.8 vs 77.6 is inside the standard error of the
     difference, 100 * sqrt((.778 * .222 + .776 * .224) / 1000) = 1.86 points, and does not
     hold; 82.0 vs 77.6 (+4.4) does."""
     root = tmp_path / "runs"
     for variant, top1 in (("folk", 77.8), ("mfm", 77.6)):
-        write_run(root, "demo", variant, variant, DEMO + ["data.test_subset=1000"],
-                  evals={"finetune": ({"top1": top1}, "top1")})
+        write_run(
+            root,
+            "demo",
+            variant,
+            variant,
+            DEMO + ["data.test_subset=1000"],
+            evals={"finetune": ({"top1": top1}, "top1")},
+        )
     claim = next(c for c in check_claims(collect_runs(root)) if "after fine-tuning" in c.statement)
     assert claim.verdict == NOT_REPRODUCED
     assert "within the test-set sampling error ±1.9" in claim.evidence[0]
     shutil.rmtree(root / "demo" / "folk")
-    write_run(root, "demo", "folk", "folk", DEMO + ["data.test_subset=1000"],
-              evals={"finetune": ({"top1": 82.0}, "top1")})
+    write_run(
+        root,
+        "demo",
+        "folk",
+        "folk",
+        DEMO + ["data.test_subset=1000"],
+        evals={"finetune": ({"top1": 82.0}, "top1")},
+    )
     claim = next(c for c in check_claims(collect_runs(root)) if "after fine-tuning" in c.statement)
     assert claim.verdict == HOLDS and "+4.4, one seed; sampling error ±1.8" in claim.evidence[0]
+
 
 def test_a_difference_within_the_spread_does_not_hold(tmp_path):
     root = tmp_path / "runs"
     for variant, (mean, std) in (("folk", (45.0, 3.0)), ("mfm", (44.0, 1.0))):
-        write_run(root, "demo", variant, variant, DEMO,
-                  evals={"fewshot": ({"shot5_top1_mean": mean, "shot5_top1_std": std},
-                                     "shot5_top1_mean")})
+        write_run(
+            root,
+            "demo",
+            variant,
+            variant,
+            DEMO,
+            evals={
+                "fewshot": ({"shot5_top1_mean": mean, "shot5_top1_std": std}, "shot5_top1_mean")
+            },
+        )
     fewshot = next(c for c in check_claims(collect_runs(root)) if "few-shot" in c.statement)
     assert fewshot.verdict == NOT_REPRODUCED
     assert "45.0 ± 3.0" in fewshot.evidence[0] and "+1.0, within the spread" in fewshot.evidence[0]

@@ -1,5 +1,6 @@
 """Robustness radii must mean something at the image size: refused, naming the key, when a
 radius keeps only the zero frequency or two radii give the same low-pass filter."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,12 +13,14 @@ from folk.errors import ConfigError
 def lowpass_mask(size: int, px: float) -> np.ndarray:
     """Centred low-pass mask written out: squared distance from (size//2, size//2) < px^2."""
     ys, xs = np.mgrid[0:size, 0:size] - size // 2
-    return ys ** 2 + xs ** 2 < px ** 2
+    return ys**2 + xs**2 < px**2
 
 
 def cfg(radii, size=32):
-    return load_config(None, [f"model.img_size={size}", "model.patch_size=4",
-                              f"eval.robustness.filter_radii={radii}"])
+    return load_config(
+        None,
+        [f"model.img_size={size}", "model.patch_size=4", f"eval.robustness.filter_radii={radii}"],
+    )
 
 
 def test_radius_below_one_pixel_is_refused():

@@ -1,4 +1,5 @@
 """Per-iteration schedules against values computed by hand."""
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,15 @@ def test_teacher_temperature_warmup():
 
 
 def test_pretrain_lr_uses_linear_scaling():
-    cfg = load_config(None, ["pretrain.epochs=10", "pretrain.warmup_epochs=0",
-                             "pretrain.base_lr=3e-4", "pretrain.lr_base_batch=512"])
+    cfg = load_config(
+        None,
+        [
+            "pretrain.epochs=10",
+            "pretrain.warmup_epochs=0",
+            "pretrain.base_lr=3e-4",
+            "pretrain.lr_base_batch=512",
+        ],
+    )
     s = pretrain_schedules(cfg, iters_per_epoch=4, world_batch=2048)
     assert abs(s["lr"][0] - 3e-4 * 4) < 1e-15
     assert s["momentum"][0] == 0.996 and abs(s["momentum"][-1] - 1.0) < 1e-4

@@ -1,5 +1,6 @@
 """Segmentation: ADE20K layout and loader, Fashion-MNIST composite, UperNet/linear heads,
 sliding-window inference, mIoU, and the `folk eval segmentation` command end to end."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from folk.data.segmentation import (ADE20KSegmentation, SegEvalTransform, SegTrainTransform,
-                                    build_composite, check_ade20k_layout, load_fashion_mnist)
+from folk.data.segmentation import (
+    ADE20KSegmentation,
+    SegEvalTransform,
+    SegTrainTransform,
+    build_composite,
+    check_ade20k_layout,
+    load_fashion_mnist,
+)
 from folk.errors import DataError
 from tests.conftest import tiny_overrides
 
@@ -23,6 +30,7 @@ MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def make_ade_tree(root: Path, n_train: int = 4, n_val: int = 2, seed: int = 0) -> Path:
     """ADE20K layout with random RGB images and labels 0..150 (0, 5 and 150 always there)."""
@@ -44,18 +52,25 @@ def make_ade_tree(root: Path, n_train: int = 4, n_val: int = 2, seed: int = 0) -
 def composite_cfg(fashion_root: Path, seg_root: Path, *extra: str) -> dict:
     from folk.config import load_config
 
-    return load_config(None, [f"data.root={fashion_root}", f"eval.segmentation.root={seg_root}",
-                              "eval.segmentation.composite_canvas=40",
-                              "eval.segmentation.composite_train=6",
-                              "eval.segmentation.composite_test=4", *extra])
+    return load_config(
+        None,
+        [
+            f"data.root={fashion_root}",
+            f"eval.segmentation.root={seg_root}",
+            "eval.segmentation.composite_canvas=40",
+            "eval.segmentation.composite_train=6",
+            "eval.segmentation.composite_test=4",
+            *extra,
+        ],
+    )
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes()
-            for p in sorted(root.rglob("*.png"))}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.png"))}
 
 
 # ---------------------------------------------------------------- metrics
+
 
 def test_miou_and_pixel_accuracy_on_a_hand_made_example():
     from folk.evals.segmentation import segmentation_metrics
@@ -76,10 +91,10 @@ def test_miou_matches_an_explicit_confusion_matrix():
 
     rng = np.random.default_rng(1)
     k = 6
-    target = rng.integers(0, k - 1, (3, 20, 30))           # class 5 never in the target
+    target = rng.integers(0, k - 1, (3, 20, 30))  # class 5 never in the target
     target[rng.random(target.shape) < 0.2] = 255
     pred = rng.integers(0, k, (3, 20, 30))
-    pred[0, 0, :4] = 5                                       # ...but predicted somewhere
+    pred[0, 0, :4] = 5  # ...but predicted somewhere
     conf = np.zeros((k, k), dtype=np.int64)
     for t, p in zip(target.ravel(), pred.ravel()):
         if t != 255:
@@ -91,15 +106,17 @@ def test_miou_matches_an_explicit_confusion_matrix():
         if union > 0:
             ious.append(inter / union)
     metrics = segmentation_metrics(k, 255, "cpu")
-    for i in range(3):                                       # accumulates over images
+    for i in range(3):  # accumulates over images
         for m in metrics.values():
-            m.update(torch.from_numpy(pred[i:i + 1]), torch.from_numpy(target[i:i + 1]))
+            m.update(torch.from_numpy(pred[i : i + 1]), torch.from_numpy(target[i : i + 1]))
     assert float(metrics["miou"].compute()) == pytest.approx(np.mean(ious), abs=1e-6)
     assert float(metrics["pixel_acc"].compute()) == pytest.approx(
-        np.trace(conf) / conf.sum(), abs=1e-6)
+        np.trace(conf) / conf.sum(), abs=1e-6
+    )
 
 
 # ---------------------------------------------------------------- ADE20K layout and loader
+
 
 def test_loader_shapes_and_reduce_zero_label(tmp_path):
     root = make_ade_tree(tmp_path / "ade")
@@ -119,10 +136,12 @@ def test_loader_shapes_and_reduce_zero_label(tmp_path):
 
 def test_train_transform_crops_pads_with_ignore_and_normalises(tmp_path):
     root = make_ade_tree(tmp_path / "ade")
-    crop = 64                                  # larger than every image: padding is certain
-    ds = ADE20KSegmentation(root, "training",
-                            transform=SegTrainTransform(crop, 0, MEAN, STD, 255,
-                                                        ratio_range=(0.5, 0.6)))
+    crop = 64  # larger than every image: padding is certain
+    ds = ADE20KSegmentation(
+        root,
+        "training",
+        transform=SegTrainTransform(crop, 0, MEAN, STD, 255, ratio_range=(0.5, 0.6)),
+    )
     torch.manual_seed(0)
     for i in range(len(ds)):
         image, mask = ds[i]
@@ -130,7 +149,7 @@ def test_train_transform_crops_pads_with_ignore_and_normalises(tmp_path):
         assert mask.shape == (crop, crop) and mask.dtype == torch.int64
         values = set(mask.unique().tolist())
         assert values <= set(range(150)) | {255}
-        assert (mask == 255).float().mean() > 0.5          # the padded area is ignored
+        assert (mask == 255).float().mean() > 0.5  # the padded area is ignored
         # padded image pixels are 0 before normalisation
         black = torch.tensor([-m / s for m, s in zip(MEAN, STD)]).view(3, 1, 1)
         pad = (mask == 255) & torch.isclose(image, black, atol=1e-5).all(0)
@@ -140,15 +159,18 @@ def test_train_transform_crops_pads_with_ignore_and_normalises(tmp_path):
 def test_eval_transform_only_normalises_at_scale_zero(tmp_path):
     root = make_ade_tree(tmp_path / "ade")
     raw_image, raw_mask = ADE20KSegmentation(root, "validation")[0]
-    image, mask = ADE20KSegmentation(root, "validation",
-                                     transform=SegEvalTransform(0, MEAN, STD))[0]
-    expected = (raw_image.float() / 255 - torch.tensor(MEAN).view(3, 1, 1)) \
-        / torch.tensor(STD).view(3, 1, 1)
+    image, mask = ADE20KSegmentation(root, "validation", transform=SegEvalTransform(0, MEAN, STD))[
+        0
+    ]
+    expected = (raw_image.float() / 255 - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(
+        STD
+    ).view(3, 1, 1)
     assert torch.allclose(image, expected, atol=1e-5)
     assert torch.equal(mask, raw_mask)
     # at scale 40 the short side becomes 40 (mmseg keep-ratio), the mask keeps its size
-    scaled, mask40 = ADE20KSegmentation(root, "validation",
-                                        transform=SegEvalTransform(40, MEAN, STD))[0]
+    scaled, mask40 = ADE20KSegmentation(
+        root, "validation", transform=SegEvalTransform(40, MEAN, STD)
+    )[0]
     h, w = raw_image.shape[1:]
     assert min(scaled.shape[1:]) == 40
     assert scaled.shape[1:] == (round(h * 40 / min(h, w)), round(w * 40 / min(h, w)))
@@ -200,6 +222,7 @@ def test_layout_check_on_a_missing_root(tmp_path):
 
 # ---------------------------------------------------------------- composite
 
+
 def test_composite_is_deterministic_from_the_seed(fashion_root, tmp_path):
     a = build_composite(composite_cfg(fashion_root, tmp_path / "a"))
     build_composite(composite_cfg(fashion_root, tmp_path / "b"))
@@ -223,7 +246,7 @@ def test_composite_labels_match_pixels_and_load_as_ade20k(fashion_root, tmp_path
             labels = np.asarray(Image.open(root / "annotations" / split / name))
             assert image.shape == labels.shape == (40, 40)
             assert set(np.unique(labels)) <= set(range(1, 12))
-            assert (labels == 1).any()                       # background present
+            assert (labels == 1).any()  # background present
             assert ((image > threshold) == (labels > 1)).all()
             assert (image[labels == 1] == 0).all()
     assert check_ade20k_layout(root, num_classes=11)["splits"]["validation"]["images"] == 4
@@ -255,9 +278,9 @@ def test_composite_items_are_real_fashion_mnist_items_of_their_class(fashion_roo
             found = False
             for y in range(max(0, ys.max() - 27), min(ys.min(), 40 - 28) + 1):
                 for x in range(max(0, xs.max() - 27), min(xs.min(), 40 - 28) + 1):
-                    window = canvas[y:y + 28, x:x + 28]
+                    window = canvas[y : y + 28, x : x + 28]
                     outside = canvas.copy()
-                    outside[y:y + 28, x:x + 28] = 0
+                    outside[y : y + 28, x : x + 28] = 0
                     if outside.any():
                         continue
                     if (candidates == window).all(axis=(1, 2)).any():
@@ -272,9 +295,10 @@ def test_composite_is_idempotent_and_rebuilds_on_new_parameters(fashion_root, tm
     stamp = probe.stat().st_mtime_ns
     os.utime(probe, ns=(stamp - 10**9, stamp - 10**9))
     assert build_composite(composite_cfg(fashion_root, root)) == first
-    assert probe.stat().st_mtime_ns == stamp - 10**9           # not rewritten
-    smaller = build_composite(composite_cfg(fashion_root, root,
-                                            "eval.segmentation.composite_train=3"))
+    assert probe.stat().st_mtime_ns == stamp - 10**9  # not rewritten
+    smaller = build_composite(
+        composite_cfg(fashion_root, root, "eval.segmentation.composite_train=3")
+    )
     assert smaller["splits"]["training"]["images"] == 3
     assert len(list((root / "images" / "training").iterdir())) == 3
     assert len(list((root / "annotations" / "training").iterdir())) == 3
@@ -291,15 +315,23 @@ def test_composite_refuses_foreign_files_and_missing_source(fashion_root, tmp_pa
 
 # ---------------------------------------------------------------- networks
 
+
 def tiny_vit(img_size: int = 32):
     import timm
 
-    return timm.create_model("vit_tiny_patch16_224", img_size=img_size, patch_size=4, depth=4,
-                             num_classes=0)
+    return timm.create_model(
+        "vit_tiny_patch16_224", img_size=img_size, patch_size=4, depth=4, num_classes=0
+    )
 
 
-SEG = dict(head="upernet", num_classes=7, channels=16, out_indices=[3, 5, 7, 11],
-           aux_weight=0.4, crop_size=32)
+SEG = dict(
+    head="upernet",
+    num_classes=7,
+    channels=16,
+    out_indices=[3, 5, 7, 11],
+    aux_weight=0.4,
+    crop_size=32,
+)
 
 
 def test_vit_block_indices_spread_for_shallow_vits():
@@ -325,7 +357,11 @@ def test_upernet_on_a_tiny_vit():
     vit16 = timm.create_model("vit_tiny_patch16_224", img_size=64, depth=2, num_classes=0)
     seg16 = build_segmenter(vit16, False, dict(SEG, crop_size=64))
     assert [tuple(f.shape[-2:]) for f in seg16.pyramid(torch.randn(2, 3, 64, 64))] == [
-        (16, 16), (8, 8), (4, 4), (2, 2)]
+        (16, 16),
+        (8, 8),
+        (4, 4),
+        (2, 2),
+    ]
     logits, aux = model.forward_train(x)
     assert logits.shape == aux.shape == (2, 7, 32, 32)
     model.eval()
@@ -343,7 +379,11 @@ def test_upernet_on_resnet50():
     model = build_segmenter(timm.create_model("resnet50", num_classes=0), True, SEG)
     x = torch.randn(2, 3, 64, 64)
     assert [tuple(f.shape[1:]) for f in model.pyramid(x)] == [
-        (256, 16, 16), (512, 8, 8), (1024, 4, 4), (2048, 2, 2)]
+        (256, 16, 16),
+        (512, 8, 8),
+        (1024, 4, 4),
+        (2048, 2, 2),
+    ]
     logits, aux = model.forward_train(x)
     assert logits.shape == aux.shape == (2, 7, 64, 64)
 
@@ -397,6 +437,7 @@ def test_lr_schedule_warms_up_then_decays_linearly():
 
 # ---------------------------------------------------------------- sliding windows
 
+
 def reference_starts(size: int, crop: int, stride: int) -> list[int]:
     starts, s = [], 0
     while True:
@@ -411,8 +452,11 @@ def test_slide_windows_cover_every_pixel_with_overlaps():
 
     h, w, crop, stride = 50, 37, 16, 10
     windows = slide_windows(h, w, crop, stride)
-    assert windows == [(y, y + crop, x, x + crop) for y in reference_starts(h, crop, stride)
-                       for x in reference_starts(w, crop, stride)]
+    assert windows == [
+        (y, y + crop, x, x + crop)
+        for y in reference_starts(h, crop, stride)
+        for x in reference_starts(w, crop, stride)
+    ]
     count = np.zeros((h, w), dtype=int)
     for y0, y1, x0, x1 in windows:
         assert 0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w
@@ -425,11 +469,11 @@ def test_slide_inference_equals_one_forward_when_the_window_covers_the_image():
     from folk.evals.segmentation import slide_inference
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                              torch.nn.Conv2d(8, 5, 3, padding=1)).eval()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 5, 3, padding=1)
+    ).eval()
     image = torch.randn(1, 3, 24, 24)
-    assert torch.allclose(slide_inference(net, image, 5, crop=24, stride=16), net(image),
-                          atol=1e-6)
+    assert torch.allclose(slide_inference(net, image, 5, crop=24, stride=16), net(image), atol=1e-6)
 
 
 def test_slide_inference_averages_overlapping_windows():
@@ -443,8 +487,7 @@ def test_slide_inference_averages_overlapping_windows():
             return torch.arange(w, dtype=torch.float32).expand(b, 1, h, w)
 
     h, w, crop, stride = 20, 45, 16, 12
-    out = slide_inference(ColumnInWindow(), torch.zeros(1, 3, h, w), 1, crop, stride,
-                          batch_size=3)
+    out = slide_inference(ColumnInWindow(), torch.zeros(1, 3, h, w), 1, crop, stride, batch_size=3)
     expected = np.zeros((h, w))
     for x in range(w):
         covering = [x0 for x0 in reference_starts(w, crop, stride) if x0 <= x < x0 + crop]
@@ -454,6 +497,7 @@ def test_slide_inference_averages_overlapping_windows():
 
 # ---------------------------------------------------------------- resume
 
+
 def test_training_resumes_exactly_after_a_crash(tmp_path):
     import logging
 
@@ -462,15 +506,25 @@ def test_training_resumes_exactly_after_a_crash(tmp_path):
     from folk.evals.upernet import build_segmenter
 
     root = make_ade_tree(tmp_path / "ade", n_train=3, n_val=1)
-    cfg = load_config(None, [f"eval.segmentation.root={root}", "eval.segmentation.iterations=4",
-                             "eval.segmentation.checkpoint_every=2",
-                             "eval.segmentation.batch_size=2", "eval.segmentation.crop_size=32",
-                             "eval.segmentation.channels=16", "eval.segmentation.scale=0",
-                             "eval.segmentation.warmup_iterations=1", "data.num_workers=0",
-                             "eval.segmentation.lr=1.0e-3"])
+    cfg = load_config(
+        None,
+        [
+            f"eval.segmentation.root={root}",
+            "eval.segmentation.iterations=4",
+            "eval.segmentation.checkpoint_every=2",
+            "eval.segmentation.batch_size=2",
+            "eval.segmentation.crop_size=32",
+            "eval.segmentation.channels=16",
+            "eval.segmentation.scale=0",
+            "eval.segmentation.warmup_iterations=1",
+            "data.num_workers=0",
+            "eval.segmentation.lr=1.0e-3",
+        ],
+    )
     seg = cfg["eval"]["segmentation"]
-    train_set = ADE20KSegmentation(root, "training",
-                                   transform=SegTrainTransform(32, 0, MEAN, STD, 255))
+    train_set = ADE20KSegmentation(
+        root, "training", transform=SegTrainTransform(32, 0, MEAN, STD, 255)
+    )
     log = logging.getLogger("test-seg-resume")
 
     def fresh():
@@ -488,10 +542,18 @@ def test_training_resumes_exactly_after_a_crash(tmp_path):
             raise Crash
 
     with pytest.raises(Crash):
-        segeval.train(fresh(), cfg, train_set, tmp_path / "b", torch.device("cpu"), None, log,
-                      hooks=[crash_after_checkpoint])
+        segeval.train(
+            fresh(),
+            cfg,
+            train_set,
+            tmp_path / "b",
+            torch.device("cpu"),
+            None,
+            log,
+            hooks=[crash_after_checkpoint],
+        )
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["iteration"] == 2
-    torch.manual_seed(123)                         # the global RNG must come from the checkpoint
+    torch.manual_seed(123)  # the global RNG must come from the checkpoint
     resumed = fresh()
     segeval.train(resumed, cfg, train_set, tmp_path / "b", torch.device("cpu"), None, log)
     ref_state, res_state = reference.state_dict(), resumed.state_dict()
@@ -514,19 +576,35 @@ def test_a_checkpoint_of_other_settings_is_refused(tmp_path):
     from folk.evals.upernet import build_segmenter
 
     root = make_ade_tree(tmp_path / "ade", n_train=3, n_val=1)
-    sets = [f"eval.segmentation.root={root}", "eval.segmentation.iterations=4",
-            "eval.segmentation.checkpoint_every=1", "eval.segmentation.batch_size=2",
-            "eval.segmentation.crop_size=32", "eval.segmentation.channels=16",
-            "eval.segmentation.scale=0", "data.num_workers=0"]
-    train_set = ADE20KSegmentation(root, "training",
-                                   transform=SegTrainTransform(32, 0, MEAN, STD, 255))
+    sets = [
+        f"eval.segmentation.root={root}",
+        "eval.segmentation.iterations=4",
+        "eval.segmentation.checkpoint_every=1",
+        "eval.segmentation.batch_size=2",
+        "eval.segmentation.crop_size=32",
+        "eval.segmentation.channels=16",
+        "eval.segmentation.scale=0",
+        "data.num_workers=0",
+    ]
+    train_set = ADE20KSegmentation(
+        root, "training", transform=SegTrainTransform(32, 0, MEAN, STD, 255)
+    )
     log = logging.getLogger("test-seg-refuse")
+
     def train(lr: str) -> None:
         cfg = load_config(None, sets + [f"eval.segmentation.lr={lr}"])
         torch.manual_seed(0)
         model = build_segmenter(tiny_vit(), False, cfg["eval"]["segmentation"])
-        segeval.train(model, cfg, train_set, tmp_path / "out", torch.device("cpu"), None, log,
-                      hooks=[stop_after(1)])
+        segeval.train(
+            model,
+            cfg,
+            train_set,
+            tmp_path / "out",
+            torch.device("cpu"),
+            None,
+            log,
+            hooks=[stop_after(1)],
+        )
 
     with pytest.raises(StopRequested):
         train("1.0e-3")  # checkpoint.pt after iteration 1
@@ -537,12 +615,12 @@ def test_a_checkpoint_of_other_settings_is_refused(tmp_path):
 
 # ---------------------------------------------------------------- end to end
 
+
 def make_run_dir(tmp_path: Path, fashion_root: Path) -> Path:
     from folk.config import load_config, save_config
     from folk.models import build_backbone
 
-    cfg = load_config(None, tiny_overrides(fashion_root) + ["model.patch_size=4",
-                                                           "model.depth=2"])
+    cfg = load_config(None, tiny_overrides(fashion_root) + ["model.patch_size=4", "model.depth=2"])
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     save_config(cfg, run_dir / "config.yaml")
@@ -552,11 +630,18 @@ def make_run_dir(tmp_path: Path, fashion_root: Path) -> Path:
 
 
 def eval_args(run_dir: Path, root: Path, *extra: str) -> list[str]:
-    sets = [f"eval.segmentation.root={root}", "eval.segmentation.iterations=3",
-            "eval.segmentation.batch_size=2", "eval.segmentation.crop_size=32",
-            "eval.segmentation.stride=16", "eval.segmentation.channels=16",
-            "eval.segmentation.scale=0", "eval.segmentation.checkpoint_every=2",
-            "data.num_workers=0", *extra]
+    sets = [
+        f"eval.segmentation.root={root}",
+        "eval.segmentation.iterations=3",
+        "eval.segmentation.batch_size=2",
+        "eval.segmentation.crop_size=32",
+        "eval.segmentation.stride=16",
+        "eval.segmentation.channels=16",
+        "eval.segmentation.scale=0",
+        "eval.segmentation.checkpoint_every=2",
+        "data.num_workers=0",
+        *extra,
+    ]
     args = ["eval", "segmentation", "--run", str(run_dir)]
     for s in sets:
         args += ["--set", s]
@@ -588,31 +673,39 @@ def test_eval_segmentation_end_to_end_on_ade20k_layout(tmp_path, fashion_root, c
     assert ckpt["finished"] and ckpt["iteration"] == 3
     stamp = metrics.stat().st_mtime_ns
     capsys.readouterr()
-    assert main(args) == 0                                   # rerun: nothing to do
+    assert main(args) == 0  # rerun: nothing to do
     assert "nothing to do" in capsys.readouterr().out
     assert metrics.stat().st_mtime_ns == stamp
 
 
-def test_eval_segmentation_end_to_end_on_the_composite_with_a_linear_head(
-        tmp_path, fashion_root):
+def test_eval_segmentation_end_to_end_on_the_composite_with_a_linear_head(tmp_path, fashion_root):
     from folk.cli import main
 
     run_dir = make_run_dir(tmp_path, fashion_root)
     root = tmp_path / "composite"
     build_composite(composite_cfg(fashion_root, root))
-    args = eval_args(run_dir, root, "eval.segmentation.dataset=fashion_mnist_composite",
-                     "eval.segmentation.num_classes=11", "eval.segmentation.head=linear")
+    args = eval_args(
+        run_dir,
+        root,
+        "eval.segmentation.dataset=fashion_mnist_composite",
+        "eval.segmentation.num_classes=11",
+        "eval.segmentation.head=linear",
+    )
     assert main(args + ["--variant", "linear"]) == 0
-    check_metrics(run_dir / "eval" / "segmentation-linear" / "metrics.json",
-                  "fashion_mnist_composite", run_dir)
+    check_metrics(
+        run_dir / "eval" / "segmentation-linear" / "metrics.json",
+        "fashion_mnist_composite",
+        run_dir,
+    )
 
 
-def test_eval_segmentation_reports_bad_data_before_building_the_model(tmp_path, fashion_root,
-                                                                       capsys):
+def test_eval_segmentation_reports_bad_data_before_building_the_model(
+    tmp_path, fashion_root, capsys
+):
     from folk.cli import main
 
     run_dir = make_run_dir(tmp_path, fashion_root)
-    (run_dir / "backbone.pt").unlink()          # a model build would fail on this instead
+    (run_dir / "backbone.pt").unlink()  # a model build would fail on this instead
     assert main(eval_args(run_dir, tmp_path / "missing")) == 1  # DataError: exit status 1
     err = capsys.readouterr().err
     assert f"eval.segmentation.root = {tmp_path / 'missing'}: not found" in err
@@ -630,14 +723,16 @@ def test_eval_segmentation_reports_bad_data_before_building_the_model(tmp_path, 
 
 # ---------------------------------------------------------------- majority-class reference
 
+
 def numpy_majority_reference(root: Path, num_classes: int) -> dict:
     """From the annotation PNGs alone (stored 0 = ignored, k = class k - 1): the training
     split's most frequent class m, then the constant prediction m on every labelled
     validation pixel: confusion matrix, IoU of every class with a non-empty union, mean."""
+
     def labels(split):
         for path in sorted((root / "annotations" / split).glob("*.png")):
             stored = np.asarray(Image.open(path)).astype(np.int64)
-            yield stored[stored > 0] - 1                     # labelled pixels only
+            yield stored[stored > 0] - 1  # labelled pixels only
 
     train_hist = sum(np.bincount(l, minlength=num_classes) for l in labels("training"))
     m = int(np.argmax(train_hist))
@@ -648,10 +743,14 @@ def numpy_majority_reference(root: Path, num_classes: int) -> dict:
     union = conf.sum(0) + conf.sum(1) - inter
     ious = inter[union > 0] / union[union > 0]
     val_hist = conf.sum(1)
-    return {"majority": m, "miou": 100.0 * ious.mean(),
-            "pixel_acc": 100.0 * np.trace(conf) / conf.sum(),
-            "val_share": val_hist[m] / val_hist.sum(),
-            "n_scored": int((union > 0).sum()), "n_present": int((val_hist > 0).sum())}
+    return {
+        "majority": m,
+        "miou": 100.0 * ious.mean(),
+        "pixel_acc": 100.0 * np.trace(conf) / conf.sum(),
+        "val_share": val_hist[m] / val_hist.sum(),
+        "n_scored": int((union > 0).sum()),
+        "n_present": int((val_hist > 0).sum()),
+    }
 
 
 def test_majority_reference_on_the_composite_matches_numpy(tmp_path, fashion_root):
@@ -660,14 +759,20 @@ def test_majority_reference_on_the_composite_matches_numpy(tmp_path, fashion_roo
     run_dir = make_run_dir(tmp_path, fashion_root)
     root = tmp_path / "composite"
     build_composite(composite_cfg(fashion_root, root))
-    args = eval_args(run_dir, root, "eval.segmentation.dataset=fashion_mnist_composite",
-                     "eval.segmentation.num_classes=11", "eval.segmentation.head=linear")
+    args = eval_args(
+        run_dir,
+        root,
+        "eval.segmentation.dataset=fashion_mnist_composite",
+        "eval.segmentation.num_classes=11",
+        "eval.segmentation.head=linear",
+    )
     assert main(args) == 0
-    record = check_metrics(run_dir / "eval" / "segmentation" / "metrics.json",
-                           "fashion_mnist_composite", run_dir)
+    record = check_metrics(
+        run_dir / "eval" / "segmentation" / "metrics.json", "fashion_mnist_composite", run_dir
+    )
     assert record["primary"] == "miou"
     want = numpy_majority_reference(root, 11)
-    assert want["majority"] == 0                             # background dominates canvases
+    assert want["majority"] == 0  # background dominates canvases
     got = record["metrics"]
     assert got["miou_majority"] == pytest.approx(want["miou"], abs=1e-4)
     assert got["pixel_acc_majority"] == pytest.approx(want["pixel_acc"], abs=1e-4)
@@ -675,7 +780,8 @@ def test_majority_reference_on_the_composite_matches_numpy(tmp_path, fashion_roo
     # the labelled validation pixels: mIoU = share / (classes present in validation)
     assert want["n_scored"] == want["n_present"] > 1
     assert got["miou_majority"] == pytest.approx(
-        100.0 * want["val_share"] / want["n_present"], abs=1e-4)
+        100.0 * want["val_share"] / want["n_present"], abs=1e-4
+    )
     assert got["pixel_acc_majority"] == pytest.approx(100.0 * want["val_share"], abs=1e-4)
     assert 0 < got["miou_majority"] < got["pixel_acc_majority"] < 100
 
@@ -692,9 +798,9 @@ def test_majority_reference_on_ade20k_labels_skips_ignored_pixels(tmp_path, fash
         for path in (root / "annotations" / split).glob("*.png"):
             stored = np.asarray(Image.open(path)).copy()
             h = stored.shape[0]
-            stored[: h // 2 if split == "training" else h // 4] = 43    # class 42
+            stored[: h // 2 if split == "training" else h // 4] = 43  # class 42
             if split == "validation":
-                stored[h // 4: h // 2] = 0                                # ignored
+                stored[h // 4 : h // 2] = 0  # ignored
             Image.fromarray(stored, mode="L").save(path)
     assert main(eval_args(run_dir, root)) == 0
     got = json.loads((run_dir / "eval" / "segmentation" / "metrics.json").read_text())
@@ -704,4 +810,5 @@ def test_majority_reference_on_ade20k_labels_skips_ignored_pixels(tmp_path, fash
     assert got["metrics"]["miou_majority"] == pytest.approx(want["miou"], abs=1e-4)
     assert got["metrics"]["pixel_acc_majority"] == pytest.approx(want["pixel_acc"], abs=1e-4)
     assert got["metrics"]["pixel_acc_majority"] == pytest.approx(
-        100.0 * want["val_share"], abs=1e-4)
+        100.0 * want["val_share"], abs=1e-4
+    )

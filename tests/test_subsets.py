@@ -1,5 +1,6 @@
 """Seeded label subsets and file lists (folk.data.subsets), checked against explicit
 per-class counting on hand-made label arrays."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -7,8 +8,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from folk.data.subsets import (class_balanced_indices, fewshot_list_name, read_file_list,
-                               split_train_val, write_file_list)
+from folk.data.subsets import (
+    class_balanced_indices,
+    fewshot_list_name,
+    read_file_list,
+    split_train_val,
+    write_file_list,
+)
 from folk.errors import DataError
 
 # class sizes 10, 25, 3, 40 in shuffled order
@@ -27,8 +33,7 @@ def test_per_class_exact_counts_sorted_unique():
 
 def test_per_class_too_few_names_the_class():
     with pytest.raises(DataError, match=r"class 2 \('bag'\) has 3 items, 4 wanted"):
-        class_balanced_indices(LABELS, per_class=4, seed=0,
-                               class_names=["a", "b", "bag", "d"])
+        class_balanced_indices(LABELS, per_class=4, seed=0, class_names=["a", "b", "bag", "d"])
 
 
 def test_seed_stability_and_seed_dependence():
@@ -89,16 +94,26 @@ class FakeFolder:
     name = "fake"
 
     def __init__(self):
-        self.relpaths = ["train/cat/a.jpg", "train/cat/b.jpg", "train/dog/c.jpg",
-                         "train/dog/a.jpg", "train/eel/e.jpg"]
+        self.relpaths = [
+            "train/cat/a.jpg",
+            "train/cat/b.jpg",
+            "train/dog/c.jpg",
+            "train/dog/a.jpg",
+            "train/eel/e.jpg",
+        ]
 
 
 def test_file_list_round_trip(tmp_path):
     ds = FakeFolder()
     path = write_file_list(tmp_path / "sub.txt", ds, [4, 0, 2], header="three items\nseed 0")
     lines = path.read_text().splitlines()
-    assert lines == ["# three items", "# seed 0", "train/cat/a.jpg", "train/dog/c.jpg",
-                     "train/eel/e.jpg"]
+    assert lines == [
+        "# three items",
+        "# seed 0",
+        "train/cat/a.jpg",
+        "train/dog/c.jpg",
+        "train/eel/e.jpg",
+    ]
     assert read_file_list(path, ds).tolist() == [0, 2, 4]
 
 

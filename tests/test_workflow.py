@@ -4,6 +4,7 @@ and (slow) a real tiny end-to-end run that a second invocation leaves alone.
 
 Every test works in a temporary copy of the workflow files, never in the checkout.
 """
+
 from __future__ import annotations
 
 import ast
@@ -21,12 +22,27 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-WORKFLOW_FILES = ("Snakefile", "workflow", "params", "environment.yml",
-                  "environment.post-deploy.sh", "dvc.yaml", ".dvcignore")
+WORKFLOW_FILES = (
+    "Snakefile",
+    "workflow",
+    "params",
+    "environment.yml",
+    "environment.post-deploy.sh",
+    "dvc.yaml",
+    ".dvcignore",
+)
 
 # the paper's grid, written out by hand (params/paper.yaml)
-PAPER_VARIANTS = ["folk", "mfm", "mfm_comrcom", "folk_mfm_filters", "folk_no_rec",
-                  "folk_com_only", "folk_rcom_only", "dino_2view"]
+PAPER_VARIANTS = [
+    "folk",
+    "mfm",
+    "mfm_comrcom",
+    "folk_mfm_filters",
+    "folk_no_rec",
+    "folk_com_only",
+    "folk_rcom_only",
+    "dino_2view",
+]
 PAPER_EVALS = ["knn", "linear", "finetune", "fewshot", "segmentation", "robustness"]
 PAPER_ABLATIONS = {  # run name -> (ablation, --set items it must carry)
     "folk-portions0.005": ("portions", ["filter.portions=[0.005]"]),
@@ -35,10 +51,14 @@ PAPER_ABLATIONS = {  # run name -> (ablation, --set items it must carry)
     "folk-portions0.005_0.01_0.05": ("portions", ["filter.portions=[0.005, 0.01, 0.05]"]),
     "folk-p_com0.25": ("p_com", ["filter.p_com=0.25"]),
     "folk-p_com0.75": ("p_com", ["filter.p_com=0.75"]),
-    "folk-loss_weights1_0.5": ("loss_weights", ["pretrain.lambda_rec=1.0",
-                                                "pretrain.lambda_kd=0.5"]),
-    "folk-loss_weights0.5_1": ("loss_weights", ["pretrain.lambda_rec=0.5",
-                                                "pretrain.lambda_kd=1.0"]),
+    "folk-loss_weights1_0.5": (
+        "loss_weights",
+        ["pretrain.lambda_rec=1.0", "pretrain.lambda_kd=0.5"],
+    ),
+    "folk-loss_weights0.5_1": (
+        "loss_weights",
+        ["pretrain.lambda_rec=0.5", "pretrain.lambda_kd=1.0"],
+    ),
     "folk-epochs100": ("epochs", ["pretrain.epochs=100"]),
     "folk-epochs200": ("epochs", ["pretrain.epochs=200"]),
 }
@@ -46,13 +66,24 @@ PAPER_ABLATIONS = {  # run name -> (ablation, --set items it must carry)
 
 # the demo's evaluations (params/demo.yaml): robustness for folk and mfm only; the random
 # initialisation gets every evaluation and the raw-pixel baseline (workflow.random_init)
-DEMO_EVALS = {(r, t) for r in ("folk", "mfm", "mfm_comrcom", "dino_2view")
-              for t in ("knn", "linear", "fewshot", "finetune", "segmentation")} | \
-    {("folk", "robustness"), ("mfm", "robustness")} | \
-    {("random_init", t) for t in ("knn", "linear", "fewshot", "finetune", "segmentation",
-                                  "robustness", "pixels")} | \
-    {(f"{r}-seed{s}", t) for r in ("folk", "mfm", "mfm_comrcom", "dino_2view", "random_init")
-     for s in (1, 2) for t in ("knn", "linear")}  # workflow.seeds, workflow.seed_evals
+DEMO_EVALS = (
+    {
+        (r, t)
+        for r in ("folk", "mfm", "mfm_comrcom", "dino_2view")
+        for t in ("knn", "linear", "fewshot", "finetune", "segmentation")
+    }
+    | {("folk", "robustness"), ("mfm", "robustness")}
+    | {
+        ("random_init", t)
+        for t in ("knn", "linear", "fewshot", "finetune", "segmentation", "robustness", "pixels")
+    }
+    | {
+        (f"{r}-seed{s}", t)
+        for r in ("folk", "mfm", "mfm_comrcom", "dino_2view", "random_init")
+        for s in (1, 2)
+        for t in ("knn", "linear")
+    }
+)  # workflow.seeds, workflow.seed_evals
 DEMO_RUNS = {r for r, _ in DEMO_EVALS}
 
 
@@ -74,14 +105,17 @@ def env(venv_on_path: bool = True) -> dict:
     return e
 
 
-def run(cmd: list[str], cwd: Path, timeout: int = 300,
-        venv_on_path: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, env=env(venv_on_path), capture_output=True,
-                          text=True, timeout=timeout)
+def run(
+    cmd: list[str], cwd: Path, timeout: int = 300, venv_on_path: bool = True
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cmd, cwd=cwd, env=env(venv_on_path), capture_output=True, text=True, timeout=timeout
+    )
 
 
-def snakemake(cwd: Path, *args: str, timeout: int = 300,
-              venv_on_path: bool = True) -> subprocess.CompletedProcess:
+def snakemake(
+    cwd: Path, *args: str, timeout: int = 300, venv_on_path: bool = True
+) -> subprocess.CompletedProcess:
     return run([str(BIN / "snakemake"), *args], cwd, timeout, venv_on_path)
 
 
@@ -138,15 +172,19 @@ def wf(tmp_path_factory) -> Path:
 
 # ---------------------------------------------------------------- params and schema
 
-@pytest.mark.parametrize("data,key,words", [
-    ({"pretrain": {"epoch": 3}}, "pretrain.epoch", "unknown key"),
-    ({"pretrain": {"epochs": "many"}}, "pretrain.epochs", "must be an integer"),
-    ({"filter": {"portions": [0.5, 1.5]}}, "filter.portions", "must be < 1"),
-    ({"workflow": {"variants": ["folk", "flok"]}}, "workflow.variants", "flok"),
-    ({"workflow": {"ablation_variant": "nope"}}, "workflow.ablation_variant", "nope"),
-    ({"workflow": {"evals": ["knn", "nearest"]}}, "workflow.evals", "nearest"),
-    ({"experiment": {"name": "../elsewhere"}}, "experiment.name", "plain directory name"),
-])
+
+@pytest.mark.parametrize(
+    "data,key,words",
+    [
+        ({"pretrain": {"epoch": 3}}, "pretrain.epoch", "unknown key"),
+        ({"pretrain": {"epochs": "many"}}, "pretrain.epochs", "must be an integer"),
+        ({"filter": {"portions": [0.5, 1.5]}}, "filter.portions", "must be < 1"),
+        ({"workflow": {"variants": ["folk", "flok"]}}, "workflow.variants", "flok"),
+        ({"workflow": {"ablation_variant": "nope"}}, "workflow.ablation_variant", "nope"),
+        ({"workflow": {"evals": ["knn", "nearest"]}}, "workflow.evals", "nearest"),
+        ({"experiment": {"name": "../elsewhere"}}, "experiment.name", "plain directory name"),
+    ],
+)
 def test_bad_params_fail_the_dry_run_naming_key_and_file(wf, tmp_path, data, key, words):
     bad = write_params(tmp_path / "bad.yaml", data)
     res = snakemake(wf, "-n", "--configfile", str(bad))
@@ -175,8 +213,10 @@ def test_schema_alone_rejects_unknown_key_and_fills_defaults():
     validate(cfg, schema, set_default=True)
     assert cfg["pretrain"]["epochs"] == 5 and cfg["pretrain"]["batch_size"] == 2048
     assert cfg["workflow"]["threads"] == {"prepare": 1, "pretrain": 2, "eval": 2, "report": 1}
-    for bad, word in (({"pretrain": {"epochz": 5}}, "epochz"),
-                      ({"workflow": {"ablations": {"p_com": [1.5]}}}, "1.5")):
+    for bad, word in (
+        ({"pretrain": {"epochz": 5}}, "epochz"),
+        ({"workflow": {"ablations": {"p_com": [1.5]}}}, "1.5"),
+    ):
         with pytest.raises(WorkflowError) as err:
             validate(bad, schema, set_default=True)
         assert word in str(err.value) + str(err.value.__cause__ or "") + repr(err.value.args)
@@ -189,8 +229,9 @@ def test_params_files_load_and_say_what_they_are():
     assert demo["data"]["dataset"] == "fashion_mnist"
     assert "stand-in for" in demo["experiment"]["dataset_note"]
     assert {"folk", "mfm", "mfm_comrcom", "dino_2view"} <= set(demo["workflow"]["variants"])
-    assert {"knn", "linear", "fewshot", "finetune", "segmentation"} <= \
-        set(demo["workflow"]["evals"])
+    assert {"knn", "linear", "fewshot", "finetune", "segmentation"} <= set(
+        demo["workflow"]["evals"]
+    )
     assert demo["eval"]["segmentation"]["dataset"] == "fashion_mnist_composite"
     paper = load_config(ROOT / "params" / "paper.yaml")
     assert (paper["model"]["arch"], paper["model"]["img_size"]) == ("vit_base_patch16_224", 224)
@@ -205,13 +246,17 @@ def test_resumable_keys_mirror_the_engine():
     from folk.engine.pretrain import RESUMABLE_CHANGES
 
     tree = ast.parse((ROOT / "workflow" / "rules" / "common.smk").read_text())
-    found = [ast.literal_eval(node.value) for node in tree.body
-             if isinstance(node, ast.Assign) and any(
-                 isinstance(t, ast.Name) and t.id == "RESUMABLE_CHANGES" for t in node.targets)]
+    found = [
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "RESUMABLE_CHANGES" for t in node.targets)
+    ]
     assert found == [tuple(RESUMABLE_CHANGES)]
 
 
 # ---------------------------------------------------------------- the DAG
+
 
 def test_paper_dag_resolves_without_data(wf):
     res = snakemake(wf, "-n", "-p", "--configfile", "params/paper.yaml")
@@ -220,24 +265,35 @@ def test_paper_dag_resolves_without_data(wf):
     jobs = dry_run_jobs(res.stdout)
     pre = {j["wildcards"]["run"]: j for j in jobs if j["rule"] == "pretrain"}
     assert set(pre) == set(PAPER_VARIANTS) | set(PAPER_ABLATIONS) | {"random_init"}
-    evals = {(j["wildcards"]["run"], j["wildcards"]["task"])
-             for j in jobs if j["rule"] == "evaluate"}
+    evals = {
+        (j["wildcards"]["run"], j["wildcards"]["task"]) for j in jobs if j["rule"] == "evaluate"
+    }
     # the random initialisation: every evaluation, no raw pixels (workflow.pixel_baseline)
     expected = {(v, t) for v in PAPER_VARIANTS + ["random_init"] for t in PAPER_EVALS}
     expected |= {(r, t) for r in PAPER_ABLATIONS for t in ("knn", "linear")}
     assert evals == expected
     assert job_counts(res.stdout) == {
-        "prepare_data": 1, "prepare_fewshot": 1, "prepare_segmentation": 1,
-        "pretrain": 8 + 10 + 1, "evaluate": 9 * 6 + 10 * 2, "report": 1, "all": 1,
-        "total": 3 + 19 + 74 + 2}
+        "prepare_data": 1,
+        "prepare_fewshot": 1,
+        "prepare_segmentation": 1,
+        "pretrain": 8 + 10 + 1,
+        "evaluate": 9 * 6 + 10 * 2,
+        "report": 1,
+        "all": 1,
+        "total": 3 + 19 + 74 + 2,
+    }
     assert "--set pretrain.epochs=0 " in pre["random_init"]["shell"]
     # each run gets the same params file plus its own --set items
     for name, (ablation, sets) in PAPER_ABLATIONS.items():
         cmd = pre[name]["shell"]
         assert cmd.startswith("folk pretrain --config params/paper.yaml ")
         assert f"--out runs/paper/{name} " in cmd
-        for item in ["pretrain.variant=folk", f"experiment.run_name={name}",
-                     f"experiment.ablation={ablation}", *sets]:
+        for item in [
+            "pretrain.variant=folk",
+            f"experiment.run_name={name}",
+            f"experiment.ablation={ablation}",
+            *sets,
+        ]:
             assert f"--set {item} " in cmd or f"--set '{item}' " in cmd, (item, cmd)
     main = pre["mfm"]["shell"]
     assert "--set pretrain.variant=mfm " in main and "--set experiment.ablation= " in main
@@ -251,8 +307,9 @@ def test_demo_dag_and_stage_targets(wf):
     jobs = dry_run_jobs(res.stdout)
     runs = {j["wildcards"]["run"] for j in jobs if j["rule"] == "pretrain"}
     assert runs == DEMO_RUNS and len(runs) == 15
-    evals = {(j["wildcards"]["run"], j["wildcards"]["task"]) for j in jobs
-             if j["rule"] == "evaluate"}
+    evals = {
+        (j["wildcards"]["run"], j["wildcards"]["task"]) for j in jobs if j["rule"] == "evaluate"
+    }
     assert evals == DEMO_EVALS
     # robustness waits for fine-tuning of the same run; few-shot for the lists
     for j in jobs:
@@ -262,19 +319,27 @@ def test_demo_dag_and_stage_targets(wf):
             assert "data/fashion_mnist/fewshot/lists.json" in j["input"]
     # the stage targets that dvc.yaml runs
     prep = {"prepare_data": 1, "prepare_fewshot": 1, "prepare_segmentation": 1}
-    for rule, counts in (("prepared", {**prep, "prepared": 1, "total": 4}),
-                         ("pretrained", {"prepare_data": 1, "pretrain": 15, "pretrained": 1,
-                                         "total": 17}),
-                         ("evaluated", {**prep, "pretrain": 15, "evaluate": len(DEMO_EVALS),
-                                        "evaluated": 1, "total": 19 + len(DEMO_EVALS)})):
+    for rule, counts in (
+        ("prepared", {**prep, "prepared": 1, "total": 4}),
+        ("pretrained", {"prepare_data": 1, "pretrain": 15, "pretrained": 1, "total": 17}),
+        (
+            "evaluated",
+            {
+                **prep,
+                "pretrain": 15,
+                "evaluate": len(DEMO_EVALS),
+                "evaluated": 1,
+                "total": 19 + len(DEMO_EVALS),
+            },
+        ),
+    ):
         sub = snakemake(wf, "-n", rule)
         assert sub.returncode == 0, sub.stderr[-2000:]
         assert job_counts(sub.stdout) == counts, rule
 
 
 def test_snakemake_config_items_reach_folk_typed(wf):
-    res = snakemake(wf, "-n", "-p", "--config", 'pretrain={"epochs": 3}',
-                    "experiment={name: cli}")
+    res = snakemake(wf, "-n", "-p", "--config", 'pretrain={"epochs": 3}', "experiment={name: cli}")
     assert res.returncode == 0, res.stderr[-3000:]
     pre = [j for j in dry_run_jobs(res.stdout) if j["rule"] == "pretrain"]
     assert len(pre) == 15  # the four variants and the random initialisation, 3 seeds
@@ -301,9 +366,11 @@ def test_params_words_that_yaml_1_1_reads_as_booleans_reach_folk_as_words(wf, tm
 
 def test_submitit_launch_makes_pretraining_a_waiting_local_job(wf, tmp_path):
     threads = {"prepare": 1, "pretrain": 2, "eval": 2, "report": 1}
-    params = write_params(tmp_path / "launch.yaml", {"launch": {"executor": "slurm"},
-                                                     "workflow": {"threads": threads}},
-                          base="demo.yaml")
+    params = write_params(
+        tmp_path / "launch.yaml",
+        {"launch": {"executor": "slurm"}, "workflow": {"threads": threads}},
+        base="demo.yaml",
+    )
     res = snakemake(wf, "-n", "-p", "--cores", "2", "--configfile", str(params))
     assert res.returncode == 0, res.stderr[-3000:]
     pre = [j for j in dry_run_jobs(res.stdout) if j["rule"] == "pretrain"]
@@ -328,6 +395,7 @@ def test_lint_is_clean(wf, params):
 
 # ---------------------------------------------------------------- DVC
 
+
 def test_dvc_yaml_is_the_generated_one(wf):
     res = run([sys.executable, "workflow/scripts/dvc_yaml.py", "--check"], wf)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -346,7 +414,8 @@ def test_dvc_stages_cover_the_dags_final_outputs(wf):
             rule = m.group(1)
         elif rule and line.strip().startswith("output:"):
             planned.setdefault(rule, set()).update(
-                p.strip() for p in line.split(":", 1)[1].split(","))
+                p.strip() for p in line.split(":", 1)[1].split(",")
+            )
     dvc = yaml.safe_load((wf / "dvc.yaml").read_text())["stages"]
 
     def paths(stage, kind):
@@ -354,15 +423,21 @@ def test_dvc_stages_cover_the_dags_final_outputs(wf):
 
     assert paths("pretrain", "outs") == planned["pretrain"]
     assert paths("evaluate", "metrics") == planned["evaluate"]
-    assert {f"runs/demo/{r}/eval/{t}/metrics.json" for r, t in DEMO_EVALS} == \
-        paths("evaluate", "metrics")
-    prepared = planned["prepare_data"] | planned["prepare_fewshot"] | \
-        planned["prepare_segmentation"]
+    assert {f"runs/demo/{r}/eval/{t}/metrics.json" for r, t in DEMO_EVALS} == paths(
+        "evaluate", "metrics"
+    )
+    prepared = (
+        planned["prepare_data"] | planned["prepare_fewshot"] | planned["prepare_segmentation"]
+    )
     outs = paths("prepare", "outs")
     assert all(any(p == o or p.startswith(o + "/") for o in outs) for p in prepared)
     assert paths("report", "outs") == {os.path.dirname(p) for p in planned["report"]}
-    for stage, target in (("prepare", "prepared"), ("pretrain", "pretrained"),
-                          ("evaluate", "evaluated"), ("report", "all")):
+    for stage, target in (
+        ("prepare", "prepared"),
+        ("pretrain", "pretrained"),
+        ("evaluate", "evaluated"),
+        ("report", "all"),
+    ):
         assert dvc[stage]["cmd"] == f"snakemake {target} --cores all --configfile params/demo.yaml"
     backbones = [e for e in dvc["pretrain"]["outs"] if next(iter(e)).endswith("backbone.pt")]
     assert backbones and all(e[next(iter(e))].get("cache", True) for e in backbones)
@@ -389,6 +464,7 @@ def test_dvc_default_remote_is_workflow_remote():
 
 # ---------------------------------------------------------------- data-layout errors
 
+
 def _jpeg(path: Path) -> None:
     from PIL import Image
 
@@ -401,17 +477,28 @@ def test_missing_imagenet_split_stops_before_training(tmp_path):
     source = tmp_path / "imagenet"
     for c in ("n01440764", "n01443537"):
         _jpeg(source / "train" / c / "a.JPEG")  # no val/ split
-    params = write_params(wf / "params" / "bad_imagenet.yaml", {
-        "experiment": {"name": "layout"},
-        "data": {"dataset": "imagenet", "root": "data/imagenet", "source": str(source),
-                 "num_classes": 2, "num_workers": 0},
-        "workflow": {"variants": ["folk"], "evals": ["knn"],
-                     "ablations": {"portions": [], "p_com": [], "loss_weights": [],
-                                   "epochs": []}},
-    })
+    params = write_params(
+        wf / "params" / "bad_imagenet.yaml",
+        {
+            "experiment": {"name": "layout"},
+            "data": {
+                "dataset": "imagenet",
+                "root": "data/imagenet",
+                "source": str(source),
+                "num_classes": 2,
+                "num_workers": 0,
+            },
+            "workflow": {
+                "variants": ["folk"],
+                "evals": ["knn"],
+                "ablations": {"portions": [], "p_com": [], "loss_weights": [], "epochs": []},
+            },
+        },
+    )
     # the venv is not on PATH: the jobs still find the folk installed beside Snakemake
-    res = snakemake(wf, "--cores", "1", "--configfile", str(params), timeout=300,
-                    venv_on_path=False)
+    res = snakemake(
+        wf, "--cores", "1", "--configfile", str(params), timeout=300, venv_on_path=False
+    )
     assert res.returncode != 0
     text = res.stdout + res.stderr
     assert "Error in rule prepare_data" in text
@@ -423,11 +510,12 @@ def test_missing_imagenet_split_stops_before_training(tmp_path):
 
 # ---------------------------------------------------------------- end to end (slow)
 
-TINY_RUNS = {"folk": ["knn", "linear", "fewshot", "finetune", "segmentation", "robustness"],
-             "mfm": ["knn", "linear", "fewshot", "finetune", "segmentation", "robustness"],
-             "folk-p_com0.25": ["knn"],
-             "random_init": ["knn", "linear", "fewshot", "finetune", "segmentation",
-                             "robustness", "pixels"]}
+TINY_RUNS = {
+    "folk": ["knn", "linear", "fewshot", "finetune", "segmentation", "robustness"],
+    "mfm": ["knn", "linear", "fewshot", "finetune", "segmentation", "robustness"],
+    "folk-p_com0.25": ["knn"],
+    "random_init": ["knn", "linear", "fewshot", "finetune", "segmentation", "robustness", "pixels"],
+}
 
 
 @pytest.mark.slow
@@ -440,15 +528,20 @@ def test_tiny_end_to_end_then_nothing_then_only_what_changed(tmp_path):
         cfg = yaml.safe_load((rd / "config.yaml").read_text())
         assert cfg["experiment"]["run_name"] == name
         assert cfg["experiment"]["ablation"] == ("p_com" if "-" in name else "")
-        assert cfg["pretrain"]["variant"] == ("folk" if name == "random_init"
-                                              else name.split("-")[0])
+        assert cfg["pretrain"]["variant"] == (
+            "folk" if name == "random_init" else name.split("-")[0]
+        )
         if name != "random_init":  # a run of 0 iterations writes no checkpoint
             assert (rd / "checkpoints" / "last.pt").is_file()  # kept, never an output
         for task in tasks:
             m = json.loads((rd / "eval" / task / "metrics.json").read_text())
             assert (m["schema"], m["task"], m["run"]) == ("folk.eval/1", task, name)
-    assert yaml.safe_load((wf / "runs/test_tiny/folk-p_com0.25/config.yaml").read_text()
-                          )["filter"]["p_com"] == 0.25
+    assert (
+        yaml.safe_load((wf / "runs/test_tiny/folk-p_com0.25/config.yaml").read_text())["filter"][
+            "p_com"
+        ]
+        == 0.25
+    )
     assert (wf / "results" / "README.md").is_file()
     assert list((wf / "results" / "tables").glob("*.md"))
     assert list((wf / "results" / "figures").glob("*.png"))
@@ -467,29 +560,38 @@ def test_tiny_end_to_end_then_nothing_then_only_what_changed(tmp_path):
     plan = snakemake(wf, "-n", "--configfile", "params/test_tiny.yaml")
     assert plan.returncode == 0
     assert job_counts(plan.stdout) == {"evaluate": 5, "report": 1, "all": 1, "total": 7}
-    assert {(j["wildcards"]["run"], j["wildcards"]["task"]) for j in dry_run_jobs(plan.stdout)
-            if j["rule"] == "evaluate"} == {(r, "knn") for r in TINY_RUNS} | \
-        {("random_init", "pixels")}
+    assert {
+        (j["wildcards"]["run"], j["wildcards"]["task"])
+        for j in dry_run_jobs(plan.stdout)
+        if j["rule"] == "evaluate"
+    } == {(r, "knn") for r in TINY_RUNS} | {("random_init", "pixels")}
     # one more ablation value adds that run (and its evaluation) only
     cfg["eval"]["knn"]["k"] = [5, 10]
     cfg["workflow"]["ablations"]["p_com"] = [0.25, 0.75]
     params.write_text(yaml.safe_dump(cfg))
     plan = snakemake(wf, "-n", "--configfile", "params/test_tiny.yaml")
-    assert job_counts(plan.stdout) == {"pretrain": 1, "evaluate": 1, "report": 1, "all": 1,
-                                       "total": 4}
+    assert job_counts(plan.stdout) == {
+        "pretrain": 1,
+        "evaluate": 1,
+        "report": 1,
+        "all": 1,
+        "total": 4,
+    }
     assert "runs/test_tiny/folk-p_com0.75/DONE.json" in plan.stdout
     cfg["workflow"]["ablations"]["p_com"] = [0.25]
     params.write_text(yaml.safe_dump(cfg))
 
     # DVC runs the same DAG: nothing to redo, then data and backbones go to the remote
     shutil.copytree(ROOT / "folk", wf / "folk", ignore=shutil.ignore_patterns("__pycache__"))
-    gen = run([sys.executable, "workflow/scripts/dvc_yaml.py", "--params",
-               "params/test_tiny.yaml"], wf)
+    gen = run(
+        [sys.executable, "workflow/scripts/dvc_yaml.py", "--params", "params/test_tiny.yaml"], wf
+    )
     assert gen.returncode == 0, gen.stderr
     (wf / ".dvc").mkdir()
     (wf / ".dvc" / "config").write_text(
         "[core]\n    no_scm = true\n    analytics = false\n    remote = local\n"
-        "['remote \"local\"']\n    url = ../data/dvc-remote\n")
+        "['remote \"local\"']\n    url = ../data/dvc-remote\n"
+    )
     dvc = str(BIN / "dvc")
     repro = run([dvc, "repro"], wf, timeout=900)
     assert repro.returncode == 0, repro.stdout[-3000:] + repro.stderr[-3000:]
@@ -497,8 +599,12 @@ def test_tiny_end_to_end_then_nothing_then_only_what_changed(tmp_path):
     push = run([dvc, "push"], wf, timeout=300)
     assert push.returncode == 0, push.stderr[-3000:]
     lock = yaml.safe_load((wf / "dvc.lock").read_text())["stages"]
-    pushed = {o["path"]: o["md5"] for st in ("prepare", "pretrain")
-              for o in lock[st]["outs"] if "md5" in o}
+    pushed = {
+        o["path"]: o["md5"]
+        for st in ("prepare", "pretrain")
+        for o in lock[st]["outs"]
+        if "md5" in o
+    }
     backbones = [p for p in pushed if p.endswith("backbone.pt")]
     assert len(backbones) == 4 and "data/fashion_mnist" in pushed  # with random_init
     for path in backbones:  # the remote holds each final checkpoint's bytes
@@ -520,8 +626,9 @@ def test_tiny_end_to_end_then_nothing_then_only_what_changed(tmp_path):
 
 
 def test_more_seeds_repeat_the_main_grid(wf, tmp_path):
-    params = write_params(tmp_path / "seeds.yaml", {"workflow": {"seeds": [1, 2]}},
-                          base="demo.yaml")
+    params = write_params(
+        tmp_path / "seeds.yaml", {"workflow": {"seeds": [1, 2]}}, base="demo.yaml"
+    )
     res = snakemake(wf, "-n", "-p", "--configfile", str(params))
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = dry_run_jobs(res.stdout)
@@ -529,8 +636,9 @@ def test_more_seeds_repeat_the_main_grid(wf, tmp_path):
     base = {"folk", "mfm", "mfm_comrcom", "dino_2view", "random_init"}
     assert set(pre) == base | {f"{r}-seed{s}" for r in base for s in (1, 2)}
     assert "--set experiment.seed=2 " in pre["mfm-seed2"]
-    evals = {(j["wildcards"]["run"], j["wildcards"]["task"]) for j in jobs
-             if j["rule"] == "evaluate"}
+    evals = {
+        (j["wildcards"]["run"], j["wildcards"]["task"]) for j in jobs if j["rule"] == "evaluate"
+    }
     assert {t for r, t in evals if r == "folk-seed1"} == {"knn", "linear"}
     bad = write_params(tmp_path / "bad.yaml", {"workflow": {"seeds": [0]}}, base="demo.yaml")
     res = snakemake(wf, "-n", "--configfile", str(bad))

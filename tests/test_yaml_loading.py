@@ -4,6 +4,7 @@
 the bounds of a params file on the C parser's events; the pure-Python ``_BoundedLoader``
 is the reference for what a file means and for every error message.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,13 +40,45 @@ def python_load(text: str):
 
 
 # YAML 1.1 scalars whose type depends on the resolver, and flow forms that --set values use
-SCALARS = ["yes", "No", "on", "OFF", "true", "~", "null", "", "1e-4", "-1E+3", "2.5e-7",
-           "1.0e-3", "1_000", "017", "0x1F", "0b101", "1:30", "190:20:30.15", ".inf", "-.Inf",
-           ".nan", "2001-12-14", "2001-12-14t21:59:43.10-05:00", "3.", ".5", "+12", "'1e-4'",
-           '"yes"', "vit_small_patch16_224", "[0.286, 0.286, 0.286]", "[1, 2e-3, {a: b}]",
-           "{nice: .nan, x: [1, 2]}", "a: 1\nb:\n  - 2\n  - c: 3\n", "- 1\n- [2, 3]\n",
-           "key: 'it''s'\nother: \"tab\\there\"\n", "multi: |\n  line one\n  line two\n",
-           "folded: >\n  a\n  b\n"]
+SCALARS = [
+    "yes",
+    "No",
+    "on",
+    "OFF",
+    "true",
+    "~",
+    "null",
+    "",
+    "1e-4",
+    "-1E+3",
+    "2.5e-7",
+    "1.0e-3",
+    "1_000",
+    "017",
+    "0x1F",
+    "0b101",
+    "1:30",
+    "190:20:30.15",
+    ".inf",
+    "-.Inf",
+    ".nan",
+    "2001-12-14",
+    "2001-12-14t21:59:43.10-05:00",
+    "3.",
+    ".5",
+    "+12",
+    "'1e-4'",
+    '"yes"',
+    "vit_small_patch16_224",
+    "[0.286, 0.286, 0.286]",
+    "[1, 2e-3, {a: b}]",
+    "{nice: .nan, x: [1, 2]}",
+    "a: 1\nb:\n  - 2\n  - c: 3\n",
+    "- 1\n- [2, 3]\n",
+    "key: 'it''s'\nother: \"tab\\there\"\n",
+    "multi: |\n  line one\n  line two\n",
+    "folded: >\n  a\n  b\n",
+]
 
 
 @needs_libyaml
@@ -66,8 +99,12 @@ def test_c_loader_reads_every_params_file_and_the_defaults_as_python_does():
 
 
 def _deep(levels: int) -> str:
-    return "slurm:\n  extra_sbatch:\n" + "".join(
-        "  " * (i + 2) + f"k{i}:\n" for i in range(levels)) + "  " * (levels + 2) + "v: 1\n"
+    return (
+        "slurm:\n  extra_sbatch:\n"
+        + "".join("  " * (i + 2) + f"k{i}:\n" for i in range(levels))
+        + "  " * (levels + 2)
+        + "v: 1\n"
+    )
 
 
 BAD = {
@@ -118,14 +155,14 @@ def test_defaults_parsed_once_copied_out_and_reread_when_edited(tmp_path, monkey
     monkeypatch.setattr(config, "DEFAULTS_PATH", path)
     first = config.defaults()
     misses = config._parse_defaults.cache_info().misses
-    first["pretrain"]["epochs"] = -5                 # a caller's copy: the cache is not touched
+    first["pretrain"]["epochs"] = -5  # a caller's copy: the cache is not touched
     second = config.defaults()
     assert second["pretrain"]["epochs"] != -5 and second is not first
     assert config._parse_defaults.cache_info().misses == misses  # not parsed again
     text = path.read_text()
     path.write_text(text.replace("\npretrain:\n", "\npretrain:\n  # edited\n", 1))
     stat = path.stat()
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     config.defaults()
     assert config._parse_defaults.cache_info().misses == misses + 1  # the edit is read
 
@@ -138,8 +175,16 @@ def test_only_true_and_false_are_booleans(loader):
         pytest.skip("PyYAML built without libyaml")
     text = "a: off\nb: on\nc: yes\nd: No\ne: true\nf: False\ng: TRUE\nh: 1e-4\n"
     read = python_load(text) if loader == "python" else yaml.load(text, Loader=config._CLoader)
-    assert read == {"a": "off", "b": "on", "c": "yes", "d": "No", "e": True, "f": False,
-                    "g": True, "h": 1e-4}
+    assert read == {
+        "a": "off",
+        "b": "on",
+        "c": "yes",
+        "d": "No",
+        "e": True,
+        "f": False,
+        "g": True,
+        "h": 1e-4,
+    }
     assert yaml.safe_load("a: off") == {"a": False}  # PyYAML's own loaders are left alone
 
 

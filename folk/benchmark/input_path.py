@@ -58,6 +58,7 @@ goes to stderr; ``--out`` appends the JSON lines to a file, as ``folk bench`` do
     folk prepare photos --config params/bench-photos.yaml     # JPEG photographs, offline
     folk bench --data --config params/bench-photos.yaml [--out runs/bench-photos/bench_data.jsonl]
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -94,6 +95,7 @@ LOADER_WARMUP_IMAGES = 8
 
 # ------------------------------------------------------------------ reference pipelines
 
+
 class DinoReference:
     """DINO's two global views, built the way its reference code builds them: the classic
     torchvision API on PIL images, blur and solarisation by PIL, Python's ``random`` for
@@ -105,17 +107,23 @@ class DinoReference:
 
     def __init__(self, cfg: dict):
         size, scale = cfg["model"]["img_size"], tuple(cfg["augment"]["crop_scale"])
-        self.geometric = T.Compose([
-            T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
-            T.RandomHorizontalFlip(p=0.5),
-        ])
-        self.colour = T.Compose([
-            T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2,
-                                         hue=0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2),
-        ])
-        self.to_tensor = T.Compose([T.ToTensor(),
-                                    T.Normalize(cfg["data"]["mean"], cfg["data"]["std"])])
+        self.geometric = T.Compose(
+            [
+                T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
+                T.RandomHorizontalFlip(p=0.5),
+            ]
+        )
+        self.colour = T.Compose(
+            [
+                T.RandomApply(
+                    [T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8
+                ),
+                T.RandomGrayscale(p=0.2),
+            ]
+        )
+        self.to_tensor = T.Compose(
+            [T.ToTensor(), T.Normalize(cfg["data"]["mean"], cfg["data"]["std"])]
+        )
 
     def __call__(self, img):
         views = []
@@ -135,12 +143,17 @@ class MfmReference:
     n_views = 1
 
     def __init__(self, cfg: dict):
-        self.transform = T.Compose([
-            T.RandomResizedCrop(cfg["model"]["img_size"], scale=MFM_CROP_SCALE,
-                                interpolation=T.InterpolationMode.BICUBIC),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-        ])
+        self.transform = T.Compose(
+            [
+                T.RandomResizedCrop(
+                    cfg["model"]["img_size"],
+                    scale=MFM_CROP_SCALE,
+                    interpolation=T.InterpolationMode.BICUBIC,
+                ),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+            ]
+        )
 
     def __call__(self, img):
         return self.transform(img)
@@ -152,13 +165,17 @@ class DecodeCrop:
     n_views = 2
 
     def __init__(self, cfg: dict):
-        self.transform = T.Compose([
-            T.RandomResizedCrop(cfg["model"]["img_size"],
-                                scale=tuple(cfg["augment"]["crop_scale"]),
-                                interpolation=T.InterpolationMode.BICUBIC),
-            T.RandomHorizontalFlip(),
-            T.PILToTensor(),
-        ])
+        self.transform = T.Compose(
+            [
+                T.RandomResizedCrop(
+                    cfg["model"]["img_size"],
+                    scale=tuple(cfg["augment"]["crop_scale"]),
+                    interpolation=T.InterpolationMode.BICUBIC,
+                ),
+                T.RandomHorizontalFlip(),
+                T.PILToTensor(),
+            ]
+        )
 
     def __call__(self, img):
         return [self.transform(img) for _ in range(self.n_views)]
@@ -168,8 +185,12 @@ def build_pipelines(cfg: dict, dataset) -> dict:
     """pipeline name -> SeededViews over ``dataset``: every side pays the same per-item
     seeding and indexing, so that only the transforms differ."""
     seed = cfg["experiment"]["seed"]
-    transforms = {OURS: data_transforms.PretrainViews(cfg), "dino_reference": DinoReference(cfg),
-                  "mfm_reference": MfmReference(cfg), "decode_crop": DecodeCrop(cfg)}
+    transforms = {
+        OURS: data_transforms.PretrainViews(cfg),
+        "dino_reference": DinoReference(cfg),
+        "mfm_reference": MfmReference(cfg),
+        "decode_crop": DecodeCrop(cfg),
+    }
     return {name: SeededViews(dataset, t, seed) for name, t in transforms.items()}
 
 
@@ -181,6 +202,7 @@ def views_per_image(transform) -> int | None:
 
 
 # ------------------------------------------------------------------ loader, one core
+
 
 @contextlib.contextmanager
 def one_core():
@@ -212,14 +234,15 @@ def time_loader(views, keys, batch: int) -> tuple[float, int]:
     kept = 0
     t0 = time.perf_counter()
     for start in range(0, len(keys), batch):
-        chunk = keys[start:start + batch]
+        chunk = keys[start : start + batch]
         _, labels, _ = collate_skip_none([views[k] for k in chunk])
         kept += len(labels)
     return time.perf_counter() - t0, kept
 
 
-def measure_loaders(cfg: dict, dataset, batch: int, images: int, rounds: int,
-                    progress=None) -> dict[str, dict]:
+def measure_loaders(
+    cfg: dict, dataset, batch: int, images: int, rounds: int, progress=None
+) -> dict[str, dict]:
     """pipeline -> {images_per_s, ms_per_image, rounds_images_per_s, images} on one core."""
     say = progress or (lambda msg: None)
     pipelines = build_pipelines(cfg, dataset)
@@ -232,7 +255,7 @@ def measure_loaders(cfg: dict, dataset, batch: int, images: int, rounds: int,
             time_loader(pipelines[name], warm, batch)
         for r in range(rounds):
             keys = round_keys(len(dataset), images, seed, r)
-            order = names[r % len(names):] + names[:r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
                 random.seed(seed * 1009 + r)  # DINO's coin flips: the same in every run
                 seconds, kept = time_loader(pipelines[name], keys, batch)
@@ -243,11 +266,14 @@ def measure_loaders(cfg: dict, dataset, batch: int, images: int, rounds: int,
     out = {}
     for name in names:
         rate = statistics.median(rates[name])
-        out[name] = {"images_per_s": round(rate, 2), "per_core": round(rate, 2),
-                     "ms_per_image": round(1e3 / rate, 3),
-                     "rounds_images_per_s": [round(x, 2) for x in rates[name]],
-                     "images": images, "views_per_image":
-                         views_per_image(pipelines[name].transform)}
+        out[name] = {
+            "images_per_s": round(rate, 2),
+            "per_core": round(rate, 2),
+            "ms_per_image": round(1e3 / rate, 3),
+            "rounds_images_per_s": [round(x, 2) for x in rates[name]],
+            "images": images,
+            "views_per_image": views_per_image(pipelines[name].transform),
+        }
     out[OURS].update(paired_ratios(rates))
     return out
 
@@ -258,13 +284,18 @@ def paired_ratios(rates: dict[str, list[float]]) -> dict[str, float]:
     machine (a shared one has them) falls on both sides of each ratio; the median over
     rounds then drops the rounds it split."""
     ours = rates[OURS]
-    return {"ratio_vs_dino": round(statistics.median(
-                o / d for o, d in zip(ours, rates["dino_reference"])), 3),
-            "time_vs_decode_crop": round(statistics.median(
-                f / o for o, f in zip(ours, rates["decode_crop"])), 3)}
+    return {
+        "ratio_vs_dino": round(
+            statistics.median(o / d for o, d in zip(ours, rates["dino_reference"])), 3
+        ),
+        "time_vs_decode_crop": round(
+            statistics.median(f / o for o, f in zip(ours, rates["decode_crop"])), 3
+        ),
+    }
 
 
 # ------------------------------------------------------------------ whole path
+
 
 class _ConsecutiveEpochs:
     """The engine sampler's keys, epoch after epoch, ``total`` of them: the timed window
@@ -289,13 +320,17 @@ class _ConsecutiveEpochs:
             epoch += 1
 
 
-def measure_whole(cfg: dict, batch: int, iterations: int, warmup: int,
-                  compile_: bool) -> dict:
+def measure_whole(cfg: dict, batch: int, iterations: int, warmup: int, compile_: bool) -> dict:
     """The engine's loader feeding the engine's iteration, timed over ``iterations``."""
     cfg = copy.deepcopy(cfg)
     p = cfg["pretrain"]
-    p.update(batch_size=batch, accum_steps=1, knn_every=0, compile="on" if compile_ else "off",
-             max_iterations=0)
+    p.update(
+        batch_size=batch,
+        accum_steps=1,
+        knn_every=0,
+        compile="on" if compile_ else "off",
+        max_iterations=0,
+    )
     with tempfile.TemporaryDirectory(prefix="folk-bench-data-") as tmp:
         trainer = Pretrainer(cfg, Path(tmp))
         trainer.setup()
@@ -304,18 +339,27 @@ def measure_whole(cfg: dict, batch: int, iterations: int, warmup: int,
         queued = 0 if on_device else engine.num_workers * (engine.prefetch_factor or 0)
         untimed = warmup + queued
         n = len(engine.images) if on_device else len(engine.dataset)
-        keys = _ConsecutiveEpochs(n, trainer.iters_per_epoch * batch,
-                                  (untimed + iterations) * trainer.images_per_iter,
-                                  cfg["experiment"]["seed"])
+        keys = _ConsecutiveEpochs(
+            n,
+            trainer.iters_per_epoch * batch,
+            (untimed + iterations) * trainer.images_per_iter,
+            cfg["experiment"]["seed"],
+        )
         if on_device:
             engine.sampler = keys
             loader = engine
         else:
-            loader = DataLoader(engine.dataset, batch_size=engine.batch_size, sampler=keys,
-                                num_workers=engine.num_workers, collate_fn=engine.collate_fn,
-                                pin_memory=engine.pin_memory, drop_last=False,
-                                generator=torch.Generator().manual_seed(0),
-                                prefetch_factor=engine.prefetch_factor)
+            loader = DataLoader(
+                engine.dataset,
+                batch_size=engine.batch_size,
+                sampler=keys,
+                num_workers=engine.num_workers,
+                collate_fn=engine.collate_fn,
+                pin_memory=engine.pin_memory,
+                drop_last=False,
+                generator=torch.Generator().manual_seed(0),
+                prefetch_factor=engine.prefetch_factor,
+            )
         # past the frozen-last-layer epochs: the optimiser updates every parameter
         epoch = math.ceil(p["freeze_last_layer_epochs"])
         device = trainer.device
@@ -337,18 +381,23 @@ def measure_whole(cfg: dict, batch: int, iterations: int, warmup: int,
             seconds = time.perf_counter() - t0
         finally:
             del batches  # stops the workers now, not at garbage collection
-    return {"images_per_s": round(done / max(seconds, 1e-9), 2),
-            "step_time_ms": round(seconds / iterations * 1e3, 3),
-            "iterations": iterations, "untimed_iterations": untimed,
-            "num_workers": 0 if on_device else engine.num_workers,
-            "prefetch_factor": None if on_device else engine.prefetch_factor,
-            "pin_memory": False if on_device else engine.pin_memory}
+    return {
+        "images_per_s": round(done / max(seconds, 1e-9), 2),
+        "step_time_ms": round(seconds / iterations * 1e3, 3),
+        "iterations": iterations,
+        "untimed_iterations": untimed,
+        "num_workers": 0 if on_device else engine.num_workers,
+        "prefetch_factor": None if on_device else engine.prefetch_factor,
+        "pin_memory": False if on_device else engine.pin_memory,
+    }
 
 
 # ------------------------------------------------------------------ summary
 
-def summarise(loader_per_core: float, step_ips: float, whole_ips: float | None,
-              workers: int) -> dict:
+
+def summarise(
+    loader_per_core: float, step_ips: float, whole_ips: float | None, workers: int
+) -> dict:
     """What bounds the run (module docstring, ``summary``)."""
     if workers > 0:
         capacity = loader_per_core * workers
@@ -358,9 +407,13 @@ def summarise(loader_per_core: float, step_ips: float, whole_ips: float | None,
         capacity = loader_per_core
         expected = 1.0 / (1.0 / loader_per_core + 1.0 / step_ips)
         bound = "loader" if loader_per_core < step_ips else "step"
-    out = {"loader_images_per_s": round(capacity, 2), "step_images_per_s": round(step_ips, 2),
-           "bound": bound, "expected_images_per_s": round(expected, 2),
-           "cores_to_feed_step": round(step_ips / loader_per_core, 2)}
+    out = {
+        "loader_images_per_s": round(capacity, 2),
+        "step_images_per_s": round(step_ips, 2),
+        "bound": bound,
+        "expected_images_per_s": round(expected, 2),
+        "cores_to_feed_step": round(step_ips / loader_per_core, 2),
+    }
     if whole_ips is not None:
         out["whole_images_per_s"] = whole_ips
         out["whole_vs_bound"] = round(whole_ips / expected, 3)
@@ -376,40 +429,66 @@ def _cores() -> int:
 
 # ------------------------------------------------------------------ all of it
 
-def measure_input_path(cfg: dict, *, batch: int, rounds: int, images: int, steps: int,
-                       warmup: int, iterations: int, compile_: bool, emit, say=None) -> None:
+
+def measure_input_path(
+    cfg: dict,
+    *,
+    batch: int,
+    rounds: int,
+    images: int,
+    steps: int,
+    warmup: int,
+    iterations: int,
+    compile_: bool,
+    emit,
+    say=None,
+) -> None:
     """Every measure of the module docstring, for the config of one variant and backbone:
     ``emit(record)`` gets each JSON line as it is measured, ``say(text)`` the human account
     (none without it)."""
     say = say or (lambda msg: None)
     dataset = build_dataset(cfg, "train")  # fails at once, naming the path, when absent
     device = device_name()  # before any thread count changes: it names the count
-    dtype = autocast_dtype(cfg["pretrain"]["amp"],
-                           torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = autocast_dtype(
+        cfg["pretrain"]["amp"], torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     workers = cfg["data"]["num_workers"]
-    common = {"type": "bench_data", "variant": cfg["pretrain"]["variant"],
-              "arch": cfg["model"]["arch"], "img_size": cfg["model"]["img_size"],
-              "dataset": cfg["data"]["dataset"], "data_root": str(cfg["data"]["root"]),
-              "dataset_images": len(dataset), "batch_size": batch,
-              "photometric": cfg["augment"]["photometric"],
-              "num_workers": workers, "cores": _cores(), "compile": compile_,
-              "device": device, "dtype": str(dtype or "float32").replace("torch.", "")}
+    common = {
+        "type": "bench_data",
+        "variant": cfg["pretrain"]["variant"],
+        "arch": cfg["model"]["arch"],
+        "img_size": cfg["model"]["img_size"],
+        "dataset": cfg["data"]["dataset"],
+        "data_root": str(cfg["data"]["root"]),
+        "dataset_images": len(dataset),
+        "batch_size": batch,
+        "photometric": cfg["augment"]["photometric"],
+        "num_workers": workers,
+        "cores": _cores(),
+        "compile": compile_,
+        "device": device,
+        "dtype": str(dtype or "float32").replace("torch.", ""),
+    }
 
     def line(record: dict) -> None:
         emit({**common, **record})
 
-    say(f"folk bench --data: {common['dataset']} '{common['data_root']}' "
+    say(
+        f"folk bench --data: {common['dataset']} '{common['data_root']}' "
         f"({len(dataset)} images), {common['img_size']} px, batch {batch}, photometric on "
         f"{common['photometric']}; loader on one core, {rounds} rounds of "
-        f"{images} images")
+        f"{images} images"
+    )
     loaders = measure_loaders(cfg, dataset, batch, images, rounds, say)
     ours, dino, floor = loaders[OURS], loaders["dino_reference"], loaders["decode_crop"]
     for name in PIPELINES:
         record = {"measure": "loader", "pipeline": name, **loaders[name]}
         if name == OURS:
             record.update(
-                dino_per_core=dino["per_core"], mfm_per_core=loaders["mfm_reference"]["per_core"],
-                decode_crop_per_core=floor["per_core"])
+                dino_per_core=dino["per_core"],
+                mfm_per_core=loaders["mfm_reference"]["per_core"],
+                decode_crop_per_core=floor["per_core"],
+            )
         line(record)
 
     say(f"step alone ({common['variant']}, {common['arch']}): {steps} steps of {batch}")
@@ -423,8 +502,9 @@ def measure_input_path(cfg: dict, *, batch: int, rounds: int, images: int, steps
         whole = measure_whole(cfg, batch, iterations, warmup, compile_)
         line({"measure": "whole", **whole})
 
-    summary = summarise(ours["per_core"], step["images_per_s"],
-                        whole["images_per_s"] if whole else None, workers)
+    summary = summarise(
+        ours["per_core"], step["images_per_s"], whole["images_per_s"] if whole else None, workers
+    )
     line({"measure": "summary", **summary})
     _print_summary(say, loaders, step, whole, summary, workers, common["cores"])
 
@@ -432,25 +512,41 @@ def measure_input_path(cfg: dict, *, batch: int, rounds: int, images: int, steps
 def _print_summary(say, loaders, step, whole, summary, workers, cores) -> None:
     ours, dino = loaders[OURS], loaders["dino_reference"]
     mfm, floor = loaders["mfm_reference"], loaders["decode_crop"]
-    say("loader, one core (median of rounds; images/s, ms per image; ratios: median of "
-        "the rounds' ratios):")
-    for name, label in ((OURS, "ours (PretrainViews)"), ("dino_reference", "DINO reference"),
-                        ("mfm_reference", "MFM reference"), ("decode_crop", "decode + crop")):
+    say(
+        "loader, one core (median of rounds; images/s, ms per image; ratios: median of "
+        "the rounds' ratios):"
+    )
+    for name, label in (
+        (OURS, "ours (PretrainViews)"),
+        ("dino_reference", "DINO reference"),
+        ("mfm_reference", "MFM reference"),
+        ("decode_crop", "decode + crop"),
+    ):
         r = loaders[name]
-        say(f"  {label:>22s} {r['per_core']:9.1f} {r['ms_per_image']:9.2f}"
-            f"   (views per image: {r['views_per_image']})")
-    say(f"  ours / DINO: {ours['ratio_vs_dino']:.2f}x the images/s; "
+        say(
+            f"  {label:>22s} {r['per_core']:9.1f} {r['ms_per_image']:9.2f}"
+            f"   (views per image: {r['views_per_image']})"
+        )
+    say(
+        f"  ours / DINO: {ours['ratio_vs_dino']:.2f}x the images/s; "
         f"ours / decode + crop: {ours['time_vs_decode_crop']:.2f}x the time "
         f"per image (MFM {mfm['ms_per_image'] / floor['ms_per_image']:.2f}x, DINO "
-        f"{dino['ms_per_image'] / floor['ms_per_image']:.2f}x)")
+        f"{dino['ms_per_image'] / floor['ms_per_image']:.2f}x)"
+    )
     say(f"step alone: {step['images_per_s']:.1f} images/s ({step['step_time_ms']:.1f} ms/step)")
     if whole:
-        say(f"whole path, {workers} worker(s): {whole['images_per_s']:.1f} images/s "
-            f"({summary['whole_vs_bound']:.2f}x the expected {summary['expected_images_per_s']:.1f})")
+        say(
+            f"whole path, {workers} worker(s): {whole['images_per_s']:.1f} images/s "
+            f"({summary['whole_vs_bound']:.2f}x the expected {summary['expected_images_per_s']:.1f})"
+        )
     where = f"{workers} worker(s)" if workers else "in the training process"
-    say(f"bound: {summary['bound']} (loader {summary['loader_images_per_s']:.1f} images/s "
+    say(
+        f"bound: {summary['bound']} (loader {summary['loader_images_per_s']:.1f} images/s "
         f"with {where}, step {summary['step_images_per_s']:.1f}); feeding the step at its "
-        f"speed takes {summary['cores_to_feed_step']:.1f} loader cores")
+        f"speed takes {summary['cores_to_feed_step']:.1f} loader cores"
+    )
     if workers + 1 > cores:
-        say(f"note: {workers} worker(s) and the training process share {cores} core(s): the "
-            "whole path competes for them, the loader's capacity assumes it does not")
+        say(
+            f"note: {workers} worker(s) and the training process share {cores} core(s): the "
+            "whole path competes for them, the loader's capacity assumes it does not"
+        )

@@ -7,6 +7,7 @@ without data loading, measured the same way for the DINO baseline.
 ``folk bench --data`` measures the input path instead (loader, step, and the two together,
 against DINO's reference augmentation): ``folk.benchmark.input_path``.
 """
+
 from __future__ import annotations
 
 import time
@@ -67,10 +68,13 @@ def _device_augmentation(cfg: dict, batch: int, device):
     made = data_transforms.PretrainViews(cfg)
     c, size = cfg["data"]["in_chans"], cfg["model"]["img_size"]
     gen = torch.Generator().manual_seed(0)
-    crops = [torch.randint(0, 256, (batch, c, size, size), generator=gen,
-                           dtype=torch.uint8).to(device) for _ in range(2)]
-    rows = torch.stack([torch.stack([draw_params(spec, gen) for spec in made.specs[:2]])
-                        for _ in range(batch)]).to(device)
+    crops = [
+        torch.randint(0, 256, (batch, c, size, size), generator=gen, dtype=torch.uint8).to(device)
+        for _ in range(2)
+    ]
+    rows = torch.stack(
+        [torch.stack([draw_params(spec, gen) for spec in made.specs[:2]]) for _ in range(batch)]
+    ).to(device)
     return lambda: data_transforms.finish_views(crops + [rows], made)
 
 
@@ -114,22 +118,42 @@ def measure(cfg: dict, batch: int, steps: int, warmup: int, compile_: bool) -> d
         objective.filter(masked, generator=gen, **objective.filter_kwargs)
     synchronize(device)
     filter_s = (time.perf_counter() - t0) / steps
-    return {"images_per_s": round(batch / step_s, 2), "step_time_ms": round(step_s * 1e3, 3),
-            "tflops": _sig(flops / step_s / 1e12), "gflop_per_image": _sig(flops / batch / 1e9),
-            "peak_memory_mb": round(peak_mb, 1),
-            "filter_ms": round(filter_s * 1e3, 3),
-            "filter_fraction": round(filter_s / step_s, 4), "device": device_name(),
-            "dtype": str(objective.amp_dtype or "float32").replace("torch.", "")}
+    return {
+        "images_per_s": round(batch / step_s, 2),
+        "step_time_ms": round(step_s * 1e3, 3),
+        "tflops": _sig(flops / step_s / 1e12),
+        "gflop_per_image": _sig(flops / batch / 1e9),
+        "peak_memory_mb": round(peak_mb, 1),
+        "filter_ms": round(filter_s * 1e3, 3),
+        "filter_fraction": round(filter_s / step_s, 4),
+        "device": device_name(),
+        "dtype": str(objective.amp_dtype or "float32").replace("torch.", ""),
+    }
 
 
-def step_record(cfg: dict, variant: str, baseline: bool, *, batch: int, steps: int,
-                warmup: int, compile_: bool, peak_tflops: float = 0.0) -> dict:
+def step_record(
+    cfg: dict,
+    variant: str,
+    baseline: bool,
+    *,
+    batch: int,
+    steps: int,
+    warmup: int,
+    compile_: bool,
+    peak_tflops: float = 0.0,
+) -> dict:
     """One ``folk bench`` line (``"type": "bench"``): what was measured, then ``measure``'s
     figures; with the device's peak TFLOP/s, the model FLOPs utilisation ``mfu`` too."""
-    record = {"type": "bench", "variant": variant, "arch": cfg["model"]["arch"],
-              "img_size": cfg["model"]["img_size"], "batch_size": batch,
-              "compile": compile_, "baseline": baseline,
-              "photometric": cfg["augment"]["photometric"]}
+    record = {
+        "type": "bench",
+        "variant": variant,
+        "arch": cfg["model"]["arch"],
+        "img_size": cfg["model"]["img_size"],
+        "batch_size": batch,
+        "compile": compile_,
+        "baseline": baseline,
+        "photometric": cfg["augment"]["photometric"],
+    }
     record.update(measure(cfg, batch, steps, warmup, compile_))
     if peak_tflops:
         record["mfu"] = _sig(record["tflops"] / peak_tflops)

@@ -1,4 +1,5 @@
 """Reading the clock around device work."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """``folk config``: validate a params file, print the resolved configuration."""
+
 from __future__ import annotations
 
 import yaml

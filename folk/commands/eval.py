@@ -1,4 +1,5 @@
 """``folk eval TASK --run RUN_DIR``: one evaluation of a run, driven by its config.yaml."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,11 +16,21 @@ def add_arguments(parser) -> None:
     parser.add_argument("task", choices=list(TASKS))
     parser.add_argument("--run", required=True, help="pre-training run directory")
     parser.add_argument("--config", help="params file whose eval section overrides the run's")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override an eval.* key (value read as YAML)")
-    parser.add_argument("--variant", default="", type=_variant_name,
-                        help="name suffix of the output directory eval/<task>-<variant> "
-                             "(a plain name: letters, digits, '_', '-', '.')")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an eval.* key (value read as YAML)",
+    )
+    parser.add_argument(
+        "--variant",
+        default="",
+        type=_variant_name,
+        help="name suffix of the output directory eval/<task>-<variant> "
+        "(a plain name: letters, digits, '_', '-', '.')",
+    )
 
 
 def _variant_name(value: str) -> str:
@@ -31,6 +42,12 @@ def _variant_name(value: str) -> str:
 
 
 def run(args) -> int:
-    run_task(args.run, args.task, params=args.config, overrides=args.overrides,
-             variant=args.variant, holder="folk eval " + shlex.join(sys.argv[1:]))
+    run_task(
+        args.run,
+        args.task,
+        params=args.config,
+        overrides=args.overrides,
+        variant=args.variant,
+        holder="folk eval " + shlex.join(sys.argv[1:]),
+    )
     return 0

@@ -4,6 +4,7 @@ Pre-training (or fine-tuning of a finished run) through submitit: ``launch.execu
 none (this process), local (submitit's local executor) or slurm (sbatch). Options come
 from the ``launch`` and ``slurm`` sections; README.md, "Running on a SLURM cluster".
 """
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,18 @@ LAUNCH_KEYS = ("launch.", "slurm.", "experiment.name", "experiment.run_name")
 
 def add_arguments(parser) -> None:
     add_config_arguments(parser)
-    parser.add_argument("--out", required=True,
-                        help="run directory (pretrain: trained or resumed there; finetune: "
-                             "the finished pre-training run to fine-tune)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="run directory (pretrain: trained or resumed there; finetune: "
+        "the finished pre-training run to fine-tune)",
+    )
     parser.add_argument("--task", choices=("pretrain", "finetune"), default="pretrain")
-    parser.add_argument("--wait", action="store_true",
-                        help="block until the job ends; fail with its log tail if it fails")
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="block until the job ends; fail with its log tail if it fails",
+    )
 
 
 def _split_finetune_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
@@ -43,16 +50,29 @@ def run(args) -> int:
         launch_sets, eval_sets = _split_finetune_overrides(args.overrides)
         cfg = load_config(args.config, launch_sets)
     try:
-        outcome = launch(cfg, args.out, task=args.task, wait=args.wait, params=args.config,
-                         eval_overrides=eval_sets)
+        outcome = launch(
+            cfg,
+            args.out,
+            task=args.task,
+            wait=args.wait,
+            params=args.config,
+            eval_overrides=eval_sets,
+        )
     except StopRequested as stop:  # launch.executor=none: this process was signalled
-        print(f"folk launch: checkpoint written to {args.out}; {stop}; run the same command "
-              f"again to resume", file=sys.stderr)
+        print(
+            f"folk launch: checkpoint written to {args.out}; {stop}; run the same command "
+            f"again to resume",
+            file=sys.stderr,
+        )
         return 128 + stop.signum if stop.signum else 1
     if outcome["status"] == "finished":
         result = outcome["result"] or {}
-        brief = {k: result[k] for k in ("iterations", "images_per_s", "wall_time_s", "metrics")
-                 if k in result}
-        print(f"folk launch: {args.task} of {args.out} finished {json.dumps(brief)}",
-              file=sys.stderr)
+        brief = {
+            k: result[k]
+            for k in ("iterations", "images_per_s", "wall_time_s", "metrics")
+            if k in result
+        }
+        print(
+            f"folk launch: {args.task} of {args.out} finished {json.dumps(brief)}", file=sys.stderr
+        )
     return 0

@@ -1,4 +1,5 @@
 """``folk pretrain --config F [--set k=v ...] --out RUN_DIR``."""
+
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,11 @@ from folk.utils.lock import exclusive
 
 def add_arguments(parser) -> None:
     add_config_arguments(parser)
-    parser.add_argument("--out", required=True, help="run directory (resumed if it has a "
-                                                     "checkpoint, skipped if it has DONE.json)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="run directory (resumed if it has a " "checkpoint, skipped if it has DONE.json)",
+    )
 
 
 def _is_main_process() -> bool:
@@ -53,13 +57,17 @@ def run(args) -> int:
         except (StopRequested, SignalExit, KeyboardInterrupt) as stop:
             # SignalExit: the pretrainer checkpointed, then chained to the CLI's handler
             signum = getattr(stop, "signum", 2)
-            where = (f"checkpoint written to {ckpt}" if ckpt.is_file()
-                     else "no checkpoint yet")
+            where = f"checkpoint written to {ckpt}" if ckpt.is_file() else "no checkpoint yet"
             why = str(stop) or "stopped by SIGINT"
-            print(f"folk pretrain: {where}; {why}; run the same command again to resume",
-                  file=sys.stderr)
+            print(
+                f"folk pretrain: {where}; {why}; run the same command again to resume",
+                file=sys.stderr,
+            )
             return 128 + signum if signum else 1
     if done:
-        print(f"folk pretrain: finished {args.out}: {done['iterations']} iterations, "
-              f"{done['images_per_s']} images/s, {done['wall_time_s']} s", file=sys.stderr)
+        print(
+            f"folk pretrain: finished {args.out}: {done['iterations']} iterations, "
+            f"{done['images_per_s']} images/s, {done['wall_time_s']} s",
+            file=sys.stderr,
+        )
     return 0

@@ -1,4 +1,5 @@
 """``folk schema``: write (or check) the JSON schema that Snakemake validates params with."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,9 @@ from folk.errors import ConfigError
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="workflow/schemas/config.schema.yaml")
-    parser.add_argument("--check", action="store_true",
-                        help="fail if the file differs from the generated schema")
+    parser.add_argument(
+        "--check", action="store_true", help="fail if the file differs from the generated schema"
+    )
 
 
 def run(args) -> int:

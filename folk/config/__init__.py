@@ -4,6 +4,7 @@ One source of truth: ``defaults.yaml`` (every key with its default) plus the con
 ``constraints.py``. The JSON schema that Snakemake validates with is generated from both
 (``folk schema``), so the workflow and the package reject the same configurations.
 """
+
 from __future__ import annotations
 
 import copy
@@ -67,8 +68,9 @@ def _flat_keys(tree: dict, prefix: str = "") -> list[str]:
 FREE_FORM = {"slurm.extra_sbatch", ablations.SECTION}
 
 
-def _merge(base: dict, update: dict, source: str, prefix: str = "",
-           origins: dict | None = None) -> None:
+def _merge(
+    base: dict, update: dict, source: str, prefix: str = "", origins: dict | None = None
+) -> None:
     """Merge ``update`` into ``base`` in place, refusing keys ``base`` does not have;
     ``origins`` records which source set each key, for error messages."""
     for key, value in update.items():
@@ -81,7 +83,9 @@ def _merge(base: dict, update: dict, source: str, prefix: str = "",
             if not isinstance(value, dict):
                 raise ConfigError(
                     f"{source}: key '{path}' must be a mapping, got {value!r}",
-                    key=path, source=source)
+                    key=path,
+                    source=source,
+                )
             _merge(base[key], value, source, path + ".", origins)
         else:
             base[key] = value
@@ -106,13 +110,16 @@ def _params_resolvers(loader: type) -> type:
     bool_tag = "tag:yaml.org,2002:bool"
     loader.yaml_implicit_resolvers = {
         first: [(tag, regexp) for tag, regexp in resolvers if tag != bool_tag]
-        for first, resolvers in loader.yaml_implicit_resolvers.items()}
-    loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                                 list("tTfF"))
+        for first, resolvers in loader.yaml_implicit_resolvers.items()
+    }
+    loader.add_implicit_resolver(
+        bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+    )
     loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",
         re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-        list("-+0123456789"))
+        list("-+0123456789"),
+    )
     return loader
 
 
@@ -122,6 +129,7 @@ class _Loader(yaml.SafeLoader):
 
 
 if getattr(yaml, "CSafeLoader", None) is not None:
+
     @_params_resolvers
     class _CLoader(yaml.CSafeLoader):
         """libyaml's parser and composer (several times faster than _Loader) with _Loader's
@@ -133,8 +141,8 @@ else:  # PyYAML built without libyaml
 # Bounds on what a params file (or a --set value) may make the reader do. A real params
 # file is a few kilobytes and a few levels deep; these limits are far above that and far
 # below what could exhaust memory or the interpreter's stack.
-MAX_PARAMS_BYTES = 1 << 20   # 1 MiB
-MAX_YAML_DEPTH = 32          # nesting of mappings and lists
+MAX_PARAMS_BYTES = 1 << 20  # 1 MiB
+MAX_YAML_DEPTH = 32  # nesting of mappings and lists
 
 
 class YAMLLimitError(yaml.YAMLError):
@@ -153,15 +161,18 @@ class _BoundedLoader(_Loader):
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise YAMLLimitError(f"YAML alias '*{event.anchor}' at line "
-                                 f"{event.start_mark.line + 1}: aliases are not accepted "
-                                 f"(write the value out instead)")
+            raise YAMLLimitError(
+                f"YAML alias '*{event.anchor}' at line "
+                f"{event.start_mark.line + 1}: aliases are not accepted "
+                f"(write the value out instead)"
+            )
         self._depth += 1
         try:
             if self._depth > MAX_YAML_DEPTH:
                 mark = self.peek_event().start_mark
-                raise YAMLLimitError(f"nesting deeper than {MAX_YAML_DEPTH} levels at line "
-                                     f"{mark.line + 1}")
+                raise YAMLLimitError(
+                    f"nesting deeper than {MAX_YAML_DEPTH} levels at line " f"{mark.line + 1}"
+                )
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -174,13 +185,17 @@ def _check_bounds(events) -> None:
     open_collections = 0
     for event in events:
         if isinstance(event, yaml.AliasEvent):
-            raise YAMLLimitError(f"YAML alias '*{event.anchor}' at line "
-                                 f"{event.start_mark.line + 1}: aliases are not accepted "
-                                 f"(write the value out instead)")
+            raise YAMLLimitError(
+                f"YAML alias '*{event.anchor}' at line "
+                f"{event.start_mark.line + 1}: aliases are not accepted "
+                f"(write the value out instead)"
+            )
         if isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
             if open_collections + 1 > MAX_YAML_DEPTH:  # the node's depth, as compose_node's
-                raise YAMLLimitError(f"nesting deeper than {MAX_YAML_DEPTH} levels at line "
-                                     f"{event.start_mark.line + 1}")
+                raise YAMLLimitError(
+                    f"nesting deeper than {MAX_YAML_DEPTH} levels at line "
+                    f"{event.start_mark.line + 1}"
+                )
             if isinstance(event, yaml.CollectionStartEvent):
                 open_collections += 1
         elif isinstance(event, yaml.CollectionEndEvent):
@@ -216,8 +231,11 @@ def parse_override(item: str) -> tuple[str, Any]:
     try:
         value = yaml_load(raw) if raw != "" else ""
     except (yaml.YAMLError, RecursionError) as exc:
-        raise ConfigError(f"--set {key}: cannot parse value '{raw}': {exc}",
-                          key=key.strip(), source=f"--set {key}") from None
+        raise ConfigError(
+            f"--set {key}: cannot parse value '{raw}': {exc}",
+            key=key.strip(),
+            source=f"--set {key}",
+        ) from None
     return key.strip(), value
 
 
@@ -243,16 +261,21 @@ def read_params(path: str | Path) -> dict:
         with open(path, "rb") as f:
             raw = f.read(MAX_PARAMS_BYTES + 1)  # never more, whatever the file claims
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}",
-                          source=str(path)) from None
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}", source=str(path)) from None
     if len(raw) > MAX_PARAMS_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_PARAMS_BYTES} bytes, the limit for a "
-                          f"params file; is it the right file?", source=str(path))
+        raise ConfigError(
+            f"{path}: larger than {MAX_PARAMS_BYTES} bytes, the limit for a "
+            f"params file; is it the right file?",
+            source=str(path),
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8); a "
-                          f"params file is YAML text", source=str(path)) from None
+        raise ConfigError(
+            f"{path}: not a text file (byte {exc.start} is not UTF-8); a "
+            f"params file is YAML text",
+            source=str(path),
+        ) from None
     try:
         data = yaml_load(text)
     except YAMLLimitError as exc:
@@ -264,13 +287,17 @@ def read_params(path: str | Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of configuration keys, got "
-                          f"{_type_name(data)}", source=str(path))
+        raise ConfigError(
+            f"{path}: top level must be a mapping of configuration keys, got "
+            f"{_type_name(data)}",
+            source=str(path),
+        )
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
-                base: dict | None = None) -> dict:
+def load_config(
+    path: str | Path | None = None, overrides: Iterable[str] = (), base: dict | None = None
+) -> dict:
     """Defaults (or ``base``), then the params file, then ``--set`` overrides; validated
     and resolved. Nothing is read but the YAML: this runs before any data or model."""
     cfg = copy.deepcopy(base) if base is not None else defaults()
@@ -292,6 +319,7 @@ def merge_into(cfg: dict, update: dict, source: str) -> dict:
 
 
 # ---------------------------------------------------------------- validation
+
 
 def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
@@ -334,8 +362,11 @@ def validate(cfg: dict, source: str = "configuration", origins: dict | None = No
 @functools.lru_cache(maxsize=1)
 def _leaf_keys() -> tuple[str, ...]:
     """Every key a value can be given for (free-form mappings are one key)."""
-    return tuple(k for k in _flat_keys(_defaults_shared())
-                 if not isinstance(_get(_defaults_shared(), k), dict) or k in FREE_FORM)
+    return tuple(
+        k
+        for k in _flat_keys(_defaults_shared())
+        if not isinstance(_get(_defaults_shared(), k), dict) or k in FREE_FORM
+    )
 
 
 def _key_schema(path: str) -> dict:
@@ -352,10 +383,11 @@ def _named_by_origin(exc: ConfigError, source: str, origins: dict) -> ConfigErro
     origin = _origin(origins, exc.key) if exc.key else None
     if origin is None or exc.source != source:
         return exc
-    return ConfigError(origin + str(exc)[len(source):], key=exc.key, source=origin)
+    return ConfigError(origin + str(exc)[len(source) :], key=exc.key, source=origin)
 
 
 # ---------------------------------------------------------------- validation: the schema
+
 
 def _check_schema(cfg: dict, source: str) -> None:
     """The schema's verdict as one ConfigError. Of several wrong keys, the one reported is
@@ -382,9 +414,12 @@ def _build_schema_validator(path: str, mtime_ns: int, size: int):
     # is a new schema
     draft = jsonschema.Draft202012Validator
     kind = jsonschema.validators.extend(
-        draft, type_checker=draft.TYPE_CHECKER.redefine("integer", _is_integer),
-        validators={keyword: _finite_first(draft.VALIDATORS[keyword])
-                    for keyword in _RANGE_KEYWORDS})
+        draft,
+        type_checker=draft.TYPE_CHECKER.redefine("integer", _is_integer),
+        validators={
+            keyword: _finite_first(draft.VALIDATORS[keyword]) for keyword in _RANGE_KEYWORDS
+        },
+    )
     return kind(_validation_schema())
 
 
@@ -401,11 +436,13 @@ def _finite_first(range_check):
     """The jsonschema keyword ``range_check`` refusing nan and the infinities before it
     compares: every comparison with nan is false, so a range alone lets nan through. The
     error's keyword is "finite" (a float that YAML reads from ``.nan`` or ``.inf``)."""
+
     def check(validator, bound, instance, schema):
         if isinstance(instance, float) and not math.isfinite(instance):
             yield jsonschema.ValidationError(f"{instance!r} is not finite", validator="finite")
             return
         yield from range_check(validator, bound, instance, schema)
+
     return check
 
 
@@ -437,16 +474,19 @@ def _split_path(error) -> tuple[str, tuple[int, ...]]:
     """The dotted key of a jsonschema error and the list indices below it."""
     parts = list(error.absolute_path)
     names = list(itertools.takewhile(lambda part: isinstance(part, str), parts))
-    return ".".join(names), tuple(parts[len(names):])
+    return ".".join(names), tuple(parts[len(names) :])
 
 
 def _type_errors(errors: list) -> list:
     """The type errors, unknown keys included. An ENUM_NULLABLE key is the exception: a
     value that is not one of its choices has always been reported as such, whatever its type."""
     refused_choices = {tuple(e.absolute_path) for e in errors if e.validator == "enum"}
-    return [e for e in errors if e.validator in ("type", "additionalProperties")
-            and not (_split_path(e)[0] in ENUM_NULLABLE
-                     and tuple(e.absolute_path) in refused_choices)]
+    return [
+        e
+        for e in errors
+        if e.validator in ("type", "additionalProperties")
+        and not (_split_path(e)[0] in ENUM_NULLABLE and tuple(e.absolute_path) in refused_choices)
+    ]
 
 
 def _first_in_defaults_order(errors: list):
@@ -456,11 +496,18 @@ def _first_in_defaults_order(errors: list):
     def order(error) -> tuple:
         key, indices = _split_path(error)
         return positions.get(key, -1), indices
+
     return min(errors, key=order)
 
 
-_TYPE_WORDS = {"boolean": "a boolean", "integer": "an integer", "number": "a number",
-               "string": "a string", "array": "a list", "object": "a mapping"}
+_TYPE_WORDS = {
+    "boolean": "a boolean",
+    "integer": "an integer",
+    "number": "a number",
+    "string": "a string",
+    "array": "a list",
+    "object": "a mapping",
+}
 
 
 def _type_error(error, source: str) -> ConfigError:
@@ -468,24 +515,38 @@ def _type_error(error, source: str) -> ConfigError:
     if error.validator == "additionalProperties":
         extra = next(name for name in error.instance if name not in error.schema["properties"])
         section = _get(_defaults_shared(), key) if key else _defaults_shared()
-        return _unknown_key(f"{key}.{extra}" if key else extra, section,
-                            f"{key}." if key else "", source)
-    types = error.validator_value if isinstance(error.validator_value, list) \
+        return _unknown_key(
+            f"{key}.{extra}" if key else extra, section, f"{key}." if key else "", source
+        )
+    types = (
+        error.validator_value
+        if isinstance(error.validator_value, list)
         else [error.validator_value]
+    )
     want = _TYPE_WORDS[next(t for t in types if t != "null")]
     path = key + "".join(f"[{i}]" for i in indices)
-    return ConfigError(f"{source}: key '{path}' must be {want}, got {error.instance!r} "
-                       f"({_type_name(error.instance)})", key=key, source=source)
+    return ConfigError(
+        f"{source}: key '{path}' must be {want}, got {error.instance!r} "
+        f"({_type_name(error.instance)})",
+        key=key,
+        source=source,
+    )
 
 
 # the checks of one value (a key's, or an item's of a list) in the order they have always
 # run: its choices, its length, its items, then its range
 _VALUE_KEYWORDS = ("enum", "minItems", "maxItems", "items", "finite", *_RANGE_KEYWORDS)
 
-_VALUE_TEXTS = {"enum": "is not one of {}", "minItems": "needs at least {} item(s)",
-                "maxItems": "allows at most {} item(s)", "finite": "must be finite",
-                "minimum": "must be >= {}", "maximum": "must be <= {}",
-                "exclusiveMinimum": "must be > {}", "exclusiveMaximum": "must be < {}"}
+_VALUE_TEXTS = {
+    "enum": "is not one of {}",
+    "minItems": "needs at least {} item(s)",
+    "maxItems": "allows at most {} item(s)",
+    "finite": "must be finite",
+    "minimum": "must be >= {}",
+    "maximum": "must be <= {}",
+    "exclusiveMinimum": "must be > {}",
+    "exclusiveMaximum": "must be < {}",
+}
 
 
 def _first_in_constraints_order(errors: list):
@@ -497,8 +558,12 @@ def _first_in_constraints_order(errors: list):
     def order(error) -> tuple:
         key, indices = _split_path(error)
         descent = [step for i in indices for step in (items, i)]
-        return (positions.get(key, len(positions)), *descent,
-                _VALUE_KEYWORDS.index(error.validator))
+        return (
+            positions.get(key, len(positions)),
+            *descent,
+            _VALUE_KEYWORDS.index(error.validator),
+        )
+
     return min(errors, key=order)
 
 
@@ -513,11 +578,11 @@ def _value_error(error, source: str) -> ConfigError:
             rule = rule.get("items", {})
         bound = rule.get("enum", bound)
     text = _VALUE_TEXTS[error.validator].format(bound)
-    return ConfigError(f"{source}: key '{key}' = {error.instance!r} {text}",
-                       key=key, source=source)
+    return ConfigError(f"{source}: key '{key}' = {error.instance!r} {text}", key=key, source=source)
 
 
 # ---------------------------------------------------------------- validation: cross-key rules
+
 
 def _check_finite(node: Any, source: str, path: str = "") -> None:
     """nan and inf are floats to YAML (``.nan``, ``.inf``) and pass every type check, and a
@@ -531,12 +596,15 @@ def _check_finite(node: Any, source: str, path: str = "") -> None:
         for i, value in enumerate(node):
             _check_finite(value, source, f"{path}[{i}]")
     elif isinstance(node, float) and not math.isfinite(node):
-        raise ConfigError(f"{source}: key '{path}' = {node!r} must be a finite number",
-                          key=path.split("[", 1)[0], source=source)
+        raise ConfigError(
+            f"{source}: key '{path}' = {node!r} must be a finite number",
+            key=path.split("[", 1)[0],
+            source=source,
+        )
 
 
 # numpy's legacy seeding (np.random.seed, used with experiment.seed) takes 0 <= seed < 2**32
-SEED_RANGE = (0, 2 ** 32)
+SEED_RANGE = (0, 2**32)
 
 
 def _check_seeds(cfg: dict, source: str) -> None:
@@ -545,12 +613,17 @@ def _check_seeds(cfg: dict, source: str) -> None:
     lo, hi = SEED_RANGE
     seeds = [("experiment.seed", cfg["experiment"]["seed"])]
     seeds += [(f"workflow.seeds[{i}]", s) for i, s in enumerate(cfg["workflow"]["seeds"])]
-    seeds += [(f"eval.fewshot.seeds[{i}]", s) for i, s in enumerate(cfg["eval"]["fewshot"]["seeds"])]
+    seeds += [
+        (f"eval.fewshot.seeds[{i}]", s) for i, s in enumerate(cfg["eval"]["fewshot"]["seeds"])
+    ]
     for key, seed in seeds:
         if isinstance(seed, int) and not lo <= seed < hi:
-            raise ConfigError(f"{source}: key '{key}' = {seed!r} must be between {lo} and "
-                              f"2**32 - 1 (the seeds numpy accepts)",
-                              key=key.split("[", 1)[0], source=source)
+            raise ConfigError(
+                f"{source}: key '{key}' = {seed!r} must be between {lo} and "
+                f"2**32 - 1 (the seeds numpy accepts)",
+                key=key.split("[", 1)[0],
+                source=source,
+            )
 
 
 def _check_architecture(cfg: dict, source: str) -> None:
@@ -563,8 +636,11 @@ def _check_architecture(cfg: dict, source: str) -> None:
     if known and name not in known:
         hint = difflib.get_close_matches(name, sorted(known), n=1)
         extra = f" (did you mean '{hint[0]}'?)" if hint else ""
-        raise ConfigError(f"{source}: key 'model.arch' = {arch!r} is not a timm "
-                          f"architecture{extra}", key="model.arch", source=source)
+        raise ConfigError(
+            f"{source}: key 'model.arch' = {arch!r} is not a timm " f"architecture{extra}",
+            key="model.arch",
+            source=source,
+        )
     if recipes.is_resnet(arch):
         return
     own = dict(_arch_defaults(known.get(name, "")))
@@ -572,16 +648,22 @@ def _check_architecture(cfg: dict, source: str) -> None:
     num_heads = m["num_heads"] or own.get("num_heads", 0)
     if (m["embed_dim"] or m["num_heads"]) and num_heads and embed_dim % num_heads != 0:
         mark = lambda key: "" if m[key] else f" ({arch}'s own)"  # noqa: E731
-        raise ConfigError(f"{source}: key 'model.embed_dim' = {embed_dim}{mark('embed_dim')} "
-                          f"is not divisible by model.num_heads = {num_heads}"
-                          f"{mark('num_heads')}: attention splits the width across heads",
-                          key="model.embed_dim", source=source)
+        raise ConfigError(
+            f"{source}: key 'model.embed_dim' = {embed_dim}{mark('embed_dim')} "
+            f"is not divisible by model.num_heads = {num_heads}"
+            f"{mark('num_heads')}: attention splits the width across heads",
+            key="model.embed_dim",
+            source=source,
+        )
     patch = m["patch_size"]
     crop = cfg["eval"]["segmentation"]["crop_size"]
     if crop % patch != 0:
-        raise ConfigError(f"{source}: key 'eval.segmentation.crop_size' = {crop} is not a "
-                          f"multiple of model.patch_size = {patch}",
-                          key="eval.segmentation.crop_size", source=source)
+        raise ConfigError(
+            f"{source}: key 'eval.segmentation.crop_size' = {crop} is not a "
+            f"multiple of model.patch_size = {patch}",
+            key="eval.segmentation.crop_size",
+            source=source,
+        )
 
 
 @functools.lru_cache(maxsize=1)
@@ -615,13 +697,16 @@ def _scan_timm() -> dict[str, str]:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             continue
-        starts = [(m.start(), m.group(1)) for m in
-                  re.finditer(r"^@register_model\s*\ndef (\w+)\(", text, re.M)]
+        starts = [
+            (m.start(), m.group(1))
+            for m in re.finditer(r"^@register_model\s*\ndef (\w+)\(", text, re.M)
+        ]
         for i, (start, name) in enumerate(starts):
             end = starts[i + 1][0] if i + 1 < len(starts) else len(text)
             names[name] = text[start:end]
-        for table in re.finditer(r"register_model_deprecations\(\s*__name__\s*,\s*\{(.*?)\}",
-                                 text, re.S):
+        for table in re.finditer(
+            r"register_model_deprecations\(\s*__name__\s*,\s*\{(.*?)\}", text, re.S
+        ):
             for old in re.findall(r"['\"]([\w.-]+)['\"]\s*:", table.group(1)):
                 names.setdefault(old, "")
     return names
@@ -650,8 +735,11 @@ def _check_variant(cfg: dict, source: str) -> None:
     """The variant first: resolution, which the other checks see, starts from it."""
     variant = cfg["pretrain"]["variant"]
     if variant not in VARIANTS:
-        raise ConfigError(f"{source}: key 'pretrain.variant' = {variant!r} is not one "
-                          f"of {sorted(VARIANTS)}", key="pretrain.variant", source=source)
+        raise ConfigError(
+            f"{source}: key 'pretrain.variant' = {variant!r} is not one " f"of {sorted(VARIANTS)}",
+            key="pretrain.variant",
+            source=source,
+        )
 
 
 def _cross_checks(cfg: dict, source: str) -> None:
@@ -659,37 +747,61 @@ def _cross_checks(cfg: dict, source: str) -> None:
     p = cfg["pretrain"]
     for v in cfg["workflow"]["variants"]:
         if v not in VARIANTS:
-            raise ConfigError(f"{source}: key 'workflow.variants' has unknown variant {v!r}; "
-                              f"known: {sorted(VARIANTS)}", key="workflow.variants",
-                              source=source)
+            raise ConfigError(
+                f"{source}: key 'workflow.variants' has unknown variant {v!r}; "
+                f"known: {sorted(VARIANTS)}",
+                key="workflow.variants",
+                source=source,
+            )
     size = m["img_size"]
     radius = scaled_radius(cfg)
     if radius >= size / 2:
         raise ConfigError(
             f"{source}: key 'filter.mfm_radius' = {f['mfm_radius']} gives radius {radius:.2f} px "
             f"at img_size {size}, larger than the image (must be < {size / 2})",
-            key="filter.mfm_radius", source=source)
+            key="filter.mfm_radius",
+            source=source,
+        )
     if not recipes.is_resnet(m["arch"]) and size % m["patch_size"] != 0:
-        raise ConfigError(f"{source}: key 'model.patch_size' = {m['patch_size']} does not divide "
-                          f"model.img_size = {size}", key="model.patch_size", source=source)
-    if len(cfg["data"]["mean"]) != cfg["data"]["in_chans"] or \
-            len(cfg["data"]["std"]) != cfg["data"]["in_chans"]:
+        raise ConfigError(
+            f"{source}: key 'model.patch_size' = {m['patch_size']} does not divide "
+            f"model.img_size = {size}",
+            key="model.patch_size",
+            source=source,
+        )
+    if (
+        len(cfg["data"]["mean"]) != cfg["data"]["in_chans"]
+        or len(cfg["data"]["std"]) != cfg["data"]["in_chans"]
+    ):
         # two keys at fault and no one of them to blame: the params file stays the source
-        raise ConfigError(f"{source}: keys 'data.mean'/'data.std' need data.in_chans = "
-                          f"{cfg['data']['in_chans']} values", source=source)
+        raise ConfigError(
+            f"{source}: keys 'data.mean'/'data.std' need data.in_chans = "
+            f"{cfg['data']['in_chans']} values",
+            source=source,
+        )
     if p["batch_size"] % p["accum_steps"] != 0:
-        raise ConfigError(f"{source}: key 'pretrain.batch_size' = {p['batch_size']} is not a "
-                          f"multiple of pretrain.accum_steps = {p['accum_steps']}",
-                          key="pretrain.batch_size", source=source)
+        raise ConfigError(
+            f"{source}: key 'pretrain.batch_size' = {p['batch_size']} is not a "
+            f"multiple of pretrain.accum_steps = {p['accum_steps']}",
+            key="pretrain.batch_size",
+            source=source,
+        )
     if cfg["data"]["on_device"] and cfg["augment"]["photometric"] != "device":
-        raise ConfigError(f"{source}: key 'data.on_device' = true needs augment.photometric = "
-                          f"'device' (got {cfg['augment']['photometric']!r}): the views are "
-                          f"made on the device", key="data.on_device", source=source)
+        raise ConfigError(
+            f"{source}: key 'data.on_device' = true needs augment.photometric = "
+            f"'device' (got {cfg['augment']['photometric']!r}): the views are "
+            f"made on the device",
+            key="data.on_device",
+            source=source,
+        )
     for path in ("augment.crop_scale", "augment.local_crops_scale"):
         lo, hi = _get(cfg, path)
         if not 0 < lo <= hi <= 1:
-            raise ConfigError(f"{source}: key '{path}' = {[lo, hi]} must satisfy "
-                              f"0 < lo <= hi <= 1", key=path, source=source)
+            raise ConfigError(
+                f"{source}: key '{path}' = {[lo, hi]} must satisfy " f"0 < lo <= hi <= 1",
+                key=path,
+                source=source,
+            )
 
 
 def check_filter_radii(cfg: dict, source: str = "configuration") -> None:
@@ -709,18 +821,23 @@ def check_filter_radii(cfg: dict, source: str = "configuration") -> None:
                 f"{source}: key 'eval.robustness.filter_radii' has {r:g} (stated at {ref:g} px), "
                 f"{px:.2f} px at model.img_size = {size}: its low-pass keeps only the zero "
                 f"frequency; give radii above {ref / size:.3g} at {ref:g} px",
-                key="eval.robustness.filter_radii", source=source)
+                key="eval.robustness.filter_radii",
+                source=source,
+            )
         kept = sum(1 for d in distances if d < px * px)
         if kept in masks:
             raise ConfigError(
                 f"{source}: key 'eval.robustness.filter_radii': {masks[kept]:g} and {r:g} (at "
                 f"{ref:g} px) give the same filter at model.img_size = {size} (no frequency "
                 f"lies between {masks[kept] * size / ref:.2f} and {px:.2f} px)",
-                key="eval.robustness.filter_radii", source=source)
+                key="eval.robustness.filter_radii",
+                source=source,
+            )
         masks[kept] = r
 
 
 # ---------------------------------------------------------------- resolution
+
 
 def _set_if_null(cfg: dict, path: str, value: Any) -> None:
     *parents, leaf = path.split(".")
@@ -783,8 +900,9 @@ def load_run_config(run_dir: str | Path) -> dict:
         raise ConfigError(f"run directory not found: {run_dir}", source=str(run_dir))
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise ConfigError(f"{run_dir}: no config.yaml; is this a folk run directory?",
-                          source=str(run_dir))
+        raise ConfigError(
+            f"{run_dir}: no config.yaml; is this a folk run directory?", source=str(run_dir)
+        )
     return load_config(path)
 
 
@@ -804,15 +922,19 @@ def eval_config(run_dir: Path, params: str | None, overrides: list[str]) -> dict
     for item in overrides:
         key, value = parse_override(item)
         if not key.startswith(EVAL_OVERRIDABLE):
-            raise ConfigError(f"--set {key}: an evaluation may only change "
-                              f"{', '.join(EVAL_OVERRIDABLE)}; '{key}' belongs to the run",
-                              key=key, source=f"--set {key}")
+            raise ConfigError(
+                f"--set {key}: an evaluation may only change "
+                f"{', '.join(EVAL_OVERRIDABLE)}; '{key}' belongs to the run",
+                key=key,
+                source=f"--set {key}",
+            )
         cfg = merge_into(cfg, _nest(key, value), f"--set {key}")
     validate(cfg, params or str(Path(run_dir) / "config.yaml"))
     return resolve(cfg)
 
 
 # ---------------------------------------------------------------- JSON schema
+
 
 @functools.lru_cache(maxsize=1)
 def _json_schema_shared() -> dict:
@@ -835,9 +957,14 @@ def json_schema() -> dict:
                 out["enum"] = out["enum"] + [None]
             return {**out, "type": [out["type"], "null"], "default": None}
         if isinstance(default, dict) and path not in FREE_FORM:
-            return {"type": "object", "additionalProperties": False, "default": {},
-                    "properties": {k: node(f"{path}.{k}" if path else k, v)
-                                   for k, v in default.items()}}
+            return {
+                "type": "object",
+                "additionalProperties": False,
+                "default": {},
+                "properties": {
+                    k: node(f"{path}.{k}" if path else k, v) for k, v in default.items()
+                },
+            }
         if isinstance(default, dict):
             return {"type": "object", "default": default}
         if isinstance(default, bool):

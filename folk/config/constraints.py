@@ -1,4 +1,5 @@
 """Ranges and choices for configuration keys (types come from ``defaults.yaml``)."""
+
 from folk.eval_tasks import TASKS
 from folk.filter_registry import FILTERS
 
@@ -22,9 +23,16 @@ CONSTRAINTS: dict[str, dict] = {
     "data.std": {"items": _POS},
     "data.num_workers": _NONNEG,
     "augment.preset": {"enum": ["auto", "dino", "mfm", "folk"]},
-    "augment.crop_scale": {"minItems": 2, "maxItems": 2, "items": {"exclusiveMinimum": 0, "maximum": 1}},
-    "augment.local_crops_scale": {"minItems": 2, "maxItems": 2,
-                                  "items": {"exclusiveMinimum": 0, "maximum": 1}},
+    "augment.crop_scale": {
+        "minItems": 2,
+        "maxItems": 2,
+        "items": {"exclusiveMinimum": 0, "maximum": 1},
+    },
+    "augment.local_crops_scale": {
+        "minItems": 2,
+        "maxItems": 2,
+        "items": {"exclusiveMinimum": 0, "maximum": 1},
+    },
     "augment.flip_prob": _PROB,
     "augment.color_jitter_prob": _PROB,
     "augment.grayscale_prob": _PROB,
@@ -71,7 +79,11 @@ CONSTRAINTS: dict[str, dict] = {
     "pretrain.warmup_epochs": _NONNEG,
     "pretrain.weight_decay": _NONNEG,
     "pretrain.weight_decay_end": _NONNEG,
-    "pretrain.betas": {"minItems": 2, "maxItems": 2, "items": {"minimum": 0, "exclusiveMaximum": 1}},
+    "pretrain.betas": {
+        "minItems": 2,
+        "maxItems": 2,
+        "items": {"minimum": 0, "exclusiveMaximum": 1},
+    },
     "pretrain.clip_grad": _NONNEG,
     "pretrain.clip_mode": {"enum": ["global", "per_param"], "nullable": True},
     "pretrain.momentum_teacher": _PROB,
@@ -103,8 +115,11 @@ CONSTRAINTS: dict[str, dict] = {
     "eval.linear.n_last_blocks": {"minimum": 1},
     "eval.linear.val_fraction": {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
     "eval.finetune.epochs": {"minimum": 1},
-    "eval.finetune.crop_scale": {"minItems": 2, "maxItems": 2,
-                                 "items": {"exclusiveMinimum": 0, "maximum": 1}},
+    "eval.finetune.crop_scale": {
+        "minItems": 2,
+        "maxItems": 2,
+        "items": {"exclusiveMinimum": 0, "maximum": 1},
+    },
     "eval.finetune.layer_decay": {"exclusiveMinimum": 0, "maximum": 1},
     "eval.finetune.mixup": _NONNEG,
     "eval.finetune.cutmix": _NONNEG,
@@ -151,8 +166,9 @@ CONSTRAINTS: dict[str, dict] = {
     "eval.segmentation.composite_threshold": {"minimum": 0, "maximum": 254},
     "eval.segmentation.composite_train": {"minimum": 1},
     "eval.segmentation.composite_test": {"minimum": 1},
-    "eval.robustness.corruptions": {"items": {"enum": ["gaussian_noise", "gaussian_blur", "jpeg",
-                                                       "contrast"]}},
+    "eval.robustness.corruptions": {
+        "items": {"enum": ["gaussian_noise", "gaussian_blur", "jpeg", "contrast"]}
+    },
     "eval.robustness.severities": {"items": {"minimum": 1, "maximum": 5}},
     "eval.robustness.filter_radii": {"items": _POS},
     "eval.robustness.severity_table": {"enum": ["auto", "imagenet_c", "cifar_c"]},

@@ -3,6 +3,7 @@
 Public names are imported on first use, so that importing one submodule (``folk.data.subsets``
 needs numpy only) does not load the others, and torch with them.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -4,6 +4,7 @@
 Items are ``(PIL.Image, int label)`` (or ``(transform(image), label)`` when a transform is
 given); an image that cannot be decoded gives ``None`` and a one-time warning naming it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,8 +25,18 @@ from folk.errors import DataError
 
 log = logging.getLogger("folk.data")
 
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                         "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 # split: (images file, labels file)
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -34,11 +45,12 @@ FASHION_MNIST_FILES = {
 FASHION_MNIST_COUNTS = {"train": 60000, "test": 10000}
 SPLITS = ("train", "test")
 
-_IDX_IMAGES_MAGIC = 2051   # 0x00000803: unsigned bytes, 3 dimensions
-_IDX_LABELS_MAGIC = 2049   # 0x00000801: unsigned bytes, 1 dimension
+_IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
+_IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 
 
 # ------------------------------------------------------------------ IDX reading
+
 
 def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
     """An IDX file (gzip) as a uint8 array: big-endian header of a magic number and
@@ -73,15 +85,13 @@ def _cached_idx(path: str, mtime_ns: int, size: int, magic: int, ndim: int) -> n
 def read_idx_images(path: str | Path) -> np.ndarray:
     """(n, rows, cols) uint8 images of a gzip IDX file (read once per process)."""
     st = os.stat(path)
-    return _cached_idx(str(Path(path).resolve()), st.st_mtime_ns, st.st_size,
-                       _IDX_IMAGES_MAGIC, 3)
+    return _cached_idx(str(Path(path).resolve()), st.st_mtime_ns, st.st_size, _IDX_IMAGES_MAGIC, 3)
 
 
 def read_idx_labels(path: str | Path) -> np.ndarray:
     """(n,) uint8 labels of a gzip IDX file (read once per process)."""
     st = os.stat(path)
-    return _cached_idx(str(Path(path).resolve()), st.st_mtime_ns, st.st_size,
-                       _IDX_LABELS_MAGIC, 1)
+    return _cached_idx(str(Path(path).resolve()), st.st_mtime_ns, st.st_size, _IDX_LABELS_MAGIC, 1)
 
 
 def _prepare_hint(dataset: str) -> str:
@@ -90,6 +100,7 @@ def _prepare_hint(dataset: str) -> str:
 
 # ------------------------------------------------------------------ datasets
 
+
 class FashionMNIST(Dataset):
     """Fashion-MNIST held in memory; item i of split s is named ``s/i`` in file lists."""
 
@@ -97,8 +108,9 @@ class FashionMNIST(Dataset):
     classes = FASHION_MNIST_CLASSES
     paths = None
 
-    def __init__(self, root: str | Path, split: str, in_chans: int = 1,
-                 transform: Callable | None = None):
+    def __init__(
+        self, root: str | Path, split: str, in_chans: int = 1, transform: Callable | None = None
+    ):
         if split not in FASHION_MNIST_FILES:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.root, self.split = Path(root), split
@@ -107,13 +119,16 @@ class FashionMNIST(Dataset):
         img_file, lbl_file = (self.root / f for f in FASHION_MNIST_FILES[split])
         for f in (img_file, lbl_file):
             if not f.is_file():
-                raise DataError(f"data.root '{self.root}' has no {f.name}; "
-                                f"{_prepare_hint('fashion_mnist')}")
+                raise DataError(
+                    f"data.root '{self.root}' has no {f.name}; " f"{_prepare_hint('fashion_mnist')}"
+                )
         self.images = read_idx_images(img_file)
         labels = read_idx_labels(lbl_file)
         if len(labels) != len(self.images):
-            raise DataError(f"'{img_file}' has {len(self.images)} images but '{lbl_file}' "
-                            f"has {len(labels)} labels")
+            raise DataError(
+                f"'{img_file}' has {len(self.images)} images but '{lbl_file}' "
+                f"has {len(labels)} labels"
+            )
         if len(labels) == 0:
             raise DataError(f"'{img_file}' holds no images; {_prepare_hint('fashion_mnist')}")
         if labels.max() >= len(self.classes):
@@ -156,13 +171,17 @@ def _to_8bit(img) -> "np.ndarray":
     arr = np.asarray(img)
     if img.mode == "F":
         if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
-            raise UnusableImage(f"float image (mode F) with values in [{arr.min()}, "
-                                f"{arr.max()}]; only 0..1 has a known scale")
+            raise UnusableImage(
+                f"float image (mode F) with values in [{arr.min()}, "
+                f"{arr.max()}]; only 0..1 has a known scale"
+            )
         return np.rint(arr.astype(np.float64) * 255).astype(np.uint8)
     wide = arr.astype(np.int64)
     if wide.min() < 0 or wide.max() > 65535:
-        raise UnusableImage(f"integer image (mode {img.mode}) with values in [{wide.min()}, "
-                            f"{wide.max()}]; only 16-bit 0..65535 has a known scale")
+        raise UnusableImage(
+            f"integer image (mode {img.mode}) with values in [{wide.min()}, "
+            f"{wide.max()}]; only 16-bit 0..65535 has a known scale"
+        )
     return ((wide * 255 + 32767) // 65535).astype(np.uint8)  # round half up
 
 
@@ -189,13 +208,13 @@ def load_image(path: str, mode: str):
     except Exception as exc:  # PIL raises many types for corrupt data
         if path not in _warned:
             _warned.add(path)
-            log.warning("skipping undecodable image '%s': %s: %s", path,
-                        type(exc).__name__, exc)
+            log.warning("skipping undecodable image '%s': %s: %s", path, type(exc).__name__, exc)
         return None
 
 
-def _list_images(class_dir: str, extensions: tuple[str, ...], seen_dirs: set,
-                 seen_files: dict) -> list[str]:
+def _list_images(
+    class_dir: str, extensions: tuple[str, ...], seen_dirs: set, seen_files: dict
+) -> list[str]:
     """Image files under ``class_dir`` in torchvision's order (directories sorted by path,
     names sorted within each), following symbolic links as torchvision does, but entering
     each directory once (by device and inode: a link back up the tree would otherwise be
@@ -213,8 +232,11 @@ def _list_images(class_dir: str, extensions: tuple[str, ...], seen_dirs: set,
             log.warning("skipping unreadable directory '%s': %s", directory, exc.strerror or exc)
             continue
         if (st.st_dev, st.st_ino) in seen_dirs:
-            log.warning("skipping '%s': a directory already listed (a symbolic link loop or a "
-                        "second link to it)", directory)
+            log.warning(
+                "skipping '%s': a directory already listed (a symbolic link loop or a "
+                "second link to it)",
+                directory,
+            )
             continue
         seen_dirs.add((st.st_dev, st.st_ino))
         names, subdirs = [], []
@@ -236,13 +258,15 @@ def _list_images(class_dir: str, extensions: tuple[str, ...], seen_dirs: set,
             try:
                 st = os.stat(path)
             except OSError as exc:
-                log.warning("skipping '%s': %s (a broken symbolic link?)", path,
-                            exc.strerror or exc)
+                log.warning(
+                    "skipping '%s': %s (a broken symbolic link?)", path, exc.strerror or exc
+                )
                 continue
             key = (st.st_dev, st.st_ino)
             if key in seen_files:
-                log.warning("skipping '%s': the same file as '%s', already listed", path,
-                            seen_files[key])
+                log.warning(
+                    "skipping '%s': the same file as '%s', already listed", path, seen_files[key]
+                )
                 continue
             seen_files[key] = path
             files.append(path)
@@ -261,8 +285,9 @@ def scan_split(root: Path, split_dir: str) -> tuple[list[str], list[tuple[str, i
     seen_files: dict = {}
     samples = []
     for label, name in enumerate(classes):
-        for path in _list_images(os.path.join(str(split_path), name), IMG_EXTENSIONS,
-                                 seen_dirs, seen_files):
+        for path in _list_images(
+            os.path.join(str(split_path), name), IMG_EXTENSIONS, seen_dirs, seen_files
+        ):
             samples.append((path, label))
     return classes, samples
 
@@ -270,8 +295,14 @@ def scan_split(root: Path, split_dir: str) -> tuple[list[str], list[tuple[str, i
 class ImageFolderDataset(Dataset):
     """``<root>/<split_dir>/<class>/<image>``; undecodable images give None."""
 
-    def __init__(self, root: str | Path, split_dir: str, name: str = "imagefolder",
-                 in_chans: int = 3, transform: Callable | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        split_dir: str,
+        name: str = "imagefolder",
+        in_chans: int = 3,
+        transform: Callable | None = None,
+    ):
         self.root, self.split, self.name = Path(root), split_dir, name
         self.mode = "RGB" if in_chans == 3 else "L"
         self.transform = transform
@@ -279,8 +310,10 @@ class ImageFolderDataset(Dataset):
         if not self.root.is_dir():
             raise DataError(f"data.root '{self.root}' does not exist; {_prepare_hint(name)}")
         if not split_path.is_dir():
-            raise DataError(f"split directory '{split_path}' does not exist "
-                            f"(data.root '{self.root}'); {_prepare_hint(name)}")
+            raise DataError(
+                f"split directory '{split_path}' does not exist "
+                f"(data.root '{self.root}'); {_prepare_hint(name)}"
+            )
         self.classes, samples = scan_split(self.root, split_dir)
         if not self.classes:
             raise DataError(f"split directory '{split_path}' has no class directories")
@@ -288,9 +321,12 @@ class ImageFolderDataset(Dataset):
         counts = np.bincount(targets, minlength=len(self.classes))
         empty = [str(split_path / c) for c, n in zip(self.classes, counts) if n == 0]
         if empty:
-            raise DataError(f"{len(empty)} empty class director{'y' if len(empty) == 1 else 'ies'}"
-                            f" in '{split_path}': " + ", ".join(empty[:20])
-                            + (" ..." if len(empty) > 20 else ""))
+            raise DataError(
+                f"{len(empty)} empty class director{'y' if len(empty) == 1 else 'ies'}"
+                f" in '{split_path}': "
+                + ", ".join(empty[:20])
+                + (" ..." if len(empty) > 20 else "")
+            )
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.paths = [p for p, _ in samples]
         self.targets = targets
@@ -343,6 +379,7 @@ class LabelledSubset(Dataset):
 
 # ------------------------------------------------------------------ from a config
 
+
 def split_dir(cfg: dict, split: str) -> str:
     """The directory (folders) or file set (Fashion-MNIST) that ``split`` names."""
     if split not in SPLITS:
@@ -364,8 +401,10 @@ def build_base_dataset(cfg: dict, split: str, transform: Callable | None = None)
     else:
         raise DataError(f"data.dataset {name!r} is not a classification dataset")
     if len(ds.classes) != d["num_classes"]:
-        raise DataError(f"dataset '{name}' at data.root '{d['root']}' ({split}) has "
-                        f"{len(ds.classes)} classes but data.num_classes = {d['num_classes']}")
+        raise DataError(
+            f"dataset '{name}' at data.root '{d['root']}' ({split}) has "
+            f"{len(ds.classes)} classes but data.num_classes = {d['num_classes']}"
+        )
     return ds
 
 
@@ -377,17 +416,21 @@ def build_dataset(cfg: dict, split: str, transform: Callable | None = None):
     ds = build_base_dataset(cfg, split, transform)
     n = cfg["data"]["train_subset" if split == "train" else "test_subset"]
     if n and n < len(ds):
-        idx = class_balanced_indices(ds.targets, total=n, seed=cfg["experiment"]["seed"],
-                                     class_names=ds.classes)
+        idx = class_balanced_indices(
+            ds.targets, total=n, seed=cfg["experiment"]["seed"], class_names=ds.classes
+        )
         ds = LabelledSubset(ds, idx)
     elif n and n > len(ds):
         key = "data.train_subset" if split == "train" else "data.test_subset"
-        raise DataError(f"{key} = {n} is larger than the {split} split of '{ds.name}' at "
-                        f"data.root '{cfg['data']['root']}' ({len(ds)} images)")
+        raise DataError(
+            f"{key} = {n} is larger than the {split} split of '{ds.name}' at "
+            f"data.root '{cfg['data']['root']}' ({len(ds)} images)"
+        )
     return ds
 
 
 # ------------------------------------------------------------------ batching
+
 
 def collate_skip_none(batch: list):
     """``(images, labels, n_skipped)`` of a batch whose undecodable items are None: images
@@ -408,6 +451,8 @@ def collate_skip_none(batch: list):
     elif isinstance(first, torch.Tensor):
         images = torch.stack([img for img, _ in kept])
     else:
-        raise TypeError(f"collate_skip_none needs tensor images (give the dataset a "
-                        f"transform), got {type(first).__name__}")
+        raise TypeError(
+            f"collate_skip_none needs tensor images (give the dataset a "
+            f"transform), got {type(first).__name__}"
+        )
     return images, labels, skipped

@@ -5,6 +5,7 @@ sha256 of raw files (Fashion-MNIST) or a digest of the sorted file list with siz
 folders), when and from where. ``folk prepare`` skips work when the manifest still matches
 the data, and the workflow depends on the manifest file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,6 +28,7 @@ SCHEMA = "folk.manifest/1"
 
 
 # ------------------------------------------------------------------ manifest file
+
 
 def write_manifest(root: str | Path, info: dict) -> Path:
     """Write ``<root>/manifest.json`` (atomically): ``info`` plus ``schema`` and
@@ -63,8 +65,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def raw_files_info(root: str | Path, names: Iterable[str]) -> dict:
     """``{name: {"sha256", "bytes"}}`` for files of ``root``."""
     root = Path(root)
-    return {n: {"sha256": sha256_file(root / n), "bytes": (root / n).stat().st_size}
-            for n in names}
+    return {n: {"sha256": sha256_file(root / n), "bytes": (root / n).stat().st_size} for n in names}
 
 
 def raw_files_intact(root: str | Path, recorded: dict) -> bool:
@@ -72,8 +73,11 @@ def raw_files_intact(root: str | Path, recorded: dict) -> bool:
     root = Path(root)
     for name, meta in recorded.items():
         p = root / name
-        if not p.is_file() or p.stat().st_size != meta.get("bytes") or \
-                sha256_file(p) != meta.get("sha256"):
+        if (
+            not p.is_file()
+            or p.stat().st_size != meta.get("bytes")
+            or sha256_file(p) != meta.get("sha256")
+        ):
             return False
     return bool(recorded)
 
@@ -89,6 +93,7 @@ def listing_digest(root: str | Path, paths: Iterable[str]) -> str:
 
 
 # ------------------------------------------------------------------ folder layout
+
 
 def decode_error(path: str) -> str | None:
     """Why the image at ``path`` cannot be decoded (or converted as the datasets convert
@@ -108,10 +113,17 @@ def _sample(paths: list[str], n: int, rng: np.random.Generator) -> list[str]:
     return [paths[i] for i in np.argsort(keys, kind="stable")[:n]]
 
 
-def check_layout(root: str | Path, splits: Iterable[str], *, num_classes: int | None = None,
-                 sample_per_class: int = 10, full: bool = False, seed: int = 0,
-                 workers: int | None = None,
-                 progress: Callable[[str], None] | None = None) -> dict:
+def check_layout(
+    root: str | Path,
+    splits: Iterable[str],
+    *,
+    num_classes: int | None = None,
+    sample_per_class: int = 10,
+    full: bool = False,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     """Check ``<root>/<split>/<class>/<image>`` folders before any training: every split
     present, at least one class, no empty class, the same classes in every split (and
     ``num_classes`` of them when given), and images that decode (a seeded sample of
@@ -137,8 +149,9 @@ def check_layout(root: str | Path, splits: Iterable[str], *, num_classes: int | 
             if n == 0:
                 problems.append(f"empty class: '{split_path / c}' has no image files")
         if num_classes is not None and len(classes) != num_classes:
-            problems.append(f"'{split_path}' has {len(classes)} classes, "
-                            f"data.num_classes = {num_classes}")
+            problems.append(
+                f"'{split_path}' has {len(classes)} classes, " f"data.num_classes = {num_classes}"
+            )
         found[split] = (classes, samples)
         say(f"  {split}: {len(samples)} images in {len(classes)} classes")
     if len(found) > 1:
@@ -147,11 +160,13 @@ def check_layout(root: str | Path, splits: Iterable[str], *, num_classes: int | 
         for split in list(found)[1:]:
             other = set(found[split][0])
             for c in sorted(ref - other):
-                problems.append(f"class '{c}' is in '{root / first}' but not in "
-                                f"'{root / split}'")
+                problems.append(
+                    f"class '{c}' is in '{root / first}' but not in " f"'{root / split}'"
+                )
             for c in sorted(other - ref):
-                problems.append(f"class '{c}' is in '{root / split}' but not in "
-                                f"'{root / first}'")
+                problems.append(
+                    f"class '{c}' is in '{root / split}' but not in " f"'{root / first}'"
+                )
 
     # Decode: all images, or a seeded sample per class.
     rng = np.random.default_rng(seed)
@@ -163,27 +178,39 @@ def check_layout(root: str | Path, splits: Iterable[str], *, num_classes: int | 
         for t in sorted(by_class):
             paths = by_class[t]
             to_decode += paths if full else _sample(paths, sample_per_class, rng)
-    say(f"  decoding {len(to_decode)} images ({'all' if full else f'{sample_per_class} per class'})")
+    say(
+        f"  decoding {len(to_decode)} images ({'all' if full else f'{sample_per_class} per class'})"
+    )
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:  # PIL decoders release the GIL
-        for i, (p, err) in enumerate(zip(to_decode, pool.map(decode_error, to_decode,
-                                                                chunksize=64)), 1):
+        for i, (p, err) in enumerate(
+            zip(to_decode, pool.map(decode_error, to_decode, chunksize=64)), 1
+        ):
             if err is not None:
                 problems.append(f"unreadable image: '{p}' ({err})")
             if i % 50000 == 0:
                 say(f"    {i}/{len(to_decode)} decoded")
     if problems:
-        raise DataError(f"{len(problems)} problem(s) in dataset at '{root}':\n  "
-                        + "\n  ".join(problems))
+        raise DataError(
+            f"{len(problems)} problem(s) in dataset at '{root}':\n  " + "\n  ".join(problems)
+        )
     info = {
         "splits": {s: len(smp) for s, (_, smp) in found.items()},
         "classes": found[splits[0]][0],
-        "class_counts": {s: {c: int(n) for c, n in zip(cls, np.bincount(
-            [t for _, t in smp], minlength=len(cls)))} for s, (cls, smp) in found.items()},
-        "files_digest": {s: listing_digest(root, [p for p, _ in smp])
-                         for s, (_, smp) in found.items()},
-        "decode_check": {"mode": "full" if full else "sample",
-                         "per_class": None if full else sample_per_class,
-                         "seed": seed, "images": len(to_decode)},
+        "class_counts": {
+            s: {
+                c: int(n) for c, n in zip(cls, np.bincount([t for _, t in smp], minlength=len(cls)))
+            }
+            for s, (cls, smp) in found.items()
+        },
+        "files_digest": {
+            s: listing_digest(root, [p for p, _ in smp]) for s, (_, smp) in found.items()
+        },
+        "decode_check": {
+            "mode": "full" if full else "sample",
+            "per_class": None if full else sample_per_class,
+            "seed": seed,
+            "images": len(to_decode),
+        },
     }
     return info

@@ -11,6 +11,7 @@ resize, the same for the upsampling crops of a small-image dataset, aliased when
 larger than the view (a warning says so). Views are rounded to 8-bit levels as the loader's
 uint8 crops are.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,17 +35,22 @@ def load_split(dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tenso
     for i in range(len(dataset)):
         item = dataset[i]
         if item is None:
-            raise DataError(f"data.on_device: image {i} of the training split does not "
-                            f"decode; set data.on_device: false to train without it")
+            raise DataError(
+                f"data.on_device: image {i} of the training split does not "
+                f"decode; set data.on_device: false to train without it"
+            )
         image, label = item
-        tensor = v2.functional.pil_to_tensor(image) if not isinstance(image, torch.Tensor) \
-            else image
+        tensor = (
+            v2.functional.pil_to_tensor(image) if not isinstance(image, torch.Tensor) else image
+        )
         sizes.add(tuple(tensor.shape))
         images.append(tensor)
         labels.append(int(label))
     if len(sizes) > 1:
-        raise DataError(f"data.on_device needs images of one size; the training split has "
-                        f"{len(sizes)} (e.g. {sorted(sizes)[:3]}); set data.on_device: false")
+        raise DataError(
+            f"data.on_device needs images of one size; the training split has "
+            f"{len(sizes)} (e.g. {sorted(sizes)[:3]}); set data.on_device: false"
+        )
     return (torch.stack(images).to(device), torch.tensor(labels, device=device))
 
 
@@ -59,9 +65,9 @@ def _geometry(views: PretrainViews) -> list[tuple[v2.RandomResizedCrop, float]]:
     return out
 
 
-def draw_view_params(geometry: list[tuple[v2.RandomResizedCrop, float]], specs: list,
-                     image: torch.Tensor, key: int
-                     ) -> list[tuple[tuple[int, int, int, int], bool, torch.Tensor]]:
+def draw_view_params(
+    geometry: list[tuple[v2.RandomResizedCrop, float]], specs: list, image: torch.Tensor, key: int
+) -> list[tuple[tuple[int, int, int, int], bool, torch.Tensor]]:
     """Per view of one sample: (crop box (top, left, height, width), flipped, photometric
     row), drawn from the global RNG seeded with ``key`` in the loader path's order;
     ``geometry`` from ``_geometry``, ``image`` any tensor of the images' shape."""
@@ -70,13 +76,15 @@ def draw_view_params(geometry: list[tuple[v2.RandomResizedCrop, float]], specs: 
         for (crop, flip_p), spec in zip(geometry, specs):
             box = crop.make_params([image])
             flipped = bool(torch.rand(1) < flip_p)  # v2 flips when rand(1) < p
-            out.append(((box["top"], box["left"], box["height"], box["width"]), flipped,
-                        draw_params(spec)))
+            out.append(
+                ((box["top"], box["left"], box["height"], box["width"]), flipped, draw_params(spec))
+            )
     return out
 
 
-def crop_resize(images: torch.Tensor, boxes: torch.Tensor, flipped: torch.Tensor,
-                size: int) -> torch.Tensor:
+def crop_resize(
+    images: torch.Tensor, boxes: torch.Tensor, flipped: torch.Tensor, size: int
+) -> torch.Tensor:
     """Each of ``images`` (N, C, H, W, uint8 or float) cropped to its box (N, 4: top,
     left, height, width), mirrored where ``flipped``, resized to ``size`` (bicubic, pixel
     centres as ``interpolate(align_corners=False)``), float in [0, 1] rounded to 8 bits."""
@@ -100,8 +108,15 @@ class DeviceBatches:
     views in the ``augment.photometric: device`` layout: crops then parameter rows), from
     the split held on the device and the indices of ``sampler``."""
 
-    def __init__(self, dataset, views: PretrainViews, sampler, micro_batch: int, seed: int,
-                 device: torch.device):
+    def __init__(
+        self,
+        dataset,
+        views: PretrainViews,
+        sampler,
+        micro_batch: int,
+        seed: int,
+        device: torch.device,
+    ):
         if not views.on_device:
             raise DataError("data.on_device needs augment.photometric: device")
         self.images, self.labels = load_split(dataset, device)
@@ -111,18 +126,29 @@ class DeviceBatches:
         self.sizes = [crop.size[0] for crop, _ in self.geometry]
         side = min(self.images.shape[-2:])
         if side > min(self.sizes):
-            log.warning("data.on_device: images of %d px are cropped to views of %d px "
-                        "without antialiasing (meant for small-image datasets)", side,
-                        min(self.sizes))
-        log.info("data.on_device: %d images (%.1f MB) on %s", len(self.images),
-                 self.images.numel() / 2 ** 20, device)
+            log.warning(
+                "data.on_device: images of %d px are cropped to views of %d px "
+                "without antialiasing (meant for small-image datasets)",
+                side,
+                min(self.sizes),
+            )
+        log.info(
+            "data.on_device: %d images (%.1f MB) on %s",
+            len(self.images),
+            self.images.numel() / 2**20,
+            device,
+        )
 
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.micro_batch)
 
     def _batch(self, keys: list[tuple[int, int]]):
-        drawn = [draw_view_params(self.geometry, self.views.specs, self.images[0],
-                                  self._key(self.seed, e, i)) for e, i in keys]
+        drawn = [
+            draw_view_params(
+                self.geometry, self.views.specs, self.images[0], self._key(self.seed, e, i)
+            )
+            for e, i in keys
+        ]
         index = torch.tensor([i for _, i in keys], device=self.device)
         images = self.images[index]
         out = []
@@ -130,8 +156,9 @@ class DeviceBatches:
             boxes = torch.tensor([d[v][0] for d in drawn])
             flipped = torch.tensor([d[v][1] for d in drawn])
             out.append(crop_resize(images, boxes, flipped, size))
-        out.append(torch.stack([torch.stack([d[v][2] for v in range(len(self.sizes))])
-                                for d in drawn]))
+        out.append(
+            torch.stack([torch.stack([d[v][2] for v in range(len(self.sizes))]) for d in drawn])
+        )
         return out, self.labels[index], 0
 
     def __iter__(self):

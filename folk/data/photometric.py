@@ -25,6 +25,7 @@ and ~2x for a wide blur than the same operations one tensor pass at a time. Comp
 every view goes through the operations alone, so that its result never depends on which
 other views share its batch; compiled and eager results differ by float32 rounding only.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,7 +35,7 @@ from folk.errors import ConfigError
 
 # columns of a parameter row
 JITTER, BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3, 4
-ORDER = slice(5, 9)          # the jitter's four operations, as ids in application order
+ORDER = slice(5, 9)  # the jitter's four operations, as ids in application order
 GRAY, BLUR, SIGMA, SOLARIZE = 9, 10, 11, 12
 N_PARAMS = 13
 OP_BRIGHTNESS, OP_CONTRAST, OP_SATURATION, OP_HUE = 0, 1, 2, 3
@@ -42,7 +43,7 @@ OP_BRIGHTNESS, OP_CONTRAST, OP_SATURATION, OP_HUE = 0, 1, 2, 3
 LUMA = (0.2989, 0.587, 0.114)
 # DINO solarises 8-bit images at 128: a float value rounds to 128 or more from 127.5 up
 SOLARIZE_THRESHOLD = 127.5 / 255
-SIGMA_RANGE = (0.1, 2.0)         # DINO's blur radius
+SIGMA_RANGE = (0.1, 2.0)  # DINO's blur radius
 TAP_FLOOR = 1e-8
 
 
@@ -73,8 +74,9 @@ def draw_params(spec: ViewSpec, generator: torch.Generator | None = None) -> tor
     order is a uniform permutation of the four; sigma uniform in DINO's [0.1, 2]. Every
     draw is made whether or not the operation applies, so one view's draws never shift the
     next view's."""
-    coin_j, coin_g, coin_b, coin_s, u_b, u_c, u_s, u_h, u_sigma = \
-        torch.rand(9, generator=generator).tolist()
+    coin_j, coin_g, coin_b, coin_s, u_b, u_c, u_s, u_h, u_sigma = torch.rand(
+        9, generator=generator
+    ).tolist()
     order = torch.randperm(4, generator=generator).tolist()
 
     def between(u: float, low: float, high: float) -> float:
@@ -95,6 +97,7 @@ def draw_params(spec: ViewSpec, generator: torch.Generator | None = None) -> tor
 
 
 # ------------------------------------------------------------------ operations
+
 
 def _on_host(x: torch.Tensor) -> bool:
     """Whether reading ``x``'s values costs nothing (the CPU), or stalls the device."""
@@ -138,13 +141,15 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     for n = 5, 3, 1 (HSV's sector formula with v * s = v - min), computed here as
     ``v - 6 (v - min) * clamp(min(k', 2/3 - k'), 0, 1/6)``, k' = k / 6."""
     r, g, b = x.unbind(dim=1)
-    v, lo = x.amax(dim=1), x.amin(dim=1)   # amax/amin: max() would also build indices
+    v, lo = x.amax(dim=1), x.amin(dim=1)  # amax/amin: max() would also build indices
     delta = v - lo
     # 1 / (6 delta); only grey pixels (delta = 0) meet the floor, and any hue gives them v
     inv = delta.clamp_min(1e-12).reciprocal_().mul_(1 / 6)
-    turns = torch.where(v == r, (g - b).mul_(inv),
-                        torch.where(v == g, (b - r).mul_(inv).add_(2 / 6),
-                                    (r - g).mul_(inv).add_(4 / 6)))
+    turns = torch.where(
+        v == r,
+        (g - b).mul_(inv),
+        torch.where(v == g, (b - r).mul_(inv).add_(2 / 6), (r - g).mul_(inv).add_(4 / 6)),
+    )
     # + 2 keeps the argument of frac positive (frac of a negative number is negative)
     h = torch.frac(turns + (shift.view(-1, 1, 1) + 2.0))
     # 5/6, 3/6, 1/6 made on the device: a tensor from host numbers would be a copy per call
@@ -179,23 +184,29 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, size: int) -> torch.Tens
     if not _on_host(x):
         weights = kernel.repeat_interleave(c, dim=0)
         flat = x.reshape(1, n * c, h, w)
-        flat = F.conv2d(F.pad(flat, (pad, pad, 0, 0), mode="reflect"),
-                        weights.view(n * c, 1, 1, size), groups=n * c)
-        flat = F.conv2d(F.pad(flat, (0, 0, pad, pad), mode="reflect"),
-                        weights.view(n * c, 1, size, 1), groups=n * c)
+        flat = F.conv2d(
+            F.pad(flat, (pad, pad, 0, 0), mode="reflect"),
+            weights.view(n * c, 1, 1, size),
+            groups=n * c,
+        )
+        flat = F.conv2d(
+            F.pad(flat, (0, 0, pad, pad), mode="reflect"),
+            weights.view(n * c, 1, size, 1),
+            groups=n * c,
+        )
         return flat.view(n, c, h, w)
     used = [i for i, live in enumerate((kernel > 0).any(dim=0).tolist()) if live]
     taps = kernel.view(n, 1, 1, 1, size)
     # one reflect padding of both sides: filtering rows commutes with copying rows, so the
     # padded rows of the horizontal pass are the vertical pass's padding
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    out = padded[..., used[0]:used[0] + w] * taps[..., used[0]]
+    out = padded[..., used[0] : used[0] + w] * taps[..., used[0]]
     for i in used[1:]:
-        out.addcmul_(padded[..., i:i + w], taps[..., i])
+        out.addcmul_(padded[..., i : i + w], taps[..., i])
     padded = out
-    out = padded[..., used[0]:used[0] + h, :] * taps[..., used[0]]
+    out = padded[..., used[0] : used[0] + h, :] * taps[..., used[0]]
     for i in used[1:]:
-        out.addcmul_(padded[..., i:i + h, :], taps[..., i])
+        out.addcmul_(padded[..., i : i + h, :], taps[..., i])
     return out
 
 
@@ -208,11 +219,21 @@ def _gray_views(x: torch.Tensor) -> torch.Tensor:
 
 
 # the operations by name; ``_compiled_ops`` holds the same names compiled
-EAGER_OPS = {"brightness": adjust_brightness, "contrast": adjust_contrast,
-             "saturation": adjust_saturation, "hue": adjust_hue, "grayscale": _gray_views,
-             "blur": gaussian_blur, "solarize": solarize}
-_JITTER_OPS = {OP_BRIGHTNESS: (BRIGHTNESS, "brightness"), OP_CONTRAST: (CONTRAST, "contrast"),
-               OP_SATURATION: (SATURATION, "saturation"), OP_HUE: (HUE, "hue")}
+EAGER_OPS = {
+    "brightness": adjust_brightness,
+    "contrast": adjust_contrast,
+    "saturation": adjust_saturation,
+    "hue": adjust_hue,
+    "grayscale": _gray_views,
+    "blur": gaussian_blur,
+    "solarize": solarize,
+}
+_JITTER_OPS = {
+    OP_BRIGHTNESS: (BRIGHTNESS, "brightness"),
+    OP_CONTRAST: (CONTRAST, "contrast"),
+    OP_SATURATION: (SATURATION, "saturation"),
+    OP_HUE: (HUE, "hue"),
+}
 
 
 def _steps(rgb: bool, kernel_size: int, ops: dict):
@@ -223,16 +244,21 @@ def _steps(rgb: bool, kernel_size: int, ops: dict):
     for position in range(4):
         for op, (column, name) in _JITTER_OPS.items():
             if rgb or op in (OP_BRIGHTNESS, OP_CONTRAST):
-                yield position, op, column, \
-                    lambda t, p, fn=ops[name], column=column: fn(t, p[:, column])
+                yield (
+                    position,
+                    op,
+                    column,
+                    lambda t, p, fn=ops[name], column=column: fn(t, p[:, column]),
+                )
     if rgb:
         yield None, None, GRAY, lambda t, p: ops["grayscale"](t)
     yield None, None, BLUR, lambda t, p: ops["blur"](t, p[:, SIGMA], kernel_size)
     yield None, None, SOLARIZE, lambda t, p: ops["solarize"](t)
 
 
-def apply_photometric(x: torch.Tensor, params: torch.Tensor, kernel_size: int,
-                      compiled: bool = False) -> torch.Tensor:
+def apply_photometric(
+    x: torch.Tensor, params: torch.Tensor, kernel_size: int, compiled: bool = False
+) -> torch.Tensor:
     """Views ``x`` (N, C, H, W) float in [0, 1] through their parameter rows ``params``
     (N, ``N_PARAMS``): colour jitter in each row's order, grayscale, blur, solarisation.
 
@@ -249,8 +275,10 @@ def apply_photometric(x: torch.Tensor, params: torch.Tensor, kernel_size: int,
             # contiguous: a compiled kernel is made for its input's strides, and a crop may
             # come channels-last from the workers but as part of a contiguous batch here
             ops = _compiled_ops()
-            views = [_on_host_rows(x[i:i + 1].contiguous(), params[i:i + 1], rgb, kernel_size,
-                                   ops) for i in range(len(x))]
+            views = [
+                _on_host_rows(x[i : i + 1].contiguous(), params[i : i + 1], rgb, kernel_size, ops)
+                for i in range(len(x))
+            ]
             return views[0] if len(views) == 1 else torch.cat(views)
         return _on_host_rows(x, params, rgb, kernel_size, EAGER_OPS)
     order = params[:, ORDER].round().long()
@@ -261,15 +289,19 @@ def apply_photometric(x: torch.Tensor, params: torch.Tensor, kernel_size: int,
     return x
 
 
-def _on_host_rows(x: torch.Tensor, params: torch.Tensor, rgb: bool, kernel_size: int,
-                  ops: dict) -> torch.Tensor:
+def _on_host_rows(
+    x: torch.Tensor, params: torch.Tensor, rgb: bool, kernel_size: int, ops: dict
+) -> torch.Tensor:
     rows = params.tolist()
     for position, op, column, fn in _steps(rgb, kernel_size, ops):
         if op is None:
             wanted = [i for i, row in enumerate(rows) if row[column] > 0]
         else:
-            wanted = [i for i, row in enumerate(rows)
-                      if row[JITTER] > 0 and round(row[ORDER.start + position]) == op]
+            wanted = [
+                i
+                for i, row in enumerate(rows)
+                if row[JITTER] > 0 and round(row[ORDER.start + position]) == op
+            ]
         if len(wanted) == len(rows):
             x = fn(x, params)
         elif wanted:
@@ -279,6 +311,7 @@ def _on_host_rows(x: torch.Tensor, params: torch.Tensor, rgb: bool, kernel_size:
 
 
 # ------------------------------------------------------------------ compiled on the CPU
+
 
 def _tap_sums(padded: torch.Tensor, taps: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     """sum_i taps[..., i] * padded.narrow(dim, i, length), every tap (zeros included)."""
@@ -292,12 +325,14 @@ def _blur_through(sums):
     """gaussian_blur with its two passes done by ``sums`` (``_tap_sums`` compiled): every
     tap of the kernel, at 0.47-0.66 ms for any sigma on a 224 px view on one core, where the
     eager passes take 0.36 ms at sigma 0.3 (5 live taps) to 1.52 ms at 2.0 (23)."""
+
     def blur(x: torch.Tensor, sigma: torch.Tensor, size: int) -> torch.Tensor:
         n, _, h, w = x.shape
         pad = size // 2
         taps = gaussian_kernels(sigma.to(x.dtype), size).view(n, 1, 1, 1, size)
         padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")  # as gaussian_blur pads
         return sums(sums(padded, taps, w, 3), taps, h, 2)
+
     return blur
 
 
@@ -308,8 +343,11 @@ def _compiled_ops() -> dict:
     if not _COMPILED:
         # static shapes: one kernel per view size (the global and the local crops), each
         # the fastest for its size (dynamic shapes measured 9x slower for the blur)
-        compiled = {name: torch.compile(fn, dynamic=False) for name, fn in EAGER_OPS.items()
-                    if name != "blur"}
+        compiled = {
+            name: torch.compile(fn, dynamic=False)
+            for name, fn in EAGER_OPS.items()
+            if name != "blur"
+        }
         compiled["blur"] = _blur_through(torch.compile(_tap_sums, dynamic=False))
         _COMPILED.update(compiled)
     return _COMPILED
@@ -333,9 +371,11 @@ def compile_wanted(setting: str) -> bool:
         return False
     found = cpp_compiler() is not None
     if setting == "on" and not found:
-        raise ConfigError("augment.compile: on needs a C++ compiler for torch.compile on the "
-                          "CPU, and none was found (install g++, or set CXX); or set "
-                          "augment.compile: off")
+        raise ConfigError(
+            "augment.compile: on needs a C++ compiler for torch.compile on the "
+            "CPU, and none was found (install g++, or set CXX); or set "
+            "augment.compile: off"
+        )
     return found
 
 

@@ -25,6 +25,7 @@ any params file with those keys works, and ``--set data.root=...`` puts the tree
 After writing, the tree is checked and given a manifest as ``folk prepare imagefolder``
 does.
 """
+
 from __future__ import annotations
 
 import io
@@ -75,8 +76,9 @@ def load_sources() -> dict:
                     from sklearn.datasets import load_sample_images  # noqa: PLC0415  as above
 
                     bunch = load_sample_images()
-                    sklearn_images = {Path(f).name: img
-                                      for f, img in zip(bunch.filenames, bunch.images)}
+                    sklearn_images = {
+                        Path(f).name: img for f, img in zip(bunch.filenames, bunch.images)
+                    }
                 image = sklearn_images[key]
         except Exception as exc:  # an absent optional download, a missing package
             failed.append(f"{library} '{key}' ({type(exc).__name__}: {exc})")
@@ -87,8 +89,11 @@ def load_sources() -> dict:
             continue
         out[name] = np.ascontiguousarray(image[:, :, :3], dtype=np.uint8)
     if failed:
-        raise DataError("cannot load the source photographs: " + "; ".join(failed)
-                        + " (install scikit-image and scikit-learn with their data)")
+        raise DataError(
+            "cannot load the source photographs: "
+            + "; ".join(failed)
+            + " (install scikit-image and scikit-learn with their data)"
+        )
     return out
 
 
@@ -117,22 +122,37 @@ def _render(source, rng) -> bytes:
 
 
 def request(count: int, seed: int, train_split: str, test_split: str) -> dict:
-    return {"recipe": RECIPE, "count": int(count), "test_count": test_count(count),
-            "seed": int(seed), "size": list(SIZE), "quality": QUALITY,
-            "classes": sorted(SOURCES), "splits": [train_split, test_split]}
+    return {
+        "recipe": RECIPE,
+        "count": int(count),
+        "test_count": test_count(count),
+        "seed": int(seed),
+        "size": list(SIZE),
+        "quality": QUALITY,
+        "classes": sorted(SOURCES),
+        "splits": [train_split, test_split],
+    }
 
 
 def test_count(count: int) -> int:
     return max(len(SOURCES), count // 10)
 
 
-def write_photos(root: str | Path, count: int = 200, seed: int = 0, train_split: str = "train",
-                 test_split: str = "test", progress=None) -> dict:
+def write_photos(
+    root: str | Path,
+    count: int = 200,
+    seed: int = 0,
+    train_split: str = "train",
+    test_split: str = "test",
+    progress=None,
+) -> dict:
     """Write the photograph tree under ``root`` (module docstring); returns the request
     recorded in ``root/photos.json``. Nothing is written when the same request already is."""
     if count < len(SOURCES):
-        raise ConfigError(f"--count {count}: the photograph tree needs at least one image "
-                          f"per class, {len(SOURCES)} in all")
+        raise ConfigError(
+            f"--count {count}: the photograph tree needs at least one image "
+            f"per class, {len(SOURCES)} in all"
+        )
     if train_split == test_split:
         raise ConfigError(f"data.train_split and data.test_split are both '{train_split}'")
     say = progress or (lambda msg: None)
@@ -144,17 +164,21 @@ def write_photos(root: str | Path, count: int = 200, seed: int = 0, train_split:
     except (OSError, ValueError):
         previous = None
     if previous == wanted and all((root / s).is_dir() for s in (train_split, test_split)):
-        say(f"photos: '{root}' already holds this tree ({count} + {wanted['test_count']} "
-            f"photographs, seed {seed}); nothing to write")
+        say(
+            f"photos: '{root}' already holds this tree ({count} + {wanted['test_count']} "
+            f"photographs, seed {seed}); nothing to write"
+        )
         return wanted
     for split in (train_split, test_split):
         # the old splits are removed below: only ever a tree this module wrote itself, never
         # a user's dataset that a params file happened to point at
         path = root / split
         if path.is_symlink() or (path.exists() and not isinstance(previous, dict)):
-            raise DataError(f"'{path}' exists and was not written by `folk prepare photos` "
-                            f"(no {root / MARKER}); refusing to replace it: give the "
-                            "photographs a data.root of their own")
+            raise DataError(
+                f"'{path}' exists and was not written by `folk prepare photos` "
+                f"(no {root / MARKER}); refusing to replace it: give the "
+                "photographs a data.root of their own"
+            )
     sources = load_sources()
     names = sorted(sources)
     root.mkdir(parents=True, exist_ok=True)
@@ -173,8 +197,7 @@ def write_photos(root: str | Path, count: int = 200, seed: int = 0, train_split:
         for i in range(n):
             name = names[i % len(names)]
             # plain writes: the final marker, not each file, vouches for the tree
-            (root / split / name / f"{name}_{i:05d}.jpg").write_bytes(
-                _render(sources[name], rng))
+            (root / split / name / f"{name}_{i:05d}.jpg").write_bytes(_render(sources[name], rng))
         say(f"photos: wrote {n} photographs of {len(names)} classes to '{root / split}'")
     atomic_write_json(marker, wanted)
     return wanted

@@ -10,6 +10,7 @@ Labels are read with ``reduce_zero_label``: 0 becomes the ignore index, k become
 The composite set stores its labels shifted by one (background = 1, Fashion-MNIST class c =
 c + 2) so that the same loader reads it unchanged, with 11 classes.
 """
+
 from __future__ import annotations
 
 import io
@@ -26,8 +27,12 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from folk.data.classification import (FASHION_MNIST_CLASSES, FashionMNIST, UnusableImage,
-                                      convert_image)
+from folk.data.classification import (
+    FASHION_MNIST_CLASSES,
+    FashionMNIST,
+    UnusableImage,
+    convert_image,
+)
 from folk.errors import DataError
 from folk.utils.io import atomic_write_bytes, atomic_write_json
 
@@ -35,13 +40,14 @@ SPLITS = ("training", "validation")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ADE20K_NUM_CLASSES = 150
 
-COMPOSITE_NUM_CLASSES = len(FASHION_MNIST_CLASSES) + 1      # + background
+COMPOSITE_NUM_CLASSES = len(FASHION_MNIST_CLASSES) + 1  # + background
 COMPOSITE_PREFIX = "composite_"
 # composite split -> the Fashion-MNIST split it draws its items from
 COMPOSITE_SOURCES = {"training": "train", "validation": "test"}
 
 
 # ---------------------------------------------------------------- labels
+
 
 def reduce_zero_label(mask: np.ndarray, ignore_index: int = 255) -> np.ndarray:
     """ADE20K stored labels -> training labels: 0 ("other") -> ignore_index, k -> k - 1."""
@@ -51,6 +57,7 @@ def reduce_zero_label(mask: np.ndarray, ignore_index: int = 255) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- layout
+
 
 def _split_files(directory: Path, suffixes: tuple[str, ...]) -> tuple[dict[str, Path], list[str]]:
     """``{stem: path}`` of the files with these suffixes, and problems (two files, one stem)."""
@@ -78,8 +85,9 @@ def _check_pair(image_path: Path, ann_path: Path, num_classes: int) -> list[str]
     try:
         with Image.open(ann_path) as im:
             if im.mode not in ("L", "P", "I;16", "I"):
-                problems.append(f"{ann_path}: annotation must be single-channel, got mode "
-                                f"{im.mode}")
+                problems.append(
+                    f"{ann_path}: annotation must be single-channel, got mode " f"{im.mode}"
+                )
                 return problems
             labels = np.asarray(im)
             ann_size = im.size
@@ -88,15 +96,18 @@ def _check_pair(image_path: Path, ann_path: Path, num_classes: int) -> list[str]
         return problems
     top = int(labels.max()) if labels.size else 0
     if top > num_classes:
-        problems.append(f"{ann_path}: label value {top} > {num_classes} (0 = ignored, "
-                        f"1..{num_classes} = classes)")
+        problems.append(
+            f"{ann_path}: label value {top} > {num_classes} (0 = ignored, "
+            f"1..{num_classes} = classes)"
+        )
     if image_size is not None and image_size != ann_size:
         problems.append(f"{ann_path}: size {ann_size} differs from its image's {image_size}")
     return problems
 
 
-def check_ade20k_layout(root: str | Path, num_classes: int = ADE20K_NUM_CLASSES,
-                        decode: bool = True) -> dict:
+def check_ade20k_layout(
+    root: str | Path, num_classes: int = ADE20K_NUM_CLASSES, decode: bool = True
+) -> dict:
     """Check the ADE20K layout under ``root`` and return its manifest information.
 
     Every problem is collected before raising one DataError that lists them all with their
@@ -106,8 +117,10 @@ def check_ade20k_layout(root: str | Path, num_classes: int = ADE20K_NUM_CLASSES,
     structure only (fast: what an evaluation does before building its model)."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"{root}: segmentation dataset root not found (expected "
-                        f"images/{{training,validation}} and annotations/{{training,validation}})")
+        raise DataError(
+            f"{root}: segmentation dataset root not found (expected "
+            f"images/{{training,validation}} and annotations/{{training,validation}})"
+        )
     problems: list[str] = []
     pairs: dict[str, list[tuple[Path, Path]]] = {}
     for split in SPLITS:
@@ -134,10 +147,15 @@ def check_ade20k_layout(root: str | Path, num_classes: int = ADE20K_NUM_CLASSES,
                 problems += found
     if problems:
         listing = "\n  ".join(problems)
-        raise DataError(f"{root}: segmentation layout has {len(problems)} problem(s):\n  "
-                        f"{listing}")
-    return {"layout": "ade20k", "root": str(root), "num_classes": num_classes,
-            "splits": {split: {"images": len(p)} for split, p in pairs.items()}}
+        raise DataError(
+            f"{root}: segmentation layout has {len(problems)} problem(s):\n  " f"{listing}"
+        )
+    return {
+        "layout": "ade20k",
+        "root": str(root),
+        "num_classes": num_classes,
+        "splits": {split: {"images": len(p)} for split, p in pairs.items()},
+    }
 
 
 def list_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
@@ -159,6 +177,7 @@ def list_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
 
 # ---------------------------------------------------------------- dataset and transforms
 
+
 def rescaled_size(height: int, width: int, scale: int, ratio: float) -> tuple[int, int]:
     """Size after the mmseg-style keep-ratio rescale: to at most ``scale*ratio`` on the short
     side and ``4*scale*ratio`` on the long side (ADE20K's (2048, 512)); ``scale = 0``
@@ -175,24 +194,38 @@ class SegTrainTransform:
     ``crop_size`` (padding the image with 0 and the mask with the ignore index), horizontal
     flip, then float conversion and normalisation of the image."""
 
-    def __init__(self, crop_size: int, scale: int, mean, std, ignore_index: int = 255,
-                 ratio_range: tuple[float, float] = (0.5, 2.0), flip_prob: float = 0.5):
+    def __init__(
+        self,
+        crop_size: int,
+        scale: int,
+        mean,
+        std,
+        ignore_index: int = 255,
+        ratio_range: tuple[float, float] = (0.5, 2.0),
+        flip_prob: float = 0.5,
+    ):
         self.scale = scale
         self.ratio_range = ratio_range
-        self.crop_flip = v2.Compose([
-            v2.RandomCrop(crop_size, pad_if_needed=True,
-                          fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}),
-            v2.RandomHorizontalFlip(flip_prob),
-        ])
-        self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True),
-                                     v2.Normalize(list(mean), list(std))])
+        self.crop_flip = v2.Compose(
+            [
+                v2.RandomCrop(
+                    crop_size,
+                    pad_if_needed=True,
+                    fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index},
+                ),
+                v2.RandomHorizontalFlip(flip_prob),
+            ]
+        )
+        self.normalize = v2.Compose(
+            [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+        )
 
     def __call__(self, image, mask):
         lo, hi = self.ratio_range
         ratio = lo + (hi - lo) * torch.rand(()).item()
         size = list(rescaled_size(*image.shape[-2:], self.scale, ratio))
         image = TF.resize(image, size, antialias=True)
-        mask = TF.resize(mask, size)                     # a tv_tensors.Mask: nearest
+        mask = TF.resize(mask, size)  # a tv_tensors.Mask: nearest
         image, mask = self.crop_flip(image, mask)
         return self.normalize(image), mask
 
@@ -203,8 +236,9 @@ class SegEvalTransform:
 
     def __init__(self, scale: int, mean, std):
         self.scale = scale
-        self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True),
-                                     v2.Normalize(list(mean), list(std))])
+        self.normalize = v2.Compose(
+            [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+        )
 
     def __call__(self, image, mask):
         size = rescaled_size(*image.shape[-2:], self.scale, 1.0)
@@ -220,8 +254,14 @@ class ADE20KSegmentation(Dataset):
     k -> k - 1). ``transform(image, mask)`` receives ``tv_tensors.Image`` and
     ``tv_tensors.Mask`` and returns them transformed."""
 
-    def __init__(self, root: str | Path, split: str, transform=None, in_chans: int = 3,
-                 ignore_index: int = 255):
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        transform=None,
+        in_chans: int = 3,
+        ignore_index: int = 255,
+    ):
         self.root = Path(root)
         self.split = split
         self.pairs = list_pairs(root, split)
@@ -249,6 +289,7 @@ class ADE20KSegmentation(Dataset):
 
 # ---------------------------------------------------------------- Fashion-MNIST items
 
+
 def load_fashion_mnist(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, 28, 28) uint8, labels (N,)) of the prepared ``train`` or ``test`` split,
     read by the classification data layer (one IDX reader for the project)."""
@@ -258,8 +299,15 @@ def load_fashion_mnist(root: str | Path, split: str) -> tuple[np.ndarray, np.nda
 
 # ---------------------------------------------------------------- composite set
 
-def composite_sample(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray,
-                     canvas: int, items: int, threshold: int) -> tuple[np.ndarray, np.ndarray]:
+
+def composite_sample(
+    rng: np.random.Generator,
+    images: np.ndarray,
+    labels: np.ndarray,
+    canvas: int,
+    items: int,
+    threshold: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """One canvas: ``items`` random items at random positions, later ones on top.
 
     Only an item's pixels above ``threshold`` are pasted and labelled, so the label map
@@ -274,8 +322,8 @@ def composite_sample(rng: np.random.Generator, images: np.ndarray, labels: np.nd
         x = int(rng.integers(canvas - w + 1))
         item = images[k]
         fg = item > threshold
-        image[y:y + h, x:x + w][fg] = item[fg]
-        target[y:y + h, x:x + w][fg] = labels[k] + 2
+        image[y : y + h, x : x + w][fg] = item[fg]
+        target[y : y + h, x : x + w][fg] = labels[k] + 2
     return image, target
 
 
@@ -287,10 +335,15 @@ def _png_bytes(array: np.ndarray) -> bytes:
 
 def composite_params(cfg: dict) -> dict:
     seg = cfg["eval"]["segmentation"]
-    return {"seed": cfg["experiment"]["seed"], "canvas": seg["composite_canvas"],
-            "items": seg["composite_items"], "threshold": seg["composite_threshold"],
-            "training": seg["composite_train"], "validation": seg["composite_test"],
-            "source": str(Path(cfg["data"]["root"]))}
+    return {
+        "seed": cfg["experiment"]["seed"],
+        "canvas": seg["composite_canvas"],
+        "items": seg["composite_items"],
+        "threshold": seg["composite_threshold"],
+        "training": seg["composite_train"],
+        "validation": seg["composite_test"],
+        "source": str(Path(cfg["data"]["root"])),
+    }
 
 
 def _stale_files(root: Path) -> list[Path]:
@@ -304,9 +357,11 @@ def _stale_files(root: Path) -> list[Path]:
     foreign = [p for p in found if not re.fullmatch(rf"{COMPOSITE_PREFIX}\d+\.png", p.name)]
     if foreign:
         shown = ", ".join(map(str, foreign[:5]))
-        raise DataError(f"eval.segmentation.root = {root} holds files that are not composites "
-                        f"({shown}{' ...' if len(foreign) > 5 else ''}); choose an empty "
-                        f"directory for the composite set")
+        raise DataError(
+            f"eval.segmentation.root = {root} holds files that are not composites "
+            f"({shown}{' ...' if len(foreign) > 5 else ''}); choose an empty "
+            f"directory for the composite set"
+        )
     return found
 
 
@@ -337,18 +392,24 @@ def build_composite(cfg: dict) -> dict:
         rng = np.random.default_rng([params["seed"], code])
         hist = np.zeros(COMPOSITE_NUM_CLASSES + 1, dtype=np.int64)
         for i in range(params[split]):
-            image, target = composite_sample(rng, images, labels, params["canvas"],
-                                             params["items"], params["threshold"])
+            image, target = composite_sample(
+                rng, images, labels, params["canvas"], params["items"], params["threshold"]
+            )
             hist += np.bincount(target.ravel(), minlength=len(hist))
             name = f"{COMPOSITE_PREFIX}{i:0{width}d}.png"
             atomic_write_bytes(root / "images" / split / name, _png_bytes(image))
             atomic_write_bytes(root / "annotations" / split / name, _png_bytes(target))
-        counts[split] = {"images": params[split],
-                         "source_split": COMPOSITE_SOURCES[split],
-                         "pixels_per_class": hist[1:].tolist()}
-    written = {root / sub / split / f"{COMPOSITE_PREFIX}{i:0{width}d}.png"
-               for split in SPLITS for i in range(params[split])
-               for sub in ("images", "annotations")}
+        counts[split] = {
+            "images": params[split],
+            "source_split": COMPOSITE_SOURCES[split],
+            "pixels_per_class": hist[1:].tolist(),
+        }
+    written = {
+        root / sub / split / f"{COMPOSITE_PREFIX}{i:0{width}d}.png"
+        for split in SPLITS
+        for i in range(params[split])
+        for sub in ("images", "annotations")
+    }
     for path in stale:
         if path not in written:
             path.unlink()
@@ -359,7 +420,7 @@ def build_composite(cfg: dict) -> dict:
         "num_classes": COMPOSITE_NUM_CLASSES,
         "classes": ["background", *FASHION_MNIST_CLASSES],
         "label_encoding": "stored = class index + 1 (background 1, Fashion-MNIST class c -> "
-                          "c + 2, 0 unused); read with reduce_zero_label",
+        "c + 2, 0 unused); read with reduce_zero_label",
         "params": params,
         "splits": counts,
     }

@@ -8,6 +8,7 @@ change between versions) keeps the choice stable across numpy releases too. A us
 consequence: for one seed, smaller subsets are nested in larger ones (1 shot within 5
 shots, 1 % within 10 %).
 """
+
 from __future__ import annotations
 
 import math
@@ -49,9 +50,15 @@ def _class_name(c: int, class_names: Sequence[str] | None) -> str:
     return str(c)
 
 
-def class_balanced_indices(labels, *, per_class: int | None = None,
-                           fraction: float | None = None, total: int | None = None,
-                           seed: int, class_names: Sequence[str] | None = None) -> np.ndarray:
+def class_balanced_indices(
+    labels,
+    *,
+    per_class: int | None = None,
+    fraction: float | None = None,
+    total: int | None = None,
+    seed: int,
+    class_names: Sequence[str] | None = None,
+) -> np.ndarray:
     """Sorted indices of a seeded class-balanced subset; give exactly one of
 
     - ``per_class``: that many items of every class (DataError naming a class with fewer);
@@ -81,11 +88,14 @@ def class_balanced_indices(labels, *, per_class: int | None = None,
         # A second stream, so the choice of classes does not shift the item ranking.
         lucky = set(np.random.default_rng([seed, 1]).permutation(len(classes))[:extra].tolist())
         want = {c: base + (i in lucky) for i, c in enumerate(classes)}
-    short = [f"class {_class_name(c, class_names)} has {len(ranked[c])} items, "
-             f"{want[c]} wanted" for c in classes if len(ranked[c]) < want[c]]
+    short = [
+        f"class {_class_name(c, class_names)} has {len(ranked[c])} items, " f"{want[c]} wanted"
+        for c in classes
+        if len(ranked[c]) < want[c]
+    ]
     if short:
         raise DataError("class-balanced subset impossible: " + "; ".join(short))
-    chosen = np.concatenate([ranked[c][:want[c]] for c in classes])
+    chosen = np.concatenate([ranked[c][: want[c]] for c in classes])
     return np.sort(chosen)
 
 
@@ -109,11 +119,14 @@ def split_train_val(labels, val_fraction: float, seed: int) -> tuple[np.ndarray,
 
 # ------------------------------------------------------------------- file lists
 
+
 def _item_names(dataset) -> list[str]:
     names = getattr(dataset, "relpaths", None)
     if names is None:
-        raise DataError(f"dataset {getattr(dataset, 'name', type(dataset).__name__)!r} has no "
-                        "item paths, so file lists cannot refer to its items")
+        raise DataError(
+            f"dataset {getattr(dataset, 'name', type(dataset).__name__)!r} has no "
+            "item paths, so file lists cannot refer to its items"
+        )
     return list(names)
 
 
@@ -158,8 +171,10 @@ def read_file_list(path: str | Path, dataset) -> np.ndarray:
                 found.append(table[key])
     if unknown:
         more = f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else ""
-        raise DataError(f"file list '{path}': {len(unknown)} path(s) not in dataset "
-                        f"{getattr(dataset, 'name', '?')!r}: " + "; ".join(unknown[:10]) + more)
+        raise DataError(
+            f"file list '{path}': {len(unknown)} path(s) not in dataset "
+            f"{getattr(dataset, 'name', '?')!r}: " + "; ".join(unknown[:10]) + more
+        )
     if not found:
         raise DataError(f"file list '{path}' names no items")
     return np.unique(np.asarray(found, dtype=np.int64))
@@ -175,8 +190,7 @@ def write_file_list(path: str | Path, dataset, indices, header: str = "") -> Pat
     return Path(path)
 
 
-def fewshot_list_name(*, seed: int, fraction: float | None = None,
-                      shot: int | None = None) -> str:
+def fewshot_list_name(*, seed: int, fraction: float | None = None, shot: int | None = None) -> str:
     """``fraction0.01_seed0.txt`` or ``shot5_seed1.txt``."""
     if (fraction is None) == (shot is None):
         raise ValueError("give exactly one of fraction, shot")
@@ -184,8 +198,12 @@ def fewshot_list_name(*, seed: int, fraction: float | None = None,
     return f"{what}_seed{int(seed)}.txt"
 
 
-def fewshot_list_path(cfg: dict, *, seed: int, fraction: float | None = None,
-                      shot: int | None = None) -> Path:
+def fewshot_list_path(
+    cfg: dict, *, seed: int, fraction: float | None = None, shot: int | None = None
+) -> Path:
     """Where ``folk prepare fewshot`` writes a list: ``<data.root>/fewshot/<name>``."""
-    return Path(cfg["data"]["root"]) / FEWSHOT_DIR / fewshot_list_name(
-        seed=seed, fraction=fraction, shot=shot)
+    return (
+        Path(cfg["data"]["root"])
+        / FEWSHOT_DIR
+        / fewshot_list_name(seed=seed, fraction=fraction, shot=shot)
+    )

@@ -4,6 +4,7 @@ Pre-training views stay in [0, 1] and are *not* normalised: the frequency filter
 [0, 1] images, and the engine normalises on the device after filtering (``normalize``).
 Evaluation transforms return normalised tensors.
 """
+
 from __future__ import annotations
 
 import torch
@@ -11,8 +12,14 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from folk.data.photometric import (ViewSpec, apply_photometric, blur_kernel_size,
-                                   compile_wanted, draw_params, to_unit_float)
+from folk.data.photometric import (
+    ViewSpec,
+    apply_photometric,
+    blur_kernel_size,
+    compile_wanted,
+    draw_params,
+    to_unit_float,
+)
 
 BICUBIC = InterpolationMode.BICUBIC
 
@@ -35,18 +42,26 @@ class PretrainViews:
         local = a["local_crops_size"]
 
         def geometric(s: int, scale) -> v2.Compose:
-            return v2.Compose([
-                v2.RandomResizedCrop(s, scale=tuple(scale), interpolation=BICUBIC,
-                                     antialias=True),
-                v2.RandomHorizontalFlip(p=a["flip_prob"]), v2.ToPureTensor()])
+            return v2.Compose(
+                [
+                    v2.RandomResizedCrop(
+                        s, scale=tuple(scale), interpolation=BICUBIC, antialias=True
+                    ),
+                    v2.RandomHorizontalFlip(p=a["flip_prob"]),
+                    v2.ToPureTensor(),
+                ]
+            )
 
         c = cfg["data"]["in_chans"]
-        self.geometric = [geometric(size, a["crop_scale"])] * 2 \
-            + [geometric(local, a["local_crops_scale"])] * a["local_crops_number"]
-        self.specs = [ViewSpec(a, c, a["blur_prob"][i], a["solarize_prob"][i]) for i in range(2)] \
-            + [ViewSpec(a, c, 0.5, 0.0)] * a["local_crops_number"]
-        self.kernel_sizes = [blur_kernel_size(size)] * 2 \
-            + [blur_kernel_size(local)] * a["local_crops_number"]
+        self.geometric = [geometric(size, a["crop_scale"])] * 2 + [
+            geometric(local, a["local_crops_scale"])
+        ] * a["local_crops_number"]
+        self.specs = [
+            ViewSpec(a, c, a["blur_prob"][i], a["solarize_prob"][i]) for i in range(2)
+        ] + [ViewSpec(a, c, 0.5, 0.0)] * a["local_crops_number"]
+        self.kernel_sizes = [blur_kernel_size(size)] * 2 + [blur_kernel_size(local)] * a[
+            "local_crops_number"
+        ]
         self.on_device = a["photometric"] == "device"
         self.compiled = compile_wanted(a["compile"])  # on the CPU only; checked here, at once
 
@@ -66,8 +81,10 @@ class PretrainViews:
             return crops + [torch.stack(rows)]
         # one view at a time: batching a sample's views measured slower (the mixed
         # operations' gathers cost more than the calls they save)
-        return [apply_photometric(to_unit_float(crop)[None], row[None], k, self.compiled)[0]
-                for crop, row, k in zip(crops, rows, self.kernel_sizes)]
+        return [
+            apply_photometric(to_unit_float(crop)[None], row[None], k, self.compiled)[0]
+            for crop, row, k in zip(crops, rows, self.kernel_sizes)
+        ]
 
 
 def finish_views(batch: list[torch.Tensor], views: PretrainViews) -> list[torch.Tensor]:
@@ -77,8 +94,10 @@ def finish_views(batch: list[torch.Tensor], views: PretrainViews) -> list[torch.
     if not views.on_device:
         return batch
     *crops, rows = batch
-    return [apply_photometric(to_unit_float(crop), rows[:, i], k, views.compiled)
-            for i, (crop, k) in enumerate(zip(crops, views.kernel_sizes))]
+    return [
+        apply_photometric(to_unit_float(crop), rows[:, i], k, views.compiled)
+        for i, (crop, k) in enumerate(zip(crops, views.kernel_sizes))
+    ]
 
 
 class ResizeForEval:
@@ -97,24 +116,30 @@ class ResizeForEval:
 
 
 def _normalise(cfg: dict) -> list:
-    return [v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(cfg["data"]["mean"]), std=list(cfg["data"]["std"])),
-            v2.ToPureTensor()]
+    return [
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(cfg["data"]["mean"]), std=list(cfg["data"]["std"])),
+        v2.ToPureTensor(),
+    ]
 
 
 def eval_transform(cfg: dict) -> v2.Compose:
     """Resize, centre crop ``model.img_size``, normalise with ``data.mean``/``data.std``."""
     size = cfg["model"]["img_size"]
-    return v2.Compose([v2.ToImage(), ResizeForEval(size), v2.CenterCrop(size)]
-                      + _normalise(cfg))
+    return v2.Compose([v2.ToImage(), ResizeForEval(size), v2.CenterCrop(size)] + _normalise(cfg))
 
 
 def train_classifier_transform(cfg: dict) -> v2.Compose:
     """Linear-probe training: random resized crop (scale 0.08-1), flip, normalise."""
     size = cfg["model"]["img_size"]
-    return v2.Compose([v2.ToImage(),
-                       v2.RandomResizedCrop(size, interpolation=BICUBIC, antialias=True),
-                       v2.RandomHorizontalFlip(p=0.5)] + _normalise(cfg))
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(size, interpolation=BICUBIC, antialias=True),
+            v2.RandomHorizontalFlip(p=0.5),
+        ]
+        + _normalise(cfg)
+    )
 
 
 def normalize(x: torch.Tensor, cfg: dict) -> torch.Tensor:
@@ -123,8 +148,10 @@ def normalize(x: torch.Tensor, cfg: dict) -> torch.Tensor:
     mean, std = cfg["data"]["mean"], cfg["data"]["std"]
     channels = x.shape[-3] if x.dim() >= 3 else -1
     if channels != len(mean):
-        raise ValueError(f"normalize: tensor of shape {tuple(x.shape)} does not have "
-                         f"{len(mean)} channels (data.mean)")
+        raise ValueError(
+            f"normalize: tensor of shape {tuple(x.shape)} does not have "
+            f"{len(mean)} channels (data.mean)"
+        )
     shape = (1, -1, 1, 1) if x.dim() == 4 else (-1, 1, 1)
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(shape)
     s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(shape)

@@ -19,6 +19,7 @@ What happens instead depends only on what the file is, which its owner declares 
   elsewhere, recomputed exactly): a warning naming the file, and training starts afresh,
   overwriting it.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,13 @@ def rng_state() -> dict:
     np_state = np.random.get_state()
     state = {
         "python": [py[0], list(py[1]), py[2]],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -55,15 +61,15 @@ def set_rng_state(state: dict) -> None:
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     np_state = state["numpy"]
-    np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), np_state[2],
-                         np_state[3], np_state[4]))
+    np.random.set_state(
+        (np_state[0], np_state[1].numpy().astype(np.uint32), np_state[2], np_state[3], np_state[4])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def refuse_or_discard(disposable: bool, problem: str, remedy: str,
-                      log: logging.Logger) -> None:
+def refuse_or_discard(disposable: bool, problem: str, remedy: str, log: logging.Logger) -> None:
     """The mismatch policy of the module docstring: ``problem`` (what is wrong with which
     file) is a RunDirError ending in ``remedy``, or, for a disposable file, a warning."""
     if not disposable:
@@ -94,9 +100,17 @@ class StateFile:
     needed for a disposable one); ``other`` says whose the file is then ("a different
     fine-tuning configuration"). ``required``: the keys without which a state is damaged."""
 
-    def __init__(self, path: Path, *, identity: dict[str, Any], disposable: bool,
-                 other: str, log: logging.Logger, remedy: str = "",
-                 required: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        identity: dict[str, Any],
+        disposable: bool,
+        other: str,
+        log: logging.Logger,
+        remedy: str = "",
+        required: tuple[str, ...] = (),
+    ):
         self.path, self.identity, self.disposable = Path(path), identity, disposable
         self.remedy, self.other, self.log, self.required = remedy, other, log, required
 
@@ -106,17 +120,20 @@ class StateFile:
         if not self.path.is_file():
             return None
         try:
-            state = load_torch_file(self.path, AFRESH if self.disposable else self.remedy,
-                                    self.required)
+            state = load_torch_file(
+                self.path, AFRESH if self.disposable else self.remedy, self.required
+            )
         except DamagedFileError as exc:
             if not self.disposable:
                 raise
             self.log.warning("%s", exc)
             return None
         if not isinstance(state, dict) or not all(
-                key in state and _same(state[key], value) for key, value in self.identity.items()):
-            refuse_or_discard(self.disposable, f"{self.path} was written by {self.other}",
-                              self.remedy, self.log)
+            key in state and _same(state[key], value) for key, value in self.identity.items()
+        ):
+            refuse_or_discard(
+                self.disposable, f"{self.path} was written by {self.other}", self.remedy, self.log
+            )
             return None
         return state
 

@@ -3,6 +3,7 @@
 A sample's views are a pure function of (seed, epoch, index), whatever worker or process
 made them, so a resumed run sees exactly the views an uninterrupted one would have seen.
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,8 +36,9 @@ class EpochSampler(Sampler):
     """Seeded permutation per epoch, sharded over ranks, whole iterations only, able to
     start part-way through an epoch (``set_epoch(epoch, start)``, start in samples)."""
 
-    def __init__(self, n: int, samples_per_epoch_per_rank: int, rank: int, world_size: int,
-                 seed: int):
+    def __init__(
+        self, n: int, samples_per_epoch_per_rank: int, rank: int, world_size: int, seed: int
+    ):
         self.n, self.per_rank = n, samples_per_epoch_per_rank
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.epoch, self.start = 0, 0
@@ -51,5 +53,5 @@ class EpochSampler(Sampler):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         perm = torch.randperm(self.n, generator=g)
         used = perm[: self.per_rank * self.world_size]
-        shard = used[self.rank:: self.world_size][self.start:]
+        shard = used[self.rank :: self.world_size][self.start :]
         return iter([(self.epoch, int(i)) for i in shard])

@@ -1,5 +1,6 @@
 """Where a training loop runs and in which precision: the one device choice and the one
 mixed-precision rule of every loop (pre-training, fine-tuning, linear probe, segmentation)."""
+
 from __future__ import annotations
 
 from contextlib import nullcontext

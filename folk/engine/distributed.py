@@ -1,4 +1,5 @@
 """Process-group set-up from torchrun's or SLURM's environment variables."""
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,9 @@ class DistInfo:
 def _slurm_master_addr() -> str:
     nodelist = os.environ.get("SLURM_JOB_NODELIST", "")
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
-                             text=True, timeout=30).stdout.split()
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30
+        ).stdout.split()
         return out[0] if out else "127.0.0.1"
     except (OSError, subprocess.SubprocessError):
         return "127.0.0.1"
@@ -42,8 +44,9 @@ def env_dist_info() -> DistInfo:
     if "WORLD_SIZE" in env and "RANK" in env:
         return DistInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
     if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
-        info = DistInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]),
-                        int(env.get("SLURM_LOCALID", 0)))
+        info = DistInfo(
+            int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+        )
         env.setdefault("MASTER_ADDR", _slurm_master_addr())
         env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
         env["RANK"], env["WORLD_SIZE"] = str(info.rank), str(info.world_size)
@@ -56,8 +59,9 @@ def init_distributed() -> tuple[DistInfo, torch.device]:
     info = env_dist_info()
     device = training_device(info.local_rank)
     if info.enabled and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                rank=info.rank, world_size=info.world_size)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", rank=info.rank, world_size=info.world_size
+        )
     return info, device
 
 

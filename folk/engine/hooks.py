@@ -5,6 +5,7 @@ Every loop calls its hooks after each optimiser step, once the checkpoint due at
 reports, tests recording epochs) or raises to end the run there, as a kill would
 (``stop_after``): whatever it raises leaves the loop as it is, after the checkpoint.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,9 +25,9 @@ class StopRequested(Exception):
 class Boundary:
     """Where a loop stands after an optimiser step."""
 
-    step: int           # optimiser steps done since the start of training (a resumed run counts on)
-    epoch: int          # the epoch of that step, from 0
-    epoch_end: bool     # that step was its epoch's last
+    step: int  # optimiser steps done since the start of training (a resumed run counts on)
+    epoch: int  # the epoch of that step, from 0
+    epoch_end: bool  # that step was its epoch's last
     checkpointed: bool  # the checkpoint on disk now holds the state after that step
 
 
@@ -54,6 +55,7 @@ def stop_after(steps: int) -> Hook:
 
 def at_epoch_end(observe: Callable[[int], None]) -> Hook:
     """A hook that calls ``observe(epoch)`` at the end of every epoch."""
+
     def hook(boundary: Boundary) -> None:
         if boundary.epoch_end:
             observe(boundary.epoch)

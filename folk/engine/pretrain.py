@@ -2,6 +2,7 @@
 
 Run-directory contract: docs/DESIGN.md. Rank 0 writes every file.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,12 +39,31 @@ from folk.utils.io import append_jsonl, atomic_torch_save, atomic_write_json, re
 from folk.utils.provenance import now_iso, provenance
 
 # keys that may differ when a run directory is resumed: they do not change what is trained
-RESUMABLE_CHANGES = ("data.root", "data.num_workers", "pretrain.checkpoint_every",
-                     "pretrain.log_every", "launch.", "slurm.", "eval.", "workflow.",
-                     "experiment.dataset_note")
+RESUMABLE_CHANGES = (
+    "data.root",
+    "data.num_workers",
+    "pretrain.checkpoint_every",
+    "pretrain.log_every",
+    "launch.",
+    "slurm.",
+    "eval.",
+    "workflow.",
+    "experiment.dataset_note",
+)
 # what last.pt must hold (Pretrainer.state)
-CHECKPOINT_KEYS = ("iteration", "student", "teacher", "optimizer", "scaler", "objective",
-                   "filter_generator", "rng", "sampler", "skipped_images", "elapsed_s")
+CHECKPOINT_KEYS = (
+    "iteration",
+    "student",
+    "teacher",
+    "optimizer",
+    "scaler",
+    "objective",
+    "filter_generator",
+    "rng",
+    "sampler",
+    "skipped_images",
+    "elapsed_s",
+)
 log = logging.getLogger("folk.pretrain")
 
 
@@ -85,39 +105,50 @@ class SignalCheckpointer:
 
 def check_same_run(saved: dict, cfg: dict, run_dir: Path) -> None:
     a, b = flatten(saved), flatten(cfg)
-    changed = sorted(k for k in set(a) | set(b)
-                     if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES))
+    changed = sorted(
+        k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES)
+    )
     if changed:
         details = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:6])
         if len(changed) > 6:
             details += f", and {len(changed) - 6} more: {', '.join(changed[6:])}"
         # the run's identity is its config.yaml: a run of another one is refused (a product)
         ckpt.refuse_or_discard(
-            False, f"{run_dir} holds a run with a different configuration "
-                   f"({run_dir / 'config.yaml'}: {details})",
-            "use another --out, or delete the directory to start over", log)
+            False,
+            f"{run_dir} holds a run with a different configuration "
+            f"({run_dir / 'config.yaml'}: {details})",
+            "use another --out, or delete the directory to start over",
+            log,
+        )
 
 
 def checkpoint_remedy(path: Path) -> str:
-    return (f"move {path} away (or delete it) and run the same command again to start the "
-            f"run over from iteration 0")
+    return (
+        f"move {path} away (or delete it) and run the same command again to start the "
+        f"run over from iteration 0"
+    )
 
 
-def micro_batching(batch_size: int, world: int, accum_steps: int, max_micro: int
-                   ) -> tuple[int, int]:
+def micro_batching(
+    batch_size: int, world: int, accum_steps: int, max_micro: int
+) -> tuple[int, int]:
     """(images per device per forward, micro-batches per optimiser step) for a global
     ``batch_size`` on ``world`` devices: the fewest accumulation steps, at least
     ``accum_steps``, that split the batch evenly with at most ``max_micro`` images per
     forward (a one-GPU run of a 2048-image batch does not try 2048 images at once)."""
     if batch_size < world * accum_steps:
-        raise RunDirError(f"pretrain.batch_size = {batch_size} is smaller than world size "
-                          f"{world} x pretrain.accum_steps {accum_steps}")
+        raise RunDirError(
+            f"pretrain.batch_size = {batch_size} is smaller than world size "
+            f"{world} x pretrain.accum_steps {accum_steps}"
+        )
     for steps in range(accum_steps, batch_size // world + 1):
         if batch_size % (world * steps) == 0 and batch_size // (world * steps) <= max_micro:
             return batch_size // (world * steps), steps
-    raise RunDirError(f"pretrain.batch_size = {batch_size} cannot be split evenly over world "
-                      f"size {world} in micro-batches of at most pretrain.max_micro_batch = "
-                      f"{max_micro} images")
+    raise RunDirError(
+        f"pretrain.batch_size = {batch_size} cannot be split evenly over world "
+        f"size {world} in micro-batches of at most pretrain.max_micro_batch = "
+        f"{max_micro} images"
+    )
 
 
 def param_groups(module: nn.Module, no_wd_tokens: bool = False) -> list[dict]:
@@ -157,14 +188,21 @@ def _term_rank(name: str) -> int:
 
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+        return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str):
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="it", dynamic_ncols=True,
-                desc=desc,
-                mininterval=1.0 if sys.stderr.isatty() else 15.0, file=sys.stderr)
+    return tqdm(
+        total=total,
+        initial=initial,
+        disable=not enabled,
+        unit="it",
+        dynamic_ncols=True,
+        desc=desc,
+        mininterval=1.0 if sys.stderr.isatty() else 15.0,
+        file=sys.stderr,
+    )
 
 
 Monitor = Callable[[dict, nn.Module], dict]  # (config, backbone) -> the fields of a record
@@ -176,22 +214,30 @@ class Pretrainer:
     evaluations' k-NN monitor, ``folk.training``); the loop only calls it. ``hooks``: called
     at every step boundary (``folk.engine.hooks``)."""
 
-    def __init__(self, cfg: dict, run_dir: Path, hooks: Sequence[Hook] = (),
-                 monitor: Monitor | None = None):
+    def __init__(
+        self, cfg: dict, run_dir: Path, hooks: Sequence[Hook] = (), monitor: Monitor | None = None
+    ):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.p = cfg["pretrain"]
         if self.p["knn_every"] and monitor is None:
-            raise ConfigError(f"pretrain.knn_every = {self.p['knn_every']} needs a monitor: "
-                              "train through folk.training.pretrain (as `folk pretrain` does), "
-                              "or give Pretrainer a monitor")
+            raise ConfigError(
+                f"pretrain.knn_every = {self.p['knn_every']} needs a monitor: "
+                "train through folk.training.pretrain (as `folk pretrain` does), "
+                "or give Pretrainer a monitor"
+            )
         self.monitor = monitor
         self.hooks = tuple(hooks)
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
         # its identity is config.yaml beside it (check_same_run), not an entry of the file
         self.state_file = ckpt.StateFile(
-            self.ckpt_path, identity={}, disposable=False,
-            remedy=checkpoint_remedy(self.ckpt_path), other="another run", log=log,
-            required=CHECKPOINT_KEYS)
+            self.ckpt_path,
+            identity={},
+            disposable=False,
+            remedy=checkpoint_remedy(self.ckpt_path),
+            other="another run",
+            log=log,
+            required=CHECKPOINT_KEYS,
+        )
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
     # ------------------------------------------------------------------ set-up
@@ -209,37 +255,55 @@ class Pretrainer:
         dataset = build_dataset(cfg, "train")  # fails at once, naming the path, if absent
         world = self.dist.world_size
         self.micro_batch, self.accum_steps = micro_batching(
-            p["batch_size"], world, p["accum_steps"], p["max_micro_batch"])
+            p["batch_size"], world, p["accum_steps"], p["max_micro_batch"]
+        )
         per_iter = self.micro_batch * world * self.accum_steps
         if self.accum_steps > p["accum_steps"] and self.dist.is_main:
-            print(f"batch {p['batch_size']} on {world} device(s): {self.accum_steps} "
-                  f"micro-batches of {self.micro_batch} per step (pretrain.max_micro_batch = "
-                  f"{p['max_micro_batch']})", file=sys.stderr)
+            print(
+                f"batch {p['batch_size']} on {world} device(s): {self.accum_steps} "
+                f"micro-batches of {self.micro_batch} per step (pretrain.max_micro_batch = "
+                f"{p['max_micro_batch']})",
+                file=sys.stderr,
+            )
         self.iters_per_epoch = len(dataset) // per_iter
         if self.iters_per_epoch == 0:
-            raise RunDirError(f"dataset {cfg['data']['root']} has {len(dataset)} training images,"
-                              f" fewer than one global batch of {per_iter}")
+            raise RunDirError(
+                f"dataset {cfg['data']['root']} has {len(dataset)} training images,"
+                f" fewer than one global batch of {per_iter}"
+            )
         self.total_iters = p["epochs"] * self.iters_per_epoch
         if p["max_iterations"]:
             self.total_iters = min(self.total_iters, p["max_iterations"])
         self.images_per_iter = per_iter
         self.views = PretrainViews(cfg)
         views = SeededViews(dataset, self.views, seed)
-        self.sampler = EpochSampler(len(dataset), self.iters_per_epoch * self.micro_batch *
-                                    self.accum_steps, self.dist.rank, world, seed)
+        self.sampler = EpochSampler(
+            len(dataset),
+            self.iters_per_epoch * self.micro_batch * self.accum_steps,
+            self.dist.rank,
+            world,
+            seed,
+        )
         workers = cfg["data"]["num_workers"]
         if cfg["data"]["on_device"]:
-            self.loader = DeviceBatches(dataset, self.views, self.sampler, self.micro_batch,
-                                        seed, self.device)
+            self.loader = DeviceBatches(
+                dataset, self.views, self.sampler, self.micro_batch, seed, self.device
+            )
         else:
-            self.loader = DataLoader(views, batch_size=self.micro_batch, sampler=self.sampler,
-                                     num_workers=workers, collate_fn=collate_skip_none,
-                                     pin_memory=self.device.type == "cuda", drop_last=False,
-                                     persistent_workers=workers > 0,
-                                     # its own generator: iterator creation must not draw from the
-                                     # global RNG, or a resumed run's RNG stream would shift
-                                     generator=torch.Generator().manual_seed(seed),
-                                     prefetch_factor=4 if workers > 0 else None)
+            self.loader = DataLoader(
+                views,
+                batch_size=self.micro_batch,
+                sampler=self.sampler,
+                num_workers=workers,
+                collate_fn=collate_skip_none,
+                pin_memory=self.device.type == "cuda",
+                drop_last=False,
+                persistent_workers=workers > 0,
+                # its own generator: iterator creation must not draw from the
+                # global RNG, or a resumed run's RNG stream would shift
+                generator=torch.Generator().manual_seed(seed),
+                prefetch_factor=4 if workers > 0 else None,
+            )
 
         self.student, self.teacher = build_student_teacher(cfg)
         if self.dist.enabled and self.device.type == "cuda":
@@ -254,7 +318,8 @@ class Pretrainer:
         self.student_ddp = self.student
         if self.dist.enabled:
             self.student_ddp = nn.parallel.DistributedDataParallel(
-                self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
             self.objective.student = self.student_ddp
         if p["compile"] == "on" or (p["compile"] == "auto" and self.device.type == "cuda"):
             self.objective.student = torch.compile(self.objective.student)
@@ -263,16 +328,20 @@ class Pretrainer:
 
         self.schedules = pretrain_schedules(cfg, self.iters_per_epoch, p["batch_size"])
         fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(param_groups(self.student, p["no_wd_tokens"]),
-                                           lr=0.0,
-                                           betas=tuple(p["betas"]), fused=fused or None)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.student, p["no_wd_tokens"]),
+            lr=0.0,
+            betas=tuple(p["betas"]),
+            fused=fused or None,
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=p["amp"] == "fp16")
         self.filter_gen = torch.Generator(device=self.device)
         self.filter_gen.manual_seed(seed * 7919 + self.dist.rank)
         self.iteration, self.skipped, self.elapsed = 0, 0, 0.0
         self.saved_iteration: int | None = None  # of the checkpoint on disk, if any
-        self.last_layer = [] if self.student.dino_head is None else \
-            self.student.dino_head.last_layer_parameters()
+        self.last_layer = (
+            [] if self.student.dino_head is None else self.student.dino_head.last_layer_parameters()
+        )
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict:
@@ -286,8 +355,11 @@ class Pretrainer:
             "objective": self.objective.distill.state_dict() if self.objective.distill else {},
             "filter_generator": self.filter_gen.get_state(),
             "rng": ckpt.rng_state(),
-            "sampler": {"seed": self.sampler.seed, "epoch": self.iteration // self.iters_per_epoch,
-                        "position": (self.iteration % self.iters_per_epoch)},
+            "sampler": {
+                "seed": self.sampler.seed,
+                "epoch": self.iteration // self.iters_per_epoch,
+                "position": (self.iteration % self.iters_per_epoch),
+            },
             "skipped_images": self.skipped,
             "elapsed_s": self.elapsed + (time.time() - self.t_start),
         }
@@ -303,7 +375,8 @@ class Pretrainer:
             which = f"iteration {it}" if since == it else f"one of iterations {since}-{it}"
             raise NonFiniteLossError(
                 f"{bad} is non-finite after iteration {it} (the update of {which} made it so, "
-                f"with every loss term finite); it is not checkpointed: {self._last_good()}")
+                f"with every loss term finite); it is not checkpointed: {self._last_good()}"
+            )
         if self.dist.is_main:
             self.state_file.save(state)
         self.saved_iteration = self.iteration
@@ -311,10 +384,14 @@ class Pretrainer:
 
     def _last_good(self) -> str:
         if self.saved_iteration is None:
-            return (f"no checkpoint was written before it ({self.ckpt_path} does not exist); "
-                    f"a rerun starts over")
-        return (f"the last good checkpoint {self.ckpt_path} (after {self.saved_iteration} "
-                f"iterations) is left as it was")
+            return (
+                f"no checkpoint was written before it ({self.ckpt_path} does not exist); "
+                f"a rerun starts over"
+            )
+        return (
+            f"the last good checkpoint {self.ckpt_path} (after {self.saved_iteration} "
+            f"iterations) is left as it was"
+        )
 
     def restore(self) -> None:
         state = self.state_file.load()
@@ -323,9 +400,11 @@ class Pretrainer:
         except (RuntimeError, KeyError, IndexError, TypeError, ValueError) as exc:
             # a checkpoint of another model or program: its tensors do not fit this run's
             detail = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise DamagedFileError(f"{self.ckpt_path}: does not fit this run's model and state "
-                                   f"({type(exc).__name__}: {detail}); "
-                                   f"{checkpoint_remedy(self.ckpt_path)}") from None
+            raise DamagedFileError(
+                f"{self.ckpt_path}: does not fit this run's model and state "
+                f"({type(exc).__name__}: {detail}); "
+                f"{checkpoint_remedy(self.ckpt_path)}"
+            ) from None
 
     def _restore(self, state: dict) -> None:
         self.student.load_state_dict(state["student"])
@@ -415,7 +494,8 @@ class Pretrainer:
         step = buffer[row][0]
         raise NonFiniteLossError(
             f"{self.term_names[col]} = {values[row, col].item()} at iteration {step} "
-            f"(epoch {step // self.iters_per_epoch}); {self._last_good()}")
+            f"(epoch {step // self.iters_per_epoch}); {self._last_good()}"
+        )
 
     def _log(self, buffer, epoch: int, images: int, seconds: float) -> dict:
         values = torch.stack([v for _, v in buffer]).mean(0)
@@ -423,11 +503,16 @@ class Pretrainer:
         it = self.iteration - 1
         record = {"type": "train", "epoch": epoch, "iteration": self.iteration}
         record.update({k: round(v, 6) for k, v in zip(self.term_names, values)})
-        record.update({"lr": float(self.schedules["lr"][it]), "wd": float(self.schedules["wd"][it]),
-                       "momentum": float(self.schedules["momentum"][it]),
-                       "teacher_temp": float(self.schedules["teacher_temp"][it]),
-                       "images_per_s": round(images / max(seconds, 1e-9), 2),
-                       "time": round(time.time(), 3)})
+        record.update(
+            {
+                "lr": float(self.schedules["lr"][it]),
+                "wd": float(self.schedules["wd"][it]),
+                "momentum": float(self.schedules["momentum"][it]),
+                "teacher_temp": float(self.schedules["teacher_temp"][it]),
+                "images_per_s": round(images / max(seconds, 1e-9), 2),
+                "time": round(time.time(), 3),
+            }
+        )
         if self.dist.is_main:
             append_jsonl(self.metrics_path, record)
         return record
@@ -457,8 +542,11 @@ class Pretrainer:
             micro.append(views)
             counts.append(len(labels))
         counts = host_min(counts)
-        return [finish_views([v.to(self.device, non_blocking=True) for v in views], self.views)
-                for views, n in zip(micro, counts) if n > 0]
+        return [
+            finish_views([v.to(self.device, non_blocking=True) for v in views], self.views)
+            for views, n in zip(micro, counts)
+            if n > 0
+        ]
 
     def _epoch_end(self, epoch: int) -> None:
         self._epoch_summary(epoch)
@@ -477,8 +565,12 @@ class Pretrainer:
                 position = self.iteration % self.iters_per_epoch
                 self.sampler.set_epoch(epoch, position * self.micro_batch * self.accum_steps)
                 end = min((epoch + 1) * self.iters_per_epoch, self.total_iters)
-                bar = _progress(end - epoch * self.iters_per_epoch, position, self.dist.is_main,
-                                f"epoch {epoch + 1}/{self.p['epochs']}")
+                bar = _progress(
+                    end - epoch * self.iters_per_epoch,
+                    position,
+                    self.dist.is_main,
+                    f"epoch {epoch + 1}/{self.p['epochs']}",
+                )
                 buffer, window_images, window_t = [], 0, time.time()
                 batches = iter(self.loader)
                 while self.iteration < end:
@@ -507,9 +599,15 @@ class Pretrainer:
                         bar.close()
                         handler.chain()
                     try:
-                        call_hooks(self.hooks, Boundary(
-                            self.iteration, epoch, self.iteration % self.iters_per_epoch == 0,
-                            saved))
+                        call_hooks(
+                            self.hooks,
+                            Boundary(
+                                self.iteration,
+                                epoch,
+                                self.iteration % self.iters_per_epoch == 0,
+                                saved,
+                            ),
+                        )
                     except BaseException:
                         bar.close()
                         raise
@@ -524,8 +622,11 @@ class Pretrainer:
         epoch summarises the same records as an uninterrupted one."""
         if not self.dist.is_main:
             return
-        rows = [r for r in read_jsonl(self.metrics_path)
-                if r.get("type") == "train" and r["epoch"] == epoch]
+        rows = [
+            r
+            for r in read_jsonl(self.metrics_path)
+            if r.get("type") == "train" and r["epoch"] == epoch
+        ]
         if not rows:
             return
         record = {"type": "epoch", "epoch": epoch + 1, "iteration": self.iteration}
@@ -539,18 +640,23 @@ class Pretrainer:
         if self.dist.is_main:
             teacher_bb = (self.teacher or self.student).backbone
             atomic_torch_save(teacher_bb.state_dict(), self.run_dir / "backbone.pt")
-            atomic_torch_save(self.student.backbone.state_dict(),
-                              self.run_dir / "student_backbone.pt")
+            atomic_torch_save(
+                self.student.backbone.state_dict(), self.run_dir / "student_backbone.pt"
+            )
             train = [r for r in read_jsonl(self.metrics_path) if r.get("type") == "train"]
             speeds = [r["images_per_s"] for r in train[1:]] or [r["images_per_s"] for r in train]
-            done = {**provenance(), "world_size": self.dist.world_size,
-                    "wall_time_s": round(wall, 2),
-                    "images_per_s": round(float(np.median(speeds)), 2) if speeds else None,
-                    "peak_memory_mb": round(peak_memory_mb(self.device), 1),
-                    "skipped_images": self.skipped, "iterations": self.iteration,
-                    "epochs": self.iteration / self.iters_per_epoch,
-                    "final_loss": train[-1]["loss"] if train else None,
-                    "finished_at": now_iso()}
+            done = {
+                **provenance(),
+                "world_size": self.dist.world_size,
+                "wall_time_s": round(wall, 2),
+                "images_per_s": round(float(np.median(speeds)), 2) if speeds else None,
+                "peak_memory_mb": round(peak_memory_mb(self.device), 1),
+                "skipped_images": self.skipped,
+                "iterations": self.iteration,
+                "epochs": self.iteration / self.iters_per_epoch,
+                "final_loss": train[-1]["loss"] if train else None,
+                "finished_at": now_iso(),
+            }
             atomic_write_json(self.run_dir / "DONE.json", done)
         barrier()
         return done
@@ -561,15 +667,18 @@ def _check_finished(run_dir: Path) -> None:
     done = run_dir / "DONE.json"
     for needed in (run_dir / "config.yaml", run_dir / "backbone.pt"):
         if not needed.is_file():
-            raise RunDirError(f"{done} exists but {needed} does not: cannot tell what finished "
-                              f"here; delete {done} to resume the run or rerun it")
+            raise RunDirError(
+                f"{done} exists but {needed} does not: cannot tell what finished "
+                f"here; delete {done} to resume the run or rerun it"
+            )
     try:
         marker = json.loads(done.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RunDirError(f"{done} is not JSON ({exc}); delete it to resume the run") from None
     if not isinstance(marker, dict) or "iterations" not in marker:
-        raise RunDirError(f"{done} lacks key 'iterations': not a finished marker; delete it "
-                          f"to resume the run")
+        raise RunDirError(
+            f"{done} lacks key 'iterations': not a finished marker; delete it " f"to resume the run"
+        )
 
 
 def run_started(run_dir: Path) -> bool:
@@ -581,8 +690,9 @@ def run_started(run_dir: Path) -> bool:
     return (run_dir / "checkpoints" / "last.pt").is_file() or (run_dir / "DONE.json").is_file()
 
 
-def pretrain(cfg: dict, run_dir: str | Path, hooks: Sequence[Hook] = (),
-             monitor: Monitor | None = None) -> dict:
+def pretrain(
+    cfg: dict, run_dir: str | Path, hooks: Sequence[Hook] = (), monitor: Monitor | None = None
+) -> dict:
     """Train ``cfg`` into ``run_dir``; resume from its checkpoint; no-op when DONE.json exists.
     ``hooks``, ``monitor``: see Pretrainer."""
     run_dir = Path(run_dir)

@@ -6,6 +6,7 @@ Policy for damaged lines: they are moved, verbatim and in their order, to
 files and the line numbers. Keeping them in place instead would make every later reader warn
 again and would put a torn line in the middle of the records the resumed run appends.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,12 @@ def rewind_records(path: Path, iteration: int) -> None:
             f.flush()
             os.fsync(f.fileno())
         numbers = ", ".join(str(n) for n, _ in damaged)
-        log.warning("%s line%s %s: not JSON records; moved verbatim to %s", path,
-                    "s" if len(damaged) > 1 else "", numbers, aside)
+        log.warning(
+            "%s line%s %s: not JSON records; moved verbatim to %s",
+            path,
+            "s" if len(damaged) > 1 else "",
+            numbers,
+            aside,
+        )
     kept = [r for r in records if r.get("iteration", 0) <= iteration]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))

@@ -2,6 +2,7 @@
 
 Shared by the training loop and ``folk bench`` so that what is benchmarked is what trains.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,9 @@ class FolkObjective(nn.Module):
     micro-batch (the training loop and ``folk bench`` do).
     """
 
-    def __init__(self, cfg: dict, student: nn.Module, teacher: nn.Module | None,
-                 device: torch.device):
+    def __init__(
+        self, cfg: dict, student: nn.Module, teacher: nn.Module | None, device: torch.device
+    ):
         super().__init__()
 
         method, p, f = cfg["method"], cfg["pretrain"], cfg["filter"]
@@ -37,13 +39,24 @@ class FolkObjective(nn.Module):
         self.filter_local_views = f["local_views"] == "same"
         self.cfg = cfg
         c = cfg["data"]["in_chans"]
-        self.register_buffer("mean", torch.tensor(cfg["data"]["mean"], device=device).view(1, c, 1, 1))
-        self.register_buffer("std", torch.tensor(cfg["data"]["std"], device=device).view(1, c, 1, 1))
-        self.distill = DistillationLoss(cfg["model"]["head_out_dim"], p["student_temp"],
-                                        p["center_momentum"], p["centering"],
-                                        p["sinkhorn_iterations"],
-                                        defer_center_update=True).to(device) \
-            if self.distillation else None
+        self.register_buffer(
+            "mean", torch.tensor(cfg["data"]["mean"], device=device).view(1, c, 1, 1)
+        )
+        self.register_buffer(
+            "std", torch.tensor(cfg["data"]["std"], device=device).view(1, c, 1, 1)
+        )
+        self.distill = (
+            DistillationLoss(
+                cfg["model"]["head_out_dim"],
+                p["student_temp"],
+                p["center_momentum"],
+                p["centering"],
+                p["sinkhorn_iterations"],
+                defer_center_update=True,
+            ).to(device)
+            if self.distillation
+            else None
+        )
         self.amp_dtype = autocast_dtype(cfg["pretrain"]["amp"], device)
         self.device = device
 
@@ -61,8 +74,9 @@ class FolkObjective(nn.Module):
         if self.distill is not None:
             self.distill.apply_center_update()
 
-    def forward(self, views: list[torch.Tensor], teacher_temp: float,
-                generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, views: list[torch.Tensor], teacher_temp: float, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``views``: global views first (in [0, 1], on the device), then local crops.
 
         With ``filter.local_views: same`` the local crops (all of one size) go through
@@ -79,8 +93,13 @@ class FolkObjective(nn.Module):
             total = torch.zeros((), device=self.device)
             if self.reconstruction:
                 targets = self.normalize(globals_).chunk(n)
-                rec = sum(frequency_loss(r, t, m, self.rec_reduction) for r, t, m in
-                          zip(recon.chunk(n), targets, mask.chunk(n))) / n
+                rec = (
+                    sum(
+                        frequency_loss(r, t, m, self.rec_reduction)
+                        for r, t, m in zip(recon.chunk(n), targets, mask.chunk(n))
+                    )
+                    / n
+                )
                 terms["loss_rec"] = rec
                 total = total + self.lambda_rec * rec
             if self.distillation:
@@ -89,14 +108,19 @@ class FolkObjective(nn.Module):
                 student_out = list(logits.chunk(n))
                 locals_ = list(views[2:])
                 if locals_ and self.filter_local_views:
-                    filtered, _ = self.filter(torch.cat(locals_), generator=generator,
-                                              **self.local_filter_kwargs(locals_[0].shape[-1]))
+                    filtered, _ = self.filter(
+                        torch.cat(locals_),
+                        generator=generator,
+                        **self.local_filter_kwargs(locals_[0].shape[-1]),
+                    )
                     locals_ = list(filtered.chunk(len(locals_)))
                 for local in locals_:
                     student_out.append(self.student(self.normalize(local), reconstruct=False)[0])
                 kd = self.distill(student_out, list(teacher_out), teacher_temp)
                 terms["loss_kd"] = kd
-                terms.update({f"kd_{name}": value for name, value in self.distill.diagnostics.items()})
+                terms.update(
+                    {f"kd_{name}": value for name, value in self.distill.diagnostics.items()}
+                )
                 total = total + self.lambda_kd * kd
         terms["loss"] = total
         return total, terms

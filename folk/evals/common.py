@@ -1,4 +1,5 @@
 """What every evaluation shares: its output directory, its metrics.json, its log."""
+
 from __future__ import annotations
 
 import json
@@ -18,17 +19,30 @@ from folk.utils.provenance import git_sha, now_iso
 SCHEMA = "folk.eval/1"
 # a variant names one directory: no separator, no "..", nothing hidden
 VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_RECORD_KEYS = ("schema", "run", "task", "variant", "dataset", "split", "metrics", "primary",
-                "seed", "epochs", "finished_at")
+_RECORD_KEYS = (
+    "schema",
+    "run",
+    "task",
+    "variant",
+    "dataset",
+    "split",
+    "metrics",
+    "primary",
+    "seed",
+    "epochs",
+    "finished_at",
+)
 
 
 def check_variant(variant: str) -> str:
     """``variant`` when it is a plain name (letters, digits, '_', '-', '.'; no '..');
     a ConfigError otherwise, so that no output can land outside ``<run_dir>/eval``."""
     if variant and (not VARIANT_RE.match(variant) or ".." in variant):
-        raise ConfigError(f"--variant = {variant!r} is not a plain name (letters, digits, "
-                          f"'_', '-', '.'; no '/' or '..'): it names the directory "
-                          f"eval/<task>-<variant> of the run")
+        raise ConfigError(
+            f"--variant = {variant!r} is not a plain name (letters, digits, "
+            f"'_', '-', '.'; no '/' or '..'): it names the directory "
+            f"eval/<task>-<variant> of the run"
+        )
     return variant
 
 
@@ -59,8 +73,10 @@ def record_problem(path: Path) -> str | None:
     # provenance: the record must be the one of this directory's task and variant
     name = f"{rec['task']}-{rec['variant']}" if rec["variant"] else str(rec["task"])
     if name != Path(path).parent.name:
-        return (f"keys 'task' = {rec['task']!r}, 'variant' = {rec['variant']!r} belong to "
-                f"eval/{name}, not to eval/{Path(path).parent.name}")
+        return (
+            f"keys 'task' = {rec['task']!r}, 'variant' = {rec['variant']!r} belong to "
+            f"eval/{name}, not to eval/{Path(path).parent.name}"
+        )
     metrics = rec["metrics"]
     if not isinstance(metrics, dict) or rec["primary"] not in metrics:
         return f"key 'primary' = {rec['primary']!r} is not among 'metrics'"
@@ -84,8 +100,11 @@ def is_done(out_dir: Path) -> bool:
     problem = record_problem(path)
     if problem is None:
         return True
-    print(f"warning: '{path}' is damaged ({problem}): not a finished evaluation; running "
-          f"it again", file=sys.stderr)
+    print(
+        f"warning: '{path}' is damaged ({problem}): not a finished evaluation; running "
+        f"it again",
+        file=sys.stderr,
+    )
     return False
 
 
@@ -103,9 +122,21 @@ def task_logger(out_dir: Path, task: str) -> logging.Logger:
     return log
 
 
-def write_metrics(out_dir: Path, *, cfg: dict, run_dir: Path, task: str, variant: str,
-                  dataset: str, split: str, metrics: dict[str, float], primary: str,
-                  seed: int, epochs: int, started: float) -> dict:
+def write_metrics(
+    out_dir: Path,
+    *,
+    cfg: dict,
+    run_dir: Path,
+    task: str,
+    variant: str,
+    dataset: str,
+    split: str,
+    metrics: dict[str, float],
+    primary: str,
+    seed: int,
+    epochs: int,
+    started: float,
+) -> dict:
     """Write the one fixed schema of DESIGN.md; written last, so its presence means done.
     ``columns`` are the report columns the task declares for these metrics
     (folk.eval_tasks), so the report reads labels and order from the record itself."""

@@ -24,6 +24,7 @@ only stronger.
 The low-/high-pass filters use MFM's centred circular mask (``folk.filters``); their radii are
 stated at ``filter.mfm_radius_ref_size`` px and scaled like the pre-training radius.
 """
+
 from __future__ import annotations
 
 import io
@@ -59,27 +60,34 @@ SEVERITY_TABLES: dict[str, dict] = {
 
 def table_for_size(img_size: int) -> str:
     """The table whose reference size is nearest to ``img_size`` in log scale."""
-    return min(SEVERITY_TABLES,
-               key=lambda t: abs(math.log(img_size / SEVERITY_TABLES[t]["ref_size"])))
+    return min(
+        SEVERITY_TABLES, key=lambda t: abs(math.log(img_size / SEVERITY_TABLES[t]["ref_size"]))
+    )
 
 
 def _check_images(x: torch.Tensor, where: str) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
         what = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise DataError(f"{where}: expected floating-point images (B, C, H, W) in [0, 1], "
-                        f"got {what}")
+        raise DataError(
+            f"{where}: expected floating-point images (B, C, H, W) in [0, 1], " f"got {what}"
+        )
 
 
 def _param(name: str, severity: int, table: str) -> float:
     if table not in SEVERITY_TABLES:
-        raise ConfigError(f"eval.robustness.severity_table: unknown table {table!r}; choose "
-                          f"from auto, {', '.join(SEVERITY_TABLES)}")
+        raise ConfigError(
+            f"eval.robustness.severity_table: unknown table {table!r}; choose "
+            f"from auto, {', '.join(SEVERITY_TABLES)}"
+        )
     if name not in CORRUPTIONS:
-        raise ConfigError(f"eval.robustness.corruptions: unknown corruption {name!r}; "
-                          f"choose from {', '.join(CORRUPTIONS)}")
+        raise ConfigError(
+            f"eval.robustness.corruptions: unknown corruption {name!r}; "
+            f"choose from {', '.join(CORRUPTIONS)}"
+        )
     if not isinstance(severity, int) or isinstance(severity, bool) or not 1 <= severity <= 5:
-        raise ConfigError(f"eval.robustness.severities: severity must be an integer 1..5, "
-                          f"got {severity!r}")
+        raise ConfigError(
+            f"eval.robustness.severities: severity must be an integer 1..5, " f"got {severity!r}"
+        )
     return SEVERITY_TABLES[table][name][severity - 1]
 
 
@@ -90,8 +98,10 @@ def scaled_size(value: float, img_size: int, ref_size: float = 224.0) -> float:
 
 # ------------------------------------------------------------------ corruptions
 
-def gaussian_noise(x: torch.Tensor, severity: int, generator: torch.Generator,
-                   table: str = "imagenet_c") -> torch.Tensor:
+
+def gaussian_noise(
+    x: torch.Tensor, severity: int, generator: torch.Generator, table: str = "imagenet_c"
+) -> torch.Tensor:
     _check_images(x, "gaussian_noise")
     std = _param("gaussian_noise", severity, table)
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
@@ -101,8 +111,9 @@ def gaussian_noise(x: torch.Tensor, severity: int, generator: torch.Generator,
 def gaussian_blur(x: torch.Tensor, severity: int, table: str = "imagenet_c") -> torch.Tensor:
     _check_images(x, "gaussian_blur")
     h, w = x.shape[-2:]
-    sigma = scaled_size(_param("gaussian_blur", severity, table), min(h, w),
-                        SEVERITY_TABLES[table]["ref_size"])
+    sigma = scaled_size(
+        _param("gaussian_blur", severity, table), min(h, w), SEVERITY_TABLES[table]["ref_size"]
+    )
     # +-3 sigma holds 99.7 % of the kernel's mass; reflect padding needs it below the size
     half = min(max(1, math.ceil(3.0 * sigma)), min(h, w) - 1)
     return tv_blur(x.float(), kernel_size=[2 * half + 1] * 2, sigma=[sigma, sigma]).clamp_(0, 1)
@@ -133,8 +144,14 @@ def contrast(x: torch.Tensor, severity: int, table: str = "imagenet_c") -> torch
     return ((x - mean) * c + mean).clamp_(0.0, 1.0)
 
 
-def corrupt(x: torch.Tensor, name: str, severity: int, *, table: str = "imagenet_c",
-            generator: torch.Generator | None = None) -> torch.Tensor:
+def corrupt(
+    x: torch.Tensor,
+    name: str,
+    severity: int,
+    *,
+    table: str = "imagenet_c",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """``name`` at ``severity`` (1..5) with the parameters of ``table``; ``generator``
     (on the images' device) is needed by gaussian_noise only."""
     _param(name, severity, table)
@@ -143,10 +160,12 @@ def corrupt(x: torch.Tensor, name: str, severity: int, *, table: str = "imagenet
             raise ValueError("gaussian_noise needs a torch.Generator on the images' device")
         return gaussian_noise(x, severity, generator, table)
     return {"gaussian_blur": gaussian_blur, "jpeg": jpeg, "contrast": contrast}[name](
-        x, severity, table)
+        x, severity, table
+    )
 
 
 # ------------------------------------------------------------------ frequency filters
+
 
 def _circular_filter(x: torch.Tensor, radius_px: float, keep_low: bool) -> torch.Tensor:
     _check_images(x, "frequency filter")

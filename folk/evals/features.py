@@ -9,6 +9,7 @@ The cache key is a digest of everything the features depend on: the backbone's w
 themselves (so a changed ``backbone.pt`` never reuses stale features, whatever its mtime),
 the split and its data settings, the feature layout, the image size and the transform.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,34 +48,47 @@ def load_eval_backbone(run_dir: str | Path, cfg: dict) -> nn.Module:
 
 # ---------------------------------------------------------------- the embedding itself
 
-def embed_batch(backbone: nn.Module, images: torch.Tensor, n_last_blocks: int = 1,
-                avgpool_patchtokens: bool = False) -> torch.Tensor:
+
+def embed_batch(
+    backbone: nn.Module,
+    images: torch.Tensor,
+    n_last_blocks: int = 1,
+    avgpool_patchtokens: bool = False,
+) -> torch.Tensor:
     """(B, D') embeddings of one batch; see the module docstring for the layout."""
     if not hasattr(backbone, "blocks"):  # ResNet and other CNNs: pooled last stage
         return backbone.forward_head(backbone.forward_features(images), pre_logits=True)
     # every requested block output goes through the final norm, as DINO's
     # get_intermediate_layers does; for n=1 this is exactly forward_features()[:, 0]
-    out = backbone.forward_intermediates(images, indices=n_last_blocks, norm=True,
-                                         output_fmt="NLC", intermediates_only=True,
-                                         return_prefix_tokens=True)
+    out = backbone.forward_intermediates(
+        images,
+        indices=n_last_blocks,
+        norm=True,
+        output_fmt="NLC",
+        intermediates_only=True,
+        return_prefix_tokens=True,
+    )
     parts = []
     for patches, prefix in out:
         # a ViT without a class token (global_pool="avg" models) gets its mean patch token
-        parts.append(prefix[:, 0] if prefix is not None and prefix.shape[1] > 0
-                     else patches.mean(dim=1))
+        parts.append(
+            prefix[:, 0] if prefix is not None and prefix.shape[1] > 0 else patches.mean(dim=1)
+        )
     if avgpool_patchtokens:
         parts.append(out[-1][0].mean(dim=1))
     return torch.cat(parts, dim=-1)
 
 
-def feature_dim(backbone: nn.Module, n_last_blocks: int = 1,
-                avgpool_patchtokens: bool = False) -> int:
+def feature_dim(
+    backbone: nn.Module, n_last_blocks: int = 1, avgpool_patchtokens: bool = False
+) -> int:
     if not hasattr(backbone, "blocks"):
         return backbone.num_features
     return backbone.num_features * (n_last_blocks + int(avgpool_patchtokens))
 
 
 # ---------------------------------------------------------------- cache key
+
 
 def weights_digest(module: nn.Module) -> str:
     """sha256 over the names, dtypes, shapes and bytes of every tensor in the state dict."""
@@ -86,14 +100,22 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def cache_key(backbone: nn.Module, cfg: dict, split: str, n_last_blocks: int,
-              avgpool_patchtokens: bool, indices: Sequence[int] | None,
-              transform: Callable | None, cache_tag: str = "") -> str:
+def cache_key(
+    backbone: nn.Module,
+    cfg: dict,
+    split: str,
+    n_last_blocks: int,
+    avgpool_patchtokens: bool,
+    indices: Sequence[int] | None,
+    transform: Callable | None,
+    cache_tag: str = "",
+) -> str:
     data = {k: v for k, v in cfg["data"].items() if k not in _DATA_KEYS_IRRELEVANT}
     index_digest = None
     if indices is not None:
         index_digest = hashlib.sha256(
-            torch.as_tensor(list(indices), dtype=torch.int64).numpy().tobytes()).hexdigest()
+            torch.as_tensor(list(indices), dtype=torch.int64).numpy().tobytes()
+        ).hexdigest()
     payload = {
         "version": CACHE_VERSION,
         "weights": weights_digest(backbone),
@@ -114,19 +136,30 @@ def cache_key(backbone: nn.Module, cfg: dict, split: str, n_last_blocks: int,
 
 # ---------------------------------------------------------------- extraction
 
+
 def _check_layout(backbone: nn.Module, n_last_blocks: int) -> None:
     blocks = getattr(backbone, "blocks", None)
     if blocks is not None and not 1 <= n_last_blocks <= len(blocks):
-        raise ConfigError(f"n_last_blocks={n_last_blocks}: the backbone has {len(blocks)} "
-                          f"blocks (eval.linear.n_last_blocks must be between 1 and "
-                          f"{len(blocks)})")
+        raise ConfigError(
+            f"n_last_blocks={n_last_blocks}: the backbone has {len(blocks)} "
+            f"blocks (eval.linear.n_last_blocks must be between 1 and "
+            f"{len(blocks)})"
+        )
 
 
-def extract_features(backbone: nn.Module, cfg: dict, split: str,
-                     cache_dir: str | Path | None, *, n_last_blocks: int = 1,
-                     avgpool_patchtokens: bool = False, indices: Sequence[int] | None = None,
-                     transform: Callable | None = None, log: logging.Logger | None = None,
-                     cache_tag: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    backbone: nn.Module,
+    cfg: dict,
+    split: str,
+    cache_dir: str | Path | None,
+    *,
+    n_last_blocks: int = 1,
+    avgpool_patchtokens: bool = False,
+    indices: Sequence[int] | None = None,
+    transform: Callable | None = None,
+    log: logging.Logger | None = None,
+    cache_tag: str = "",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings of ``split`` ("train" or "test") by the frozen ``backbone``.
 
     Returns ``(features float32 [N, D], labels int64 [N])`` on the CPU, where N excludes
@@ -141,25 +174,38 @@ def extract_features(backbone: nn.Module, cfg: dict, split: str,
 
     path = None
     if cache_dir is not None:
-        key = cache_key(backbone, cfg, split, n_last_blocks, avgpool_patchtokens, indices,
-                        transform, cache_tag)
+        key = cache_key(
+            backbone, cfg, split, n_last_blocks, avgpool_patchtokens, indices, transform, cache_tag
+        )
         path = Path(cache_dir) / f"features-{key}.pt"
         if path.is_file():
             cached = _read_cache(path, log)
             if cached is not None:
-                log.info("%s features: loaded %s from %s (%d undecodable image(s) skipped)",
-                         split, tuple(cached["features"].shape), path, int(cached["skipped"]))
+                log.info(
+                    "%s features: loaded %s from %s (%d undecodable image(s) skipped)",
+                    split,
+                    tuple(cached["features"].shape),
+                    path,
+                    int(cached["skipped"]),
+                )
                 return cached["features"], cached["labels"]
 
-    feats, labels, skipped = _run_backbone(backbone, cfg, split, n_last_blocks,
-                                           avgpool_patchtokens, indices, transform)
+    feats, labels, skipped = _run_backbone(
+        backbone, cfg, split, n_last_blocks, avgpool_patchtokens, indices, transform
+    )
     if skipped:
         log.warning("%s: %d image(s) could not be decoded and were skipped", split, skipped)
-    log.info("%s features: %s (n_last_blocks=%d, avgpool_patchtokens=%s)", split,
-             tuple(feats.shape), n_last_blocks, avgpool_patchtokens)
+    log.info(
+        "%s features: %s (n_last_blocks=%d, avgpool_patchtokens=%s)",
+        split,
+        tuple(feats.shape),
+        n_last_blocks,
+        avgpool_patchtokens,
+    )
     if path is not None:
-        atomic_torch_save({"features": feats, "labels": labels,
-                           "skipped": torch.tensor(skipped)}, path)
+        atomic_torch_save(
+            {"features": feats, "labels": labels, "skipped": torch.tensor(skipped)}, path
+        )
     return feats, labels
 
 
@@ -170,48 +216,74 @@ def _read_cache(path: Path, log: logging.Logger) -> dict | None:
     try:
         cached = load_torch_file(path, "recomputing it", ("features", "labels", "skipped"))
         feats, labels, skipped = cached["features"], cached["labels"], cached["skipped"]
-        if not (isinstance(feats, torch.Tensor) and isinstance(labels, torch.Tensor)
-                and isinstance(skipped, torch.Tensor) and feats.ndim == 2
-                and feats.is_floating_point() and labels.ndim == 1
-                and labels.dtype == torch.int64 and len(labels) == len(feats)
-                and skipped.numel() == 1):
-            raise DamagedFileError(f"{path}: not a feature cache of [N, D] features and N "
-                                   f"labels; recomputing it")
+        if not (
+            isinstance(feats, torch.Tensor)
+            and isinstance(labels, torch.Tensor)
+            and isinstance(skipped, torch.Tensor)
+            and feats.ndim == 2
+            and feats.is_floating_point()
+            and labels.ndim == 1
+            and labels.dtype == torch.int64
+            and len(labels) == len(feats)
+            and skipped.numel() == 1
+        ):
+            raise DamagedFileError(
+                f"{path}: not a feature cache of [N, D] features and N " f"labels; recomputing it"
+            )
     except DamagedFileError as exc:
         log.warning("damaged feature cache: %s", exc)
         return None
     return cached
 
 
-def _run_backbone(backbone: nn.Module, cfg: dict, split: str, n_last_blocks: int,
-                  avgpool_patchtokens: bool, indices: Sequence[int] | None,
-                  transform: Callable | None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    dataset: Dataset = build_dataset(cfg, split, transform if transform is not None
-                                     else eval_transform(cfg))
+def _run_backbone(
+    backbone: nn.Module,
+    cfg: dict,
+    split: str,
+    n_last_blocks: int,
+    avgpool_patchtokens: bool,
+    indices: Sequence[int] | None,
+    transform: Callable | None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    dataset: Dataset = build_dataset(
+        cfg, split, transform if transform is not None else eval_transform(cfg)
+    )
     if indices is not None:
         indices = [int(i) for i in indices]
         bad = [i for i in indices if not 0 <= i < len(dataset)]
         if bad:
-            raise DataError(f"{cfg['data']['dataset']} {split} split at data.root "
-                            f"'{cfg['data']['root']}' has {len(dataset)} images; indices "
-                            f"{bad[:5]} are out of range")
+            raise DataError(
+                f"{cfg['data']['dataset']} {split} split at data.root "
+                f"'{cfg['data']['root']}' has {len(dataset)} images; indices "
+                f"{bad[:5]} are out of range"
+            )
         dataset = Subset(dataset, indices)
     device = eval_device()
-    loader = DataLoader(dataset, batch_size=cfg["eval"]["batch_size"], shuffle=False,
-                        num_workers=cfg["data"]["num_workers"], collate_fn=collate_skip_none,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg["eval"]["batch_size"],
+        shuffle=False,
+        num_workers=cfg["data"]["num_workers"],
+        collate_fn=collate_skip_none,
+        pin_memory=device.type == "cuda",
+    )
     was_training = backbone.training
     backbone.eval().to(device)
     feats, labels, skipped = [], [], 0
     try:
         with torch.inference_mode():
-            for images, targets, n_skipped in tqdm(loader, desc=f"features {split}",
-                                                   unit="batch", leave=False):
+            for images, targets, n_skipped in tqdm(
+                loader, desc=f"features {split}", unit="batch", leave=False
+            ):
                 skipped += int(n_skipped)
                 if len(images) == 0:  # every image of the batch was undecodable
                     continue
-                out = embed_batch(backbone, images.to(device, non_blocking=True),
-                                  n_last_blocks, avgpool_patchtokens)
+                out = embed_batch(
+                    backbone,
+                    images.to(device, non_blocking=True),
+                    n_last_blocks,
+                    avgpool_patchtokens,
+                )
                 feats.append(out.float().cpu())
                 labels.append(torch.as_tensor(targets, dtype=torch.int64).cpu())
     finally:

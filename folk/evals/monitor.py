@@ -1,4 +1,5 @@
 """k-NN accuracy during pre-training, on fixed class-balanced subsets of train and test."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,6 +23,13 @@ def knn_monitor(cfg: dict, backbone) -> dict:
         idx = class_balanced_indices(targets, per_class=per_class, seed=seed)
         parts[split] = extract_features(backbone, cfg, split, None, indices=idx.tolist())
     k = 20
-    acc = knn_accuracy(parts["train"][0], parts["train"][1], parts["test"][0], parts["test"][1],
-                       k=k, T=cfg["eval"]["knn"]["temperature"], num_classes=n_classes)
+    acc = knn_accuracy(
+        parts["train"][0],
+        parts["train"][1],
+        parts["test"][0],
+        parts["test"][1],
+        k=k,
+        T=cfg["eval"]["knn"]["temperature"],
+        num_classes=n_classes,
+    )
     return {"knn_top1": round(float(acc), 3), "k": k}

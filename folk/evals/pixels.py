@@ -20,6 +20,7 @@ Pixel features hold ``in_chans * img_size**2`` floats per image (588 KiB at 224 
 a large dataset needs ``data.train_subset``: the task refuses to start when the two splits
 would not fit in the machine's memory.
 """
+
 from __future__ import annotations
 
 import os
@@ -74,24 +75,32 @@ def check_memory(cfg: dict, sizes: dict[str, int]) -> None:
             f"folk eval pixels: {sizes['train']} train + {sizes['test']} test images of "
             f"{cfg['data']['in_chans']}x{size}x{size} pixels need {need / 2**30:.1f} GiB of "
             f"features, more than this machine's {have / 2**30:.1f} GiB; set "
-            f"data.train_subset/data.test_subset (or a smaller model.img_size)")
+            f"data.train_subset/data.test_subset (or a smaller model.img_size)"
+        )
 
 
 def pixel_features(cfg: dict, split: str, log=None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(features float32 [N, in_chans * img_size**2], labels int64 [N])`` of ``split``:
     the eval-transformed images flattened (undecodable images skipped, as everywhere)."""
     d = cfg["data"]
-    return extract_features(RawPixels(d["in_chans"], cfg["model"]["img_size"]), cfg, split,
-                            None, log=log)
+    return extract_features(
+        RawPixels(d["in_chans"], cfg["model"]["img_size"]), cfg, split, None, log=log
+    )
 
 
 def run(cfg: dict, run_dir: Path, out_dir: Path, log) -> dict:
     sizes = {split: len(build_dataset(cfg, split)) for split in ("train", "test")}
     check_memory(cfg, sizes)
-    log.info("pixels: raw eval-transformed pixels as features (%d x %d px, %d channel(s)); "
-             "the run's backbone is not used; %d train, %d test images, %.1f MiB",
-             cfg["model"]["img_size"], cfg["model"]["img_size"], cfg["data"]["in_chans"],
-             sizes["train"], sizes["test"], feature_bytes(cfg, sum(sizes.values())) / 2**20)
+    log.info(
+        "pixels: raw eval-transformed pixels as features (%d x %d px, %d channel(s)); "
+        "the run's backbone is not used; %d train, %d test images, %.1f MiB",
+        cfg["model"]["img_size"],
+        cfg["model"]["img_size"],
+        cfg["data"]["in_chans"],
+        sizes["train"],
+        sizes["test"],
+        feature_bytes(cfg, sum(sizes.values())) / 2**20,
+    )
     train_x, train_y = pixel_features(cfg, "train", log)
     test_x, test_y = pixel_features(cfg, "test", log)
 
@@ -100,8 +109,14 @@ def run(cfg: dict, run_dir: Path, out_dir: Path, log) -> dict:
     metrics = {f"knn_{name}": value for name, value in knn.items()}
     metrics.update({f"linear_{name}": value for name, value in linear.items()})
     primary = f"knn_{knn_primary}"
-    log.info("pixels: %s = %.2f, linear_top1 = %.2f", primary, metrics[primary],
-             metrics["linear_top1"])
-    return dict(dataset=cfg["data"]["dataset"], split="test", metrics=metrics,
-                primary=primary, seed=cfg["experiment"]["seed"],
-                epochs=cfg["eval"]["linear"]["epochs"])
+    log.info(
+        "pixels: %s = %.2f, linear_top1 = %.2f", primary, metrics[primary], metrics["linear_top1"]
+    )
+    return dict(
+        dataset=cfg["data"]["dataset"],
+        split="test",
+        metrics=metrics,
+        primary=primary,
+        seed=cfg["experiment"]["seed"],
+        epochs=cfg["eval"]["linear"]["epochs"],
+    )

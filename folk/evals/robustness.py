@@ -18,6 +18,7 @@ and the primary ``mean_corruption_top1`` (mean of the per-corruption means). Gau
 drawn from a generator seeded by (``experiment.seed``, batch number), the same draw for every
 severity.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,9 +64,14 @@ def conditions(cfg: dict, device: torch.device) -> list[tuple[str, Callable]]:
 
     for name in rb["corruptions"]:
         for severity in rb["severities"]:
-            out.append((severity_name(name, severity),
-                        lambda x, b, n=name, s=severity: C.corrupt(
-                            x, n, s, table=table, generator=noise_generator(b))))
+            out.append(
+                (
+                    severity_name(name, severity),
+                    lambda x, b, n=name, s=severity: C.corrupt(
+                        x, n, s, table=table, generator=noise_generator(b)
+                    ),
+                )
+            )
     ref = cfg["filter"]["mfm_radius_ref_size"]
     for r in rb["filter_radii"]:
         px = C.scaled_size(r, img_size, ref)
@@ -85,12 +91,16 @@ def unit_transform(cfg: dict):
 def _check_config(cfg: dict) -> None:
     rb = cfg["eval"]["robustness"]
     if not rb["corruptions"] or not rb["severities"]:
-        raise ConfigError("eval.robustness.corruptions and eval.robustness.severities must not "
-                          "be empty: the primary metric mean_corruption_top1 needs them")
+        raise ConfigError(
+            "eval.robustness.corruptions and eval.robustness.severities must not "
+            "be empty: the primary metric mean_corruption_top1 needs them"
+        )
     unknown = [c for c in rb["corruptions"] if c not in CORRUPTIONS]
     if unknown:
-        raise ConfigError(f"eval.robustness.corruptions: unknown {unknown}; choose from "
-                          f"{', '.join(CORRUPTIONS)}")
+        raise ConfigError(
+            f"eval.robustness.corruptions: unknown {unknown}; choose from "
+            f"{', '.join(CORRUPTIONS)}"
+        )
     for key in ("corruptions", "severities", "filter_radii"):
         if len(set(rb[key])) != len(rb[key]):
             raise ConfigError(f"eval.robustness.{key} has repeated values: {rb[key]}")
@@ -98,7 +108,6 @@ def _check_config(cfg: dict) -> None:
 
 
 def run(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logger) -> dict:
-
     _check_config(cfg)
     path = task_dir(run_dir, "finetune") / "classifier.pt"
     if not path.is_file():
@@ -106,23 +115,30 @@ def run(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logger) -> dict:
     device, amp_dtype = device_and_amp(cfg)
     model = load_classifier(cfg, path).to(device).eval()
     test = build_dataset(cfg, "test", transform=unit_transform(cfg))
-    loader = DataLoader(test, batch_size=cfg["eval"]["batch_size"], shuffle=False,
-                        num_workers=cfg["data"]["num_workers"], collate_fn=collate_skip_none,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        test,
+        batch_size=cfg["eval"]["batch_size"],
+        shuffle=False,
+        num_workers=cfg["data"]["num_workers"],
+        collate_fn=collate_skip_none,
+        pin_memory=device.type == "cuda",
+    )
     conds = conditions(cfg, device)
     correct = {name: 0 for name, _ in conds}
     total = skipped = 0
     with torch.inference_mode():
         for batch, (images, labels, n_skipped) in enumerate(
-                tqdm(loader, desc="robustness", unit="batch", leave=False, disable=None)):
+            tqdm(loader, desc="robustness", unit="batch", leave=False, disable=None)
+        ):
             skipped += int(n_skipped)
             if len(labels) == 0:
                 continue
             images, labels = images.to(device, non_blocking=True), labels.to(device)
             for name, fn in conds:
                 x = normalize(fn(images, batch), cfg)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                    enabled=amp_dtype is not None):
+                with torch.autocast(
+                    device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+                ):
                     pred = model(x).argmax(dim=1)
                 correct[name] += int((pred == labels).sum())
             total += len(labels)
@@ -135,14 +151,21 @@ def run(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logger) -> dict:
     rb = cfg["eval"]["robustness"]
     per_corruption = []
     for c in rb["corruptions"]:
-        mean = float(np.mean([metrics[top1_name(severity_name(c, s))]
-                              for s in rb["severities"]]))
+        mean = float(np.mean([metrics[top1_name(severity_name(c, s))] for s in rb["severities"]]))
         metrics[corruption_mean_metric(c)] = mean
         per_corruption.append(mean)
     metrics[ROBUSTNESS_PRIMARY] = float(np.mean(per_corruption))
-    log.info("clean %.2f, mean under corruption %.2f (%s)", metrics[top1_name(CLEAN)],
-             metrics[ROBUSTNESS_PRIMARY],
-             ", ".join(f"{c} {metrics[corruption_mean_metric(c)]:.2f}" for c in rb["corruptions"]))
-    return {"dataset": getattr(test, "name", cfg["data"]["dataset"]), "split": "test",
-            "metrics": metrics, "primary": ROBUSTNESS_PRIMARY,
-            "seed": cfg["experiment"]["seed"], "epochs": 0}
+    log.info(
+        "clean %.2f, mean under corruption %.2f (%s)",
+        metrics[top1_name(CLEAN)],
+        metrics[ROBUSTNESS_PRIMARY],
+        ", ".join(f"{c} {metrics[corruption_mean_metric(c)]:.2f}" for c in rb["corruptions"]),
+    )
+    return {
+        "dataset": getattr(test, "name", cfg["data"]["dataset"]),
+        "split": "test",
+        "metrics": metrics,
+        "primary": ROBUSTNESS_PRIMARY,
+        "seed": cfg["experiment"]["seed"],
+        "epochs": 0,
+    }

@@ -6,6 +6,7 @@ Each task is a row of folk.eval_tasks and a module ``folk.evals.<task>`` with
 primary, seed, epochs). The command line (``folk eval``) and the SLURM fine-tuning job
 both go through :func:`run_task`, so a task runs the same way from either.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -20,9 +21,15 @@ from folk.utils.io import remove_stale_temps
 from folk.utils.lock import exclusive
 
 
-def run_task(run_dir: str | Path, task: str, *, params: str | None = None,
-             overrides: list[str] | tuple[str, ...] = (), variant: str = "",
-             holder: str | None = None) -> Path:
+def run_task(
+    run_dir: str | Path,
+    task: str,
+    *,
+    params: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    variant: str = "",
+    holder: str | None = None,
+) -> Path:
     """Evaluate ``task`` on the run in ``run_dir``; returns the path of its metrics.json.
 
     ``params`` and ``overrides`` change eval.* keys of the run's resolved config;
@@ -43,10 +50,16 @@ def run_task(run_dir: str | Path, task: str, *, params: str | None = None,
         started = time.time()
         module = importlib.import_module(TASKS[task].module)
         result = module.run(cfg, run_dir, out_dir, log)
-        record = write_metrics(out_dir, cfg=cfg, run_dir=run_dir, task=task,
-                               variant=variant, started=started, **result)
-        log.info("%s %s = %.3f -> %s", task, record["primary"],
-                 record["metrics"][record["primary"]], out_dir / "metrics.json")
+        record = write_metrics(
+            out_dir, cfg=cfg, run_dir=run_dir, task=task, variant=variant, started=started, **result
+        )
+        log.info(
+            "%s %s = %.3f -> %s",
+            task,
+            record["primary"],
+            record["metrics"][record["primary"]],
+            out_dir / "metrics.json",
+        )
     return out_dir / "metrics.json"
 
 

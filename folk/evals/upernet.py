@@ -8,6 +8,7 @@ Feature pyramids
   shallower than an index asks for uses blocks spread evenly instead (``vit_block_indices``).
 - ResNet: stages C2-C5 (strides 4, 8, 16, 32) from timm's ``forward_intermediates``.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,10 +19,10 @@ import torch.nn.functional as F
 
 from folk.models import spatial_features
 
-RESNET_STAGES = (1, 2, 3, 4)       # timm ResNet intermediates: 0 = stem, 1..4 = C2..C5
-POOL_SCALES = (1, 2, 3, 6)         # pyramid pooling module bins (PSPNet, UperNet)
-AUX_CHANNELS = 256                 # auxiliary FCN head width (mmseg's BEiT/MAE configs)
-AUX_LEVEL = 2                      # pyramid level the auxiliary head reads (stride 16)
+RESNET_STAGES = (1, 2, 3, 4)  # timm ResNet intermediates: 0 = stem, 1..4 = C2..C5
+POOL_SCALES = (1, 2, 3, 6)  # pyramid pooling module bins (PSPNet, UperNet)
+AUX_CHANNELS = 256  # auxiliary FCN head width (mmseg's BEiT/MAE configs)
+AUX_LEVEL = 2  # pyramid level the auxiliary head reads (stride 16)
 
 
 def vit_block_indices(depth: int, out_indices: list[int]) -> list[int]:
@@ -40,8 +41,11 @@ def vit_block_indices(depth: int, out_indices: list[int]) -> list[int]:
 
 
 def conv_bn_relu(in_ch: int, out_ch: int, kernel: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False),
-                         nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
+    )
 
 
 def _resize(x: torch.Tensor, size) -> torch.Tensor:
@@ -50,13 +54,14 @@ def _resize(x: torch.Tensor, size) -> torch.Tensor:
 
 # ---------------------------------------------------------------- feature pyramids
 
+
 def _rescaler(dim: int, shift: int) -> nn.Module:
     """x2 deconvolutions (``shift > 0``, BN + GELU between them), identity, or max-pool by
     ``2 ** -shift``: BEiT/MAE's fpn1..fpn4 are shifts 2, 1, 0, -1."""
     if shift == 0:
         return nn.Identity()
     if shift < 0:
-        return nn.MaxPool2d(2 ** -shift, stride=2 ** -shift)
+        return nn.MaxPool2d(2**-shift, stride=2**-shift)
     layers: list[nn.Module] = []
     for i in range(shift):
         if i:
@@ -84,14 +89,19 @@ class ViTPyramid(nn.Module):
         dim = backbone.embed_dim
         patch = backbone.patch_embed.patch_size[0]
         octave = round(math.log2(patch))
-        self.rescale = nn.ModuleList(_rescaler(dim, octave - int(math.log2(s)))
-                                     for s in self.STRIDES)
+        self.rescale = nn.ModuleList(
+            _rescaler(dim, octave - int(math.log2(s))) for s in self.STRIDES
+        )
         self.channels = [dim] * 4
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        unique = sorted(set(self.indices))   # timm returns each requested block once
-        maps = dict(zip(unique, self.backbone.forward_intermediates(
-            x, indices=unique, intermediates_only=True)))
+        unique = sorted(set(self.indices))  # timm returns each requested block once
+        maps = dict(
+            zip(
+                unique,
+                self.backbone.forward_intermediates(x, indices=unique, intermediates_only=True),
+            )
+        )
         return [op(maps[i]) for op, i in zip(self.rescale, self.indices)]
 
 
@@ -104,11 +114,13 @@ class ResNetPyramid(nn.Module):
         self.channels = [backbone.feature_info[i]["num_chs"] for i in RESNET_STAGES]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.backbone.forward_intermediates(x, indices=list(RESNET_STAGES),
-                                                   intermediates_only=True)
+        return self.backbone.forward_intermediates(
+            x, indices=list(RESNET_STAGES), intermediates_only=True
+        )
 
 
 # ---------------------------------------------------------------- heads
+
 
 class PyramidPooling(nn.Module):
     """PPM: average-pool to each bin size, 1x1 conv, upsample, concatenate with the input."""
@@ -116,8 +128,8 @@ class PyramidPooling(nn.Module):
     def __init__(self, in_ch: int, channels: int, scales=POOL_SCALES):
         super().__init__()
         self.branches = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(s), conv_bn_relu(in_ch, channels, 1))
-            for s in scales)
+            nn.Sequential(nn.AdaptiveAvgPool2d(s), conv_bn_relu(in_ch, channels, 1)) for s in scales
+        )
         self.out_channels = in_ch + len(scales) * channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,14 +142,16 @@ class UperHead(nn.Module):
     3x3 convs per level, all levels upsampled to the finest and fused, then a 1x1
     classifier. Logits come at the finest level's resolution."""
 
-    def __init__(self, in_channels: list[int], channels: int, num_classes: int,
-                 dropout: float = 0.1):
+    def __init__(
+        self, in_channels: list[int], channels: int, num_classes: int, dropout: float = 0.1
+    ):
         super().__init__()
         self.ppm = PyramidPooling(in_channels[-1], channels)
         self.ppm_bottleneck = conv_bn_relu(self.ppm.out_channels, channels, 3)
         self.laterals = nn.ModuleList(conv_bn_relu(c, channels, 1) for c in in_channels[:-1])
-        self.fpn_convs = nn.ModuleList(conv_bn_relu(channels, channels, 3)
-                                       for _ in in_channels[:-1])
+        self.fpn_convs = nn.ModuleList(
+            conv_bn_relu(channels, channels, 3) for _ in in_channels[:-1]
+        )
         self.fuse = conv_bn_relu(len(in_channels) * channels, channels, 3)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
@@ -145,7 +159,7 @@ class UperHead(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         levels = [lat(f) for lat, f in zip(self.laterals, features[:-1])]
         levels.append(self.ppm_bottleneck(self.ppm(features[-1])))
-        for i in range(len(levels) - 1, 0, -1):            # top-down: coarse into fine
+        for i in range(len(levels) - 1, 0, -1):  # top-down: coarse into fine
             levels[i - 1] = levels[i - 1] + _resize(levels[i], levels[i - 1].shape[-2:])
         outs = [conv(lv) for conv, lv in zip(self.fpn_convs, levels[:-1])] + [levels[-1]]
         size = outs[0].shape[-2:]
@@ -156,8 +170,9 @@ class UperHead(nn.Module):
 class FCNAuxHead(nn.Module):
     """Auxiliary head of the protocol: 3x3 conv-BN-ReLU and a 1x1 classifier (training only)."""
 
-    def __init__(self, in_ch: int, num_classes: int, channels: int = AUX_CHANNELS,
-                 dropout: float = 0.1):
+    def __init__(
+        self, in_ch: int, num_classes: int, channels: int = AUX_CHANNELS, dropout: float = 0.1
+    ):
         super().__init__()
         self.conv = conv_bn_relu(in_ch, channels, 3)
         self.dropout = nn.Dropout2d(dropout)
@@ -169,11 +184,19 @@ class FCNAuxHead(nn.Module):
 
 # ---------------------------------------------------------------- full networks
 
+
 class UperNetSegmenter(nn.Module):
     """Backbone pyramid + UperNet (+ auxiliary FCN head); logits at the input size."""
 
-    def __init__(self, backbone: nn.Module, resnet: bool, num_classes: int, channels: int,
-                 out_indices: list[int], aux: bool = True):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        resnet: bool,
+        num_classes: int,
+        channels: int,
+        out_indices: list[int],
+        aux: bool = True,
+    ):
         super().__init__()
         self.pyramid = ResNetPyramid(backbone) if resnet else ViTPyramid(backbone, out_indices)
         self.head = UperHead(self.pyramid.channels, channels, num_classes)
@@ -218,7 +241,7 @@ class LinearSegmenter(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.backbone.eval()      # frozen: dropout off, BatchNorm statistics fixed
+        self.backbone.eval()  # frozen: dropout off, BatchNorm statistics fixed
         return self
 
     def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -242,5 +265,11 @@ def build_segmenter(backbone: nn.Module, resnet: bool, seg: dict) -> nn.Module:
     adapt_input_size(backbone, resnet, seg["crop_size"])
     if seg["head"] == "linear":
         return LinearSegmenter(backbone, seg["num_classes"])
-    return UperNetSegmenter(backbone, resnet, seg["num_classes"], seg["channels"],
-                            seg["out_indices"], aux=seg["aux_weight"] > 0)
+    return UperNetSegmenter(
+        backbone,
+        resnet,
+        seg["num_classes"],
+        seg["channels"],
+        seg["out_indices"],
+        aux=seg["aux_weight"] > 0,
+    )

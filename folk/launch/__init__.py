@@ -9,6 +9,7 @@ requeue on time-out and pre-emption, and the resources of the Snakemake SLURM pr
 
 README.md, "Running on a SLURM cluster", is the user guide.
 """
+
 from __future__ import annotations
 
 from folk.launch.resources import check_workflow_slurm, rule_resources

@@ -7,6 +7,7 @@ which calls ``checkpoint()`` below and requeues the job (at most ``slurm.max_req
 time-outs). The requeued job calls the same object again, and ``pretrain`` resumes from
 ``last.pt``. The objects hold the resolved configuration and paths only, never tensors.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,8 +49,9 @@ def prepare_process() -> int:
     if env.num_tasks > 1:
         # CUDA_VISIBLE_DEVICES is left alone: the engine picks cuda:(local_rank % visible),
         # right whether the cluster shows each task every GPU of the node or only its own
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
-                                                              overwrite=True)
+        submitit.helpers.TorchDistributedEnvironment().export(
+            set_cuda_visible_devices=False, overwrite=True
+        )
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     if cpus and cpus.isdigit():
         torch.set_num_threads(int(cpus))
@@ -112,8 +114,11 @@ class PretrainJob(_RunJob):
         # the job's rank 0 holds the run directory as `folk pretrain` does (a requeued job
         # starts after SLURM ended the previous one, whose lock went with it)
         job = os.environ.get("SLURM_JOB_ID") or f"pid {os.getpid()}"
-        holder = (exclusive(self.run_dir, f"folk launch pretrain job {job}")
-                  if env_dist_info().is_main else contextlib.nullcontext())
+        holder = (
+            exclusive(self.run_dir, f"folk launch pretrain job {job}")
+            if env_dist_info().is_main
+            else contextlib.nullcontext()
+        )
         with holder:
             done = pretrain(refresh_config(self.cfg), self.run_dir)
         if not done:  # already finished, or a non-zero rank
@@ -128,20 +133,27 @@ class FinetuneJob(_RunJob):
 
     task = "finetune"
 
-    def __init__(self, cfg: dict, run_dir: str | Path, params: str | None,
-                 eval_overrides: list[str]):
+    def __init__(
+        self, cfg: dict, run_dir: str | Path, params: str | None, eval_overrides: list[str]
+    ):
         super().__init__(cfg, run_dir)
         self.params = str(Path(params).resolve()) if params else None
         self.eval_overrides = list(eval_overrides)
 
     def run(self) -> dict:
-        metrics = run_task(self.run_dir, "finetune", params=self.params,
-                           overrides=self.eval_overrides)
+        metrics = run_task(
+            self.run_dir, "finetune", params=self.params, overrides=self.eval_overrides
+        )
         return json.loads(metrics.read_text()) if metrics.is_file() else {}
 
 
-def job_for(task: str, cfg: dict, run_dir: str | Path, params: str | None = None,
-            eval_overrides: list[str] | None = None) -> _RunJob:
+def job_for(
+    task: str,
+    cfg: dict,
+    run_dir: str | Path,
+    params: str | None = None,
+    eval_overrides: list[str] | None = None,
+) -> _RunJob:
     if task == "pretrain":
         return PretrainJob(cfg, run_dir)
     return FinetuneJob(cfg, run_dir, params, eval_overrides or [])

@@ -1,5 +1,6 @@
 """Executor options from the ``launch`` and ``slurm`` sections, checked before anything is
 submitted: every error names the key at fault (and, for the cluster, what it offers)."""
+
 from __future__ import annotations
 
 import re
@@ -13,21 +14,39 @@ TASKS = ("pretrain", "finetune")
 # sbatch flags that `slurm.*` keys (or submitit itself) already set: giving them again in
 # slurm.extra_sbatch would silently contradict those keys, so it is refused
 RESERVED_SBATCH = {
-    "partition": "slurm.partition", "p": "slurm.partition",
-    "account": "slurm.account", "A": "slurm.account",
-    "qos": "slurm.qos", "constraint": "slurm.constraint", "C": "slurm.constraint",
-    "nodes": "slurm.nodes", "N": "slurm.nodes",
-    "gpus-per-node": "slurm.gpus_per_node", "gres": "slurm.gpus_per_node",
-    "gpus": "slurm.gpus_per_node", "G": "slurm.gpus_per_node",
-    "cpus-per-task": "slurm.cpus_per_gpu", "c": "slurm.cpus_per_gpu",
+    "partition": "slurm.partition",
+    "p": "slurm.partition",
+    "account": "slurm.account",
+    "A": "slurm.account",
+    "qos": "slurm.qos",
+    "constraint": "slurm.constraint",
+    "C": "slurm.constraint",
+    "nodes": "slurm.nodes",
+    "N": "slurm.nodes",
+    "gpus-per-node": "slurm.gpus_per_node",
+    "gres": "slurm.gpus_per_node",
+    "gpus": "slurm.gpus_per_node",
+    "G": "slurm.gpus_per_node",
+    "cpus-per-task": "slurm.cpus_per_gpu",
+    "c": "slurm.cpus_per_gpu",
     "cpus-per-gpu": "slurm.cpus_per_gpu",
     "ntasks-per-node": "slurm.gpus_per_node (one task per GPU)",
-    "ntasks": "slurm.gpus_per_node (one task per GPU)", "n": "slurm.gpus_per_node",
-    "mem": "slurm.mem_gb", "time": "slurm.timeout_min", "t": "slurm.timeout_min",
-    "signal": "slurm.signal_delay_s", "output": "the submitit folder",
-    "o": "the submitit folder", "error": "the submitit folder", "e": "the submitit folder",
-    "job-name": "the run name", "J": "the run name", "open-mode": "submitit",
-    "array": "submitit", "a": "submitit", "wckey": "submitit",
+    "ntasks": "slurm.gpus_per_node (one task per GPU)",
+    "n": "slurm.gpus_per_node",
+    "mem": "slurm.mem_gb",
+    "time": "slurm.timeout_min",
+    "t": "slurm.timeout_min",
+    "signal": "slurm.signal_delay_s",
+    "output": "the submitit folder",
+    "o": "the submitit folder",
+    "error": "the submitit folder",
+    "e": "the submitit folder",
+    "job-name": "the run name",
+    "J": "the run name",
+    "open-mode": "submitit",
+    "array": "submitit",
+    "a": "submitit",
+    "wckey": "submitit",
 }
 _FLAG = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
@@ -43,16 +62,26 @@ def check_extra_sbatch(extra: dict) -> dict[str, object]:
     out: dict[str, object] = {}
     for key, value in extra.items():
         if not isinstance(key, str) or not _FLAG.fullmatch(key):
-            raise _err("slurm.extra_sbatch", extra, f"has a bad flag name {key!r} "
-                       "(letters, digits, '-' and '_', without the leading '--')")
+            raise _err(
+                "slurm.extra_sbatch",
+                extra,
+                f"has a bad flag name {key!r} "
+                "(letters, digits, '-' and '_', without the leading '--')",
+            )
         flag = key.replace("_", "-")
         if flag in RESERVED_SBATCH or key in RESERVED_SBATCH:
             owner = RESERVED_SBATCH.get(flag) or RESERVED_SBATCH[key]
-            raise _err("slurm.extra_sbatch", extra, f"sets --{flag}, which {owner} controls: "
-                       f"set that instead")
+            raise _err(
+                "slurm.extra_sbatch",
+                extra,
+                f"sets --{flag}, which {owner} controls: " f"set that instead",
+            )
         if value is None or isinstance(value, (dict, list)):
-            raise _err("slurm.extra_sbatch", extra, f"flag {key!r} needs a plain value "
-                       "(string, number or true), got {value!r}")
+            raise _err(
+                "slurm.extra_sbatch",
+                extra,
+                f"flag {key!r} needs a plain value " "(string, number or true), got {value!r}",
+            )
         if value is False:
             continue  # a switch turned off: not passed
         out[flag] = value
@@ -73,13 +102,20 @@ def gpu_counts(cfg: dict) -> tuple[int, int]:
     if s["cpu_only"]:
         for key, value in (("slurm.gpus_per_node", train), ("slurm.eval_gpus", ev)):
             if value:
-                raise _err(key, value, "asks for GPUs but slurm.cpu_only is true: set it to 0, "
-                           "or slurm.cpu_only=false")
+                raise _err(
+                    key,
+                    value,
+                    "asks for GPUs but slurm.cpu_only is true: set it to 0, "
+                    "or slurm.cpu_only=false",
+                )
         return 0, 0
     for key, value in (("slurm.gpus_per_node", train), ("slurm.eval_gpus", ev)):
         if value < 1:
-            raise _err(key, value, "gives a GPU job no GPU: set it to >= 1, or "
-                       "slurm.cpu_only=true to run on CPUs")
+            raise _err(
+                key,
+                value,
+                "gives a GPU job no GPU: set it to >= 1, or " "slurm.cpu_only=true to run on CPUs",
+            )
     return train, ev
 
 
@@ -88,8 +124,9 @@ def cluster_partitions() -> list[str] | None:
     if shutil.which("sinfo") is None:
         return None
     try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True,
-                             timeout=60)
+        out = subprocess.run(
+            ["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=60
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
@@ -102,15 +139,20 @@ def check_partition(partition: str, key: str = "slurm.partition") -> None:
         return
     known = cluster_partitions()
     if known is not None and partition not in known:
-        raise _err(key, partition, f"is not a partition of this cluster (sinfo lists: "
-                   f"{', '.join(known) or 'none'})")
+        raise _err(
+            key,
+            partition,
+            f"is not a partition of this cluster (sinfo lists: " f"{', '.join(known) or 'none'})",
+        )
 
 
 def check_cluster(cfg: dict) -> None:
     """What only the cluster can tell: sbatch reachable, the partition known."""
     if shutil.which("sbatch") is None:
-        raise ConfigError("key 'launch.executor' = 'slurm' but sbatch is not on PATH: run on "
-                          "a SLURM login node, or set launch.executor=local|none")
+        raise ConfigError(
+            "key 'launch.executor' = 'slurm' but sbatch is not on PATH: run on "
+            "a SLURM login node, or set launch.executor=local|none"
+        )
     check_partition(cfg["slurm"]["partition"])
 
 
@@ -121,8 +163,11 @@ def check_times(cfg: dict, task: str) -> None:
     limit_key = "slurm.timeout_min" if task == "pretrain" else "slurm.eval_runtime_min"
     limit = s["timeout_min"] if task == "pretrain" else s["eval_runtime_min"]
     if s["signal_delay_s"] >= limit * 60:
-        raise _err("slurm.signal_delay_s", s["signal_delay_s"],
-                   f"must be shorter than the time limit {limit_key} = {limit} min")
+        raise _err(
+            "slurm.signal_delay_s",
+            s["signal_delay_s"],
+            f"must be shorter than the time limit {limit_key} = {limit} min",
+        )
 
 
 def slurm_parameters(cfg: dict, task: str, job_name: str) -> dict:
@@ -142,14 +187,22 @@ def slurm_parameters(cfg: dict, task: str, job_name: str) -> dict:
         "additional_parameters": extra,
     }
     if task == "pretrain":
-        params.update(nodes=s["nodes"], ntasks_per_node=max(1, train_gpus),
-                      cpus_per_task=s["cpus_per_gpu"], time=s["timeout_min"])
+        params.update(
+            nodes=s["nodes"],
+            ntasks_per_node=max(1, train_gpus),
+            cpus_per_task=s["cpus_per_gpu"],
+            time=s["timeout_min"],
+        )
         if train_gpus:
             params["gpus_per_node"] = train_gpus
         mem_gb = s["mem_gb"]
     else:  # a fine-tuning evaluation: one process
-        params.update(nodes=1, ntasks_per_node=1, time=s["eval_runtime_min"],
-                      cpus_per_task=s["cpus_per_gpu"] * max(1, eval_gpus))
+        params.update(
+            nodes=1,
+            ntasks_per_node=1,
+            time=s["eval_runtime_min"],
+            cpus_per_task=s["cpus_per_gpu"] * max(1, eval_gpus),
+        )
         if eval_gpus:
             params["gpus_per_node"] = eval_gpus
         mem_gb = s["eval_mem_gb"]
@@ -171,8 +224,13 @@ def local_parameters(cfg: dict, task: str) -> dict:
     gpus = train_gpus if task == "pretrain" else eval_gpus
     tasks = max(1, gpus) if task == "pretrain" else 1
     timeout = s["timeout_min"] if task == "pretrain" else s["eval_runtime_min"]
-    return {"timeout_min": timeout, "gpus_per_node": gpus, "tasks_per_node": tasks,
-            "signal_delay_s": s["signal_delay_s"], "setup": check_setup(s["setup"])}
+    return {
+        "timeout_min": timeout,
+        "gpus_per_node": gpus,
+        "tasks_per_node": tasks,
+        "signal_delay_s": s["signal_delay_s"],
+        "setup": check_setup(s["setup"]),
+    }
 
 
 def check_options(cfg: dict, task: str, job_name: str = "folk") -> dict:

@@ -9,6 +9,7 @@ GPU pitfall of the plugin: a job with ``gpu=N`` and a ``tasks`` resource gets
 single-process command. ``folk eval`` is one process: GPU jobs here set ``tasks=0``, which
 every 2.x release reads as "no --ntasks-per-gpu" (one task).
 """
+
 from __future__ import annotations
 
 import shlex

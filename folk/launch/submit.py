@@ -16,6 +16,7 @@ its files by job id only. ``<run_dir>/submitit/job.json`` records the latest job
 second ``folk launch`` of the same run attaches to a job still queued or running instead
 of starting a rival one.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,19 @@ from folk.utils.io import atomic_write_json
 
 RECORD = Path("submitit") / "job.json"
 # squeue/sacct states after which the job will not run again by itself
-FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-                "BOOT_FAIL", "DEADLINE", "PREEMPTED", "SPECIAL_EXIT", "REVOKED")
+FINAL_STATES = (
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+    "SPECIAL_EXIT",
+    "REVOKED",
+)
 # seconds a finished (or vanished) job may take to show its result file (shared file systems)
 RESULT_GRACE_S = 30
 LOG_TAIL_LINES = 40
@@ -59,6 +71,7 @@ def _say(message: str) -> None:
 
 # ------------------------------------------------------------------ names and folders
 
+
 def run_label(cfg: dict, run_dir: Path) -> str:
     return cfg["experiment"]["run_name"] or run_dir.name
 
@@ -70,8 +83,11 @@ def job_name(cfg: dict, run_dir: Path, task: str) -> str:
 def submission_folder(cfg: dict, run_dir: Path) -> Path:
     """A new folder per submission (never reused: job ids may repeat)."""
     base = cfg["launch"]["folder"]
-    root = (Path(base) / cfg["experiment"]["name"] / run_label(cfg, run_dir)) if base \
+    root = (
+        (Path(base) / cfg["experiment"]["name"] / run_label(cfg, run_dir))
+        if base
         else run_dir / "submitit"
+    )
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     folder = (root / stamp).resolve()
     n = 1
@@ -83,8 +99,10 @@ def submission_folder(cfg: dict, run_dir: Path) -> Path:
 
 # ------------------------------------------------------------------ before submission
 
-def check_run_dir(cfg: dict, run_dir: Path, task: str, params: str | None,
-                  eval_overrides: list[str]) -> str | None:
+
+def check_run_dir(
+    cfg: dict, run_dir: Path, task: str, params: str | None, eval_overrides: list[str]
+) -> str | None:
     """Refuse what would fail in the job; returns a reason when there is nothing to do."""
     if task == "pretrain":
         if (run_dir / "DONE.json").is_file():
@@ -94,13 +112,16 @@ def check_run_dir(cfg: dict, run_dir: Path, task: str, params: str | None,
                 check_same_run(load_run_config(run_dir), cfg, run_dir)
         root = Path(cfg["data"]["root"])
         if not root.exists():  # the job would fail on it after waiting in the queue
-            raise DataError(f"key 'data.root' = '{root}' does not exist (run `folk prepare` "
-                            f"first; relative paths are from {Path.cwd()})")
+            raise DataError(
+                f"key 'data.root' = '{root}' does not exist (run `folk prepare` "
+                f"first; relative paths are from {Path.cwd()})"
+            )
         return None
     for name in ("DONE.json", "backbone.pt"):
         if not (run_dir / name).is_file():
-            raise RunDirError(f"{run_dir}: no {name}; fine-tuning needs a finished "
-                              f"pre-training run")
+            raise RunDirError(
+                f"{run_dir}: no {name}; fine-tuning needs a finished " f"pre-training run"
+            )
 
     eval_config(run_dir, params, eval_overrides)  # every eval key checked now, not in the job
     out_dir = task_dir(run_dir, "finetune", "")
@@ -117,23 +138,30 @@ def make_executor(cfg: dict, folder: Path, parameters: dict):
         executor = cls(folder=folder, max_num_timeout=cfg["slurm"]["max_requeues"])
         executor.update_parameters(**parameters)
     except (ValueError, RuntimeError) as exc:
-        raise ConfigError(f"launch.executor={kind}: submitit refused the options: {exc}") \
-            from None
+        raise ConfigError(f"launch.executor={kind}: submitit refused the options: {exc}") from None
     return executor
 
 
 # ------------------------------------------------------------------ job record, attach
+
 
 def _record_path(run_dir: Path) -> Path:
     return run_dir / RECORD
 
 
 def write_record(run_dir: Path, job, kind: str, task: str, name: str, folder: Path) -> dict:
-    record = {"job_id": str(job.job_id), "executor": kind, "task": task, "job_name": name,
-              "folder": str(folder), "tasks": int(job.num_tasks),
-              "stdout": str(_task0(job).paths.stdout), "stderr": str(_task0(job).paths.stderr),
-              "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "host": socket.gethostname()}
+    record = {
+        "job_id": str(job.job_id),
+        "executor": kind,
+        "task": task,
+        "job_name": name,
+        "folder": str(folder),
+        "tasks": int(job.num_tasks),
+        "stdout": str(_task0(job).paths.stdout),
+        "stderr": str(_task0(job).paths.stderr),
+        "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+    }
     atomic_write_json(_record_path(run_dir), record)
     return record
 
@@ -181,18 +209,27 @@ def attachable_job(run_dir: Path, kind: str, task: str, name: str):
     """The recorded SLURM job of this run when it is still queued or running (same job
     name: a restarted controller reuses ids), else None."""
     record = read_record(run_dir)
-    if kind != "slurm" or not record or record.get("executor") != "slurm" \
-            or record.get("task") != task or record.get("job_name") != name:
+    if (
+        kind != "slurm"
+        or not record
+        or record.get("executor") != "slurm"
+        or record.get("task") != task
+        or record.get("job_name") != name
+    ):
         return None
     info = slurm_job_info(record["job_id"])
     if info is None or is_final(info[0]) or info[1] != name:
         return None
 
-    return SlurmJob(folder=record["folder"], job_id=record["job_id"],
-                    tasks=list(range(int(record.get("tasks", 1)))))
+    return SlurmJob(
+        folder=record["folder"],
+        job_id=record["job_id"],
+        tasks=list(range(int(record.get("tasks", 1)))),
+    )
 
 
 # ------------------------------------------------------------------ waiting
+
 
 def _task0(job):
     return job.task(0)
@@ -268,8 +305,10 @@ def wait_for(job, kind: str, poll_s: float, say: Callable[[str], None] = _say) -
             time.sleep(min(poll_s, 2.0) if over else poll_s)
     except KeyboardInterrupt:
         cancel(job, kind)
-        raise LaunchError(f"interrupted: job {job.job_id} cancelled (it writes last.pt "
-                          f"before it stops); run the same command again to resume") from None
+        raise LaunchError(
+            f"interrupted: job {job.job_id} cancelled (it writes last.pt "
+            f"before it stops); run the same command again to resume"
+        ) from None
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous_term)
@@ -279,9 +318,11 @@ def wait_for(job, kind: str, poll_s: float, say: Callable[[str], None] = _say) -
 def read_outcome(job) -> dict:
     path = _task0(job).paths.result_pickle
     if not path.exists():
-        raise LaunchError(f"job {job.job_id} ended without a result (killed, out of memory, "
-                          f"or cancelled before it started); its run directory keeps the last "
-                          f"checkpoint: launch again to resume\n{log_tail(job)}")
+        raise LaunchError(
+            f"job {job.job_id} ended without a result (killed, out of memory, "
+            f"or cancelled before it started); its run directory keeps the last "
+            f"checkpoint: launch again to resume\n{log_tail(job)}"
+        )
     outcome, value = pickle_load(path)
     if outcome == "success":
         return value if isinstance(value, dict) else {"result": value}
@@ -291,9 +332,16 @@ def read_outcome(job) -> dict:
 
 # ------------------------------------------------------------------ the entry point
 
-def launch(cfg: dict, run_dir: str | Path, task: str = "pretrain", wait: bool = False,
-           params: str | None = None, eval_overrides: list[str] | None = None,
-           say: Callable[[str], None] = _say) -> dict:
+
+def launch(
+    cfg: dict,
+    run_dir: str | Path,
+    task: str = "pretrain",
+    wait: bool = False,
+    params: str | None = None,
+    eval_overrides: list[str] | None = None,
+    say: Callable[[str], None] = _say,
+) -> dict:
     """Run or submit ``task`` for ``run_dir``; see the module docstring. Returns
     ``{"status": "done" | "finished" | "submitted", "job_id", "folder", "result"}``."""
     run_dir = Path(run_dir).resolve()
@@ -312,8 +360,10 @@ def launch(cfg: dict, run_dir: str | Path, task: str = "pretrain", wait: bool = 
     job = attachable_job(run_dir, kind, task, name)
     if job is not None:
         folder = Path(job.paths.folder)
-        say(f"job {job.job_id} of this run is still queued or running: attaching to it "
-            f"instead of submitting another")
+        say(
+            f"job {job.job_id} of this run is still queued or running: attaching to it "
+            f"instead of submitting another"
+        )
     else:
         folder = submission_folder(cfg, run_dir)
         executor = make_executor(cfg, folder, parameters)
@@ -322,14 +372,17 @@ def launch(cfg: dict, run_dir: str | Path, task: str = "pretrain", wait: bool = 
             with clean_env():  # an enclosing SLURM job's variables must not leak into sbatch
                 job = executor.submit(job_object)
         except Exception as exc:  # sbatch's own refusal (account, QOS, limits ...)
-            raise LaunchError(f"submission failed ({kind}): {exc}\noptions: {parameters}") \
-                from None
+            raise LaunchError(f"submission failed ({kind}): {exc}\noptions: {parameters}") from None
         write_record(run_dir, job, kind, task, name, folder)
         say(f"submitted {task} of {run_dir} as {kind} job {job.job_id}")
     paths = _task0(job).paths
     say(f"logs: {paths.stdout} and {paths.stderr}")
-    summary = {"status": "submitted", "job_id": str(job.job_id), "folder": str(folder),
-               "result": {}}
+    summary = {
+        "status": "submitted",
+        "job_id": str(job.job_id),
+        "folder": str(folder),
+        "result": {},
+    }
     if not wait:
         return summary
     summary["result"] = wait_for(job, kind, cfg["launch"]["poll_s"], say)

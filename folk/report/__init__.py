@@ -5,6 +5,7 @@
 ``tables/<name>.{md,tex,csv}``, ``figures/<name>.{png,pdf}`` and ``README.md`` under
 ``out_dir``. README.md, "Tables and figures", is the user guide.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,13 +26,20 @@ from folk.utils.provenance import git_sha, now_iso
 
 @dataclass
 class Report:
-    tables: list            # folk.report.table.Table
-    figures: list           # folk.report.plotting.FigureInfo
+    tables: list  # folk.report.table.Table
+    figures: list  # folk.report.plotting.FigureInfo
     files: list[Path]
 
 
-def build_report(runs_dir: str | Path, out_dir: str | Path, ref_path: str | Path | None = None,
-                 q: float = 0.05, radius: float = 16, seed: int = 0, photo_size: int = 224) -> Report:
+def build_report(
+    runs_dir: str | Path,
+    out_dir: str | Path,
+    ref_path: str | Path | None = None,
+    q: float = 0.05,
+    radius: float = 16,
+    seed: int = 0,
+    photo_size: int = 224,
+) -> Report:
     _check_parameters(q, radius, photo_size)
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     # read and validate everything before writing anything
@@ -60,16 +68,27 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, ref_path: str | Path
     patch = scaled_patch(cfg, photo_size)
     figures = [
         figure_filters(fig_dir, q=q, radius=radius, size=photo_size, seed=seed),
-        figure_masking(fig_dir, q=q, rho=f["random_rho"], patch_ratio=f["patch_mask_ratio"],
-                       patch_size=patch, size=photo_size, seed=seed),
+        figure_masking(
+            fig_dir,
+            q=q,
+            rho=f["random_rho"],
+            patch_ratio=f["patch_mask_ratio"],
+            patch_size=patch,
+            size=photo_size,
+            seed=seed,
+        ),
         figure_reconstruction_loss(runs, fig_dir),
         figure_knn_epochs(runs, fig_dir),
         figure_throughput(bench, fig_dir),
     ]
     files += [fig_dir / n for fig in figures for n in fig.files]
     readme = out_dir / "README.md"
-    atomic_write_text(readme, render_readme(tables, figures, stamp, str(out_dir), len(runs),
-                                            check_claims(merge_seeds(runs))))
+    atomic_write_text(
+        readme,
+        render_readme(
+            tables, figures, stamp, str(out_dir), len(runs), check_claims(merge_seeds(runs))
+        ),
+    )
     files.append(readme)
     return Report(tables=tables, figures=figures, files=files)
 

@@ -1,6 +1,7 @@
 """Read what the pipeline produced: run directories, their evaluations, bench results, and
 the published reference numbers. Every reader validates what it relies on and names the
 file at fault, so a malformed result stops the report instead of becoming a wrong cell."""
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,9 @@ def _finite(value) -> float | None:
 @dataclass
 class EvalResult:
     """One ``eval/<task>[-<variant>]/metrics.json``."""
+
     path: Path
-    rel: str                     # path relative to the runs directory (provenance)
+    rel: str  # path relative to the runs directory (provenance)
     record: dict
 
     @property
@@ -103,12 +105,13 @@ class EvalResult:
 @dataclass
 class Run:
     """A pre-training run directory: resolved config plus whatever results it has so far."""
+
     dir: Path
     rel: str
     cfg: dict
     done: dict | None
     evals: list[EvalResult] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=list)   # of merged seed siblings (report.seeds)
+    seeds: list[int] = field(default_factory=list)  # of merged seed siblings (report.seeds)
 
     @property
     def name(self) -> str:
@@ -232,8 +235,13 @@ def read_run(run_dir: Path, runs_root: Path) -> Run:
         if missing:
             raise RunDirError(f"{run_dir / 'DONE.json'}: missing key(s) {missing}")
     evals = [_read_eval(p, runs_root) for p in sorted(run_dir.glob("eval/*/metrics.json"))]
-    return Run(dir=run_dir, rel=run_dir.relative_to(runs_root).as_posix() or ".", cfg=cfg,
-               done=done, evals=evals)
+    return Run(
+        dir=run_dir,
+        rel=run_dir.relative_to(runs_root).as_posix() or ".",
+        cfg=cfg,
+        done=done,
+        evals=evals,
+    )
 
 
 def collect_runs(runs_root: Path) -> list[Run]:
@@ -245,7 +253,7 @@ def collect_runs(runs_root: Path) -> list[Run]:
 
 @dataclass
 class BenchRecord:
-    path: str                    # bench.jsonl relative to the runs directory
+    path: str  # bench.jsonl relative to the runs directory
     record: dict
 
 
@@ -253,7 +261,8 @@ _BENCH_KEYS = ("variant", "arch", "images_per_s", "device")
 # `folk bench --data` (folk.benchmark.input_path): the keys of every line, then those of each measure
 _BENCH_DATA_KEYS = ("measure", "variant", "arch", "device")
 _BENCH_DATA_MEASURE_KEYS = {
-    "loader": ("pipeline", "per_core"), "step": ("images_per_s",),
+    "loader": ("pipeline", "per_core"),
+    "step": ("images_per_s",),
     "whole": ("images_per_s",),
     "summary": ("loader_images_per_s", "step_images_per_s", "bound"),
 }
@@ -286,9 +295,21 @@ def collect_bench(runs_root: Path) -> list[BenchRecord]:
 # ---------------------------------------------------------------- published numbers
 
 REFERENCE_PATH = Path(__file__).with_name("reference_numbers.csv")
-REFERENCE_COLUMNS = ("method", "backbone", "arch", "pretrain_epochs", "pretrain_dataset", "task",
-                     "metric", "value", "eval_dataset", "eval_detail", "eval_epochs", "source",
-                     "note")
+REFERENCE_COLUMNS = (
+    "method",
+    "backbone",
+    "arch",
+    "pretrain_epochs",
+    "pretrain_dataset",
+    "task",
+    "metric",
+    "value",
+    "eval_dataset",
+    "eval_detail",
+    "eval_epochs",
+    "source",
+    "note",
+)
 
 
 def load_reference(path: Path | None = None):
@@ -312,7 +333,8 @@ def load_reference(path: Path | None = None):
         except ValueError:
             raise DataError(f"{where}: column 'value' = {row['value']!r} is not a number") from None
         if not row["source"].strip():
-            raise DataError(f"{where}: column 'source' is empty; every published number "
-                            "needs its source")
+            raise DataError(
+                f"{where}: column 'source' is empty; every published number " "needs its source"
+            )
     df["value"] = df["value"].astype(float)
     return df

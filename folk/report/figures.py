@@ -2,6 +2,7 @@
 ``mfm_comrcom``), k-NN accuracy over pre-training epochs, and bench throughput. A figure
 whose data is missing is still written, with a "no results" panel, so the set of files is
 the same on every run of the report."""
+
 from __future__ import annotations
 
 import functools
@@ -21,6 +22,7 @@ def _series_label(run: Run) -> str:
 def _themed(draw):
     """Run ``draw`` under seaborn's style in a local rc context (no global side effects, so
     the figures look the same whatever ran before)."""
+
     @functools.wraps(draw)
     def wrapper(*args, **kwargs):
         import matplotlib  # noqa: PLC0415  matplotlib only when a figure is drawn
@@ -43,15 +45,20 @@ def figure_reconstruction_loss(runs: list[Run], out_dir: Path) -> FigureInfo:
 
     import seaborn as sns  # noqa: PLC0415  seaborn only when a figure is drawn
 
-    members = [r for r in runs if not r.ablation and not r.is_random_init
-               and r.variant in FIG5_VARIANTS]
+    members = [
+        r for r in runs if not r.ablation and not r.is_random_init and r.variant in FIG5_VARIANTS
+    ]
     steps, epochs, used = [], [], []
     for run in sorted(members, key=lambda r: (variant_rank(r.variant), r.rel)):
         n0 = len(steps) + len(epochs)
         for rec in run.records:
             if rec.get("loss_rec") is None:
                 continue
-            row = {"variant": run.variant, "setting": _series_label(run), "loss_rec": rec["loss_rec"]}
+            row = {
+                "variant": run.variant,
+                "setting": _series_label(run),
+                "loss_rec": rec["loss_rec"],
+            }
             if rec.get("type") == "train":
                 steps.append({**row, "iteration": rec["iteration"]})
             elif rec.get("type") == "epoch":
@@ -59,16 +66,28 @@ def figure_reconstruction_loss(runs: list[Run], out_dir: Path) -> FigureInfo:
         if len(steps) + len(epochs) > n0:
             used.append(run)
     fig, axes = new_figure(1, 2)
-    for ax, data, x, title in ((axes[0, 0], steps, "iteration", "per logged iteration"),
-                               (axes[0, 1], epochs, "epoch", "epoch mean")):
+    for ax, data, x, title in (
+        (axes[0, 0], steps, "iteration", "per logged iteration"),
+        (axes[0, 1], epochs, "epoch", "epoch mean"),
+    ):
         if not data:
-            no_results(ax, f"no {'train' if x == 'iteration' else 'epoch'} records with loss_rec\n"
-                           f"in metrics.jsonl of runs of variant {' / '.join(FIG5_VARIANTS)}")
+            no_results(
+                ax,
+                f"no {'train' if x == 'iteration' else 'epoch'} records with loss_rec\n"
+                f"in metrics.jsonl of runs of variant {' / '.join(FIG5_VARIANTS)}",
+            )
             continue
         df = pd.DataFrame(data)
-        sns.lineplot(data=df, x=x, y="loss_rec", hue="variant", style="setting",
-                     hue_order=[v for v in FIG5_VARIANTS if v in set(df["variant"])],
-                     marker="o" if x == "epoch" else None, ax=ax)
+        sns.lineplot(
+            data=df,
+            x=x,
+            y="loss_rec",
+            hue="variant",
+            style="setting",
+            hue_order=[v for v in FIG5_VARIANTS if v in set(df["variant"])],
+            marker="o" if x == "epoch" else None,
+            ax=ax,
+        )
         ax.set_title(f"reconstruction loss, {title}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("frequency reconstruction loss (loss_rec)")
@@ -79,12 +98,15 @@ def figure_reconstruction_loss(runs: list[Run], out_dir: Path) -> FigureInfo:
         name="fig5_reconstruction_loss",
         title="Fig. 5: reconstruction loss of mfm against mfm_comrcom",
         description="Frequency reconstruction loss (`loss_rec` of metrics.jsonl) over "
-                    "pre-training for the main-grid `mfm` (MFM's fixed filters) and "
-                    "`mfm_comrcom` (MFM with Com/RCom) runs: left per logged iteration, right "
-                    "the epoch means.",
-        runs=[r.rel for r in used], datasets=sorted({r.dataset for r in used}),
-        has_data=bool(used), note="" if used else "no loss_rec records yet",
-        files=[p.name for p in files])
+        "pre-training for the main-grid `mfm` (MFM's fixed filters) and "
+        "`mfm_comrcom` (MFM with Com/RCom) runs: left per logged iteration, right "
+        "the epoch means.",
+        runs=[r.rel for r in used],
+        datasets=sorted({r.dataset for r in used}),
+        has_data=bool(used),
+        note="" if used else "no loss_rec records yet",
+        files=[p.name for p in files],
+    )
 
 
 @_themed
@@ -96,46 +118,72 @@ def figure_knn_epochs(runs: list[Run], out_dir: Path) -> FigureInfo:
     import seaborn as sns  # noqa: PLC0415  seaborn only when a figure is drawn
 
     data, used = [], []
-    for run in sorted((r for r in runs if not r.ablation and not r.is_random_init),
-                      key=lambda r: (variant_rank(r.variant), r.rel)):
+    for run in sorted(
+        (r for r in runs if not r.ablation and not r.is_random_init),
+        key=lambda r: (variant_rank(r.variant), r.rel),
+    ):
         recs = [r for r in run.records if r.get("type") == "knn" and r.get("knn_top1") is not None]
         if recs:
             used.append(run)
-        data += [{"variant": run.variant, "setting": _series_label(run), "epoch": r["epoch"],
-                  "knn_top1": r["knn_top1"]} for r in recs]
+        data += [
+            {
+                "variant": run.variant,
+                "setting": _series_label(run),
+                "epoch": r["epoch"],
+                "knn_top1": r["knn_top1"],
+            }
+            for r in recs
+        ]
     fig, axes = new_figure(1, 1)
     ax = axes[0, 0]
     if data:
         df = pd.DataFrame(data)
         order = sorted(set(df["variant"]), key=variant_rank)
-        sns.lineplot(data=df, x="epoch", y="knn_top1", hue="variant", hue_order=order,
-                     style="setting", marker="o", ax=ax)
+        sns.lineplot(
+            data=df,
+            x="epoch",
+            y="knn_top1",
+            hue="variant",
+            hue_order=order,
+            style="setting",
+            marker="o",
+            ax=ax,
+        )
         ax.set_ylabel("k-NN top-1 (%)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("pre-training epoch (0: the random initialisation)")
         ax.legend(fontsize=9)
     else:
-        no_results(ax, "no k-NN monitoring records (type \"knn\") in any run's metrics.jsonl;\n"
-                       "set pretrain.knn_every > 0 to record them")
+        no_results(
+            ax,
+            'no k-NN monitoring records (type "knn") in any run\'s metrics.jsonl;\n'
+            "set pretrain.knn_every > 0 to record them",
+        )
     ax.set_title("k-NN accuracy during pre-training, per variant")
     files = save_figure(fig, out_dir, "knn_epochs")
     return FigureInfo(
-        name="knn_epochs", title="k-NN accuracy over pre-training epochs",
+        name="knn_epochs",
+        title="k-NN accuracy over pre-training epochs",
         description="Weighted k-NN top-1 (%) measured during pre-training every "
-                    "`pretrain.knn_every` epochs (records of type \"knn\" in metrics.jsonl, on "
-                    "`pretrain.knn_train_images`/`knn_test_images` images), one line per "
-                    "main-grid variant; epoch 0 is the initialisation, the baseline a trained "
-                    "backbone has to beat.",
-        runs=[r.rel for r in used], datasets=sorted({r.dataset for r in used}),
-        has_data=bool(used), note="" if used else "no k-NN monitoring records yet",
-        files=[p.name for p in files])
+        '`pretrain.knn_every` epochs (records of type "knn" in metrics.jsonl, on '
+        "`pretrain.knn_train_images`/`knn_test_images` images), one line per "
+        "main-grid variant; epoch 0 is the initialisation, the baseline a trained "
+        "backbone has to beat.",
+        runs=[r.rel for r in used],
+        datasets=sorted({r.dataset for r in used}),
+        has_data=bool(used),
+        note="" if used else "no k-NN monitoring records yet",
+        files=[p.name for p in files],
+    )
 
 
 # `folk bench --data` bars, beside the step's: (label, measure, pipeline, field)
-INPUT_BARS = (("input: ours, 1 core", "loader", "pretrain_views", "per_core"),
-              ("input: DINO's, 1 core", "loader", "dino_reference", "per_core"),
-              ("input: ours, {workers} workers", "summary", None, "loader_images_per_s"),
-              ("input + step", "whole", None, "images_per_s"))
+INPUT_BARS = (
+    ("input: ours, 1 core", "loader", "pretrain_views", "per_core"),
+    ("input: DINO's, 1 core", "loader", "dino_reference", "per_core"),
+    ("input: ours, {workers} workers", "summary", None, "loader_images_per_s"),
+    ("input + step", "whole", None, "images_per_s"),
+)
 
 
 def _panel(r: dict) -> str:
@@ -153,10 +201,15 @@ def _input_rows(bench: list[BenchRecord]) -> list[dict]:
         for rank, (label, measure, pipeline, field) in enumerate(INPUT_BARS):
             if r["measure"] == measure and (pipeline is None or r.get("pipeline") == pipeline):
                 if isinstance(r.get(field), (int, float)):
-                    rows.append({"variant": label.format(workers=r.get("num_workers", "?")),
-                                 "backbone": backbone_label(r["arch"], None, r.get("img_size")),
-                                 "device": _panel(r), "images_per_s": float(r[field]),
-                                 "rank": rank})
+                    rows.append(
+                        {
+                            "variant": label.format(workers=r.get("num_workers", "?")),
+                            "backbone": backbone_label(r["arch"], None, r.get("img_size")),
+                            "device": _panel(r),
+                            "images_per_s": float(r[field]),
+                            "rank": rank,
+                        }
+                    )
     return rows
 
 
@@ -174,51 +227,77 @@ def figure_throughput(bench: list[BenchRecord], out_dir: Path) -> FigureInfo:
         r = b.record
         if r.get("type", "bench") != "bench":
             continue
-        rows.append({"variant": r["variant"] + (" (baseline)" if r.get("baseline") else ""),
-                     "backbone": backbone_label(r["arch"], None, r.get("img_size")),
-                     "device": _panel(r), "images_per_s": float(r["images_per_s"])})
+        rows.append(
+            {
+                "variant": r["variant"] + (" (baseline)" if r.get("baseline") else ""),
+                "backbone": backbone_label(r["arch"], None, r.get("img_size")),
+                "device": _panel(r),
+                "images_per_s": float(r["images_per_s"]),
+            }
+        )
     inputs = _input_rows(bench)
     rows += inputs
     devices = sorted({r["device"] for r in rows})[:4]
     fig, axes = new_figure(1, max(1, len(devices)))
     if not rows:
-        no_results(axes[0, 0], "no bench.jsonl under the runs directory\n"
-                               "(`folk bench ... --out runs/<experiment>/bench.jsonl`)")
+        no_results(
+            axes[0, 0],
+            "no bench.jsonl under the runs directory\n"
+            "(`folk bench ... --out runs/<experiment>/bench.jsonl`)",
+        )
     input_rank = {r["variant"]: r["rank"] for r in inputs}
     for ax, device in zip(axes[0], devices):
         df = pd.DataFrame([r for r in rows if r["device"] == device])
         names = set(df["variant"])
         # the step's bars first, in the variants' order, then the input path's
-        order = sorted(names - set(input_rank), key=lambda v: variant_rank(v.split(" ")[0])) \
-            + sorted(names & set(input_rank), key=lambda v: (input_rank[v], v))
-        sns.barplot(data=df, x="variant", y="images_per_s", hue="backbone", order=order,
-                    errorbar=None, ax=ax)
+        order = sorted(
+            names - set(input_rank), key=lambda v: variant_rank(v.split(" ")[0])
+        ) + sorted(names & set(input_rank), key=lambda v: (input_rank[v], v))
+        sns.barplot(
+            data=df,
+            x="variant",
+            y="images_per_s",
+            hue="backbone",
+            order=order,
+            errorbar=None,
+            ax=ax,
+        )
         ax.set_title(device, fontsize=11)
         ax.set_ylabel("images/s (source images)")
         ax.tick_params(axis="x", labelrotation=30, labelsize=9)
         for container in ax.containers:
             ax.bar_label(container, fmt="%.0f", fontsize=8)
-    fig.suptitle("Pre-training throughput: the step per variant and backbone (folk bench), "
-                 "the input path (folk bench --data)")
+    fig.suptitle(
+        "Pre-training throughput: the step per variant and backbone (folk bench), "
+        "the input path (folk bench --data)"
+    )
     files = save_figure(fig, out_dir, "throughput")
     note = ""
     if len({r["device"] for r in rows}) > 4:
         note = "more than four devices: only the first four are drawn"
     datasets = ["random tensors (no data loading)"] if len(rows) > len(inputs) else []
-    datasets += sorted({f"{b.record['dataset']} ({b.record.get('data_root', '?')})"
-                        for b in bench if b.record.get("type") == "bench_data"
-                        and "dataset" in b.record})
+    datasets += sorted(
+        {
+            f"{b.record['dataset']} ({b.record.get('data_root', '?')})"
+            for b in bench
+            if b.record.get("type") == "bench_data" and "dataset" in b.record
+        }
+    )
     return FigureInfo(
-        name="throughput", title="Throughput per variant and backbone",
+        name="throughput",
+        title="Throughput per variant and backbone",
         description="Images per second of one pre-training step (`folk bench`, records of type "
-                    "\"bench\"), per variant and backbone, with the plain two-view DINO step "
-                    "measured in the same run as the baseline; one panel per device and dtype. "
-                    "The \"input\" bars (`folk bench --data`, records of type \"bench_data\") "
-                    "are the loader on the experiment's data: our pre-training views and "
-                    "DINO's reference augmentation on one core, our loader with the run's "
-                    "`data.num_workers` workers (one core's rate times the workers), and the "
-                    "loader feeding the step (\"input + step\"), which the slower of the "
-                    "two bounds.",
-        runs=sorted({b.path for b in bench}), datasets=datasets,
-        has_data=bool(rows), note=note or ("" if rows else "no bench results yet"),
-        files=[p.name for p in files])
+        '"bench"), per variant and backbone, with the plain two-view DINO step '
+        "measured in the same run as the baseline; one panel per device and dtype. "
+        'The "input" bars (`folk bench --data`, records of type "bench_data") '
+        "are the loader on the experiment's data: our pre-training views and "
+        "DINO's reference augmentation on one core, our loader with the run's "
+        "`data.num_workers` workers (one core's rate times the workers), and the "
+        'loader feeding the step ("input + step"), which the slower of the '
+        "two bounds.",
+        runs=sorted({b.path for b in bench}),
+        datasets=datasets,
+        has_data=bool(rows),
+        note=note or ("" if rows else "no bench results yet"),
+        files=[p.name for p in files],
+    )

@@ -4,6 +4,7 @@ The photographs are scikit-image's bundled samples (astronaut, chelsea, coffee),
 to a square and resized to ``size`` px. The filters are ``folk.filters`` itself, each forced to
 one branch (``p_com`` / ``p_low`` of 1 or 0), so the figure shows exactly what training uses.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,13 @@ import skimage.data
 import torch
 from skimage.transform import resize
 
-from folk.filters import (centred_log_spectrum, com_rcom, mfm, random_frequency,
-                          random_patch_with_pixel_mask)
+from folk.filters import (
+    centred_log_spectrum,
+    com_rcom,
+    mfm,
+    random_frequency,
+    random_patch_with_pixel_mask,
+)
 from folk.report.plotting import FigureInfo, new_blank_figure, save_figure
 
 PHOTOS = ("astronaut", "chelsea", "coffee")
@@ -30,7 +36,7 @@ def load_photos(names: tuple[str, ...] = PHOTOS, size: int = 224):
         h, w = img.shape[:2]
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
-        img = img[top:top + side, left:left + side, :3]
+        img = img[top : top + side, left : left + side, :3]
         img = resize(img, (size, size), anti_aliasing=True, preserve_range=False)
         out.append(torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1))
     return torch.stack(out).clamp_(0, 1)
@@ -82,63 +88,103 @@ def _draw(rows, x, names, title: str):
                 ax.set_yticks([])
             ax_s.text(0.02, 0.03, what, color="w", fontsize=7, transform=ax_s.transAxes)
             if factor != 1.0:
-                ax_i.text(0.02, 0.03, f"display ×{factor:.1f}", color="w", fontsize=7,
-                          transform=ax_i.transAxes)
+                ax_i.text(
+                    0.02,
+                    0.03,
+                    f"display ×{factor:.1f}",
+                    color="w",
+                    fontsize=7,
+                    transform=ax_i.transAxes,
+                )
             if j == 0:
                 ax_s.set_ylabel(label, fontsize=10)
     return fig
 
 
-def figure_filters(out_dir: Path, q: float = 0.05, radius: float = 16, size: int = 224,
-                   seed: int = 0, names: tuple[str, ...] = PHOTOS) -> FigureInfo:
+def figure_filters(
+    out_dir: Path,
+    q: float = 0.05,
+    radius: float = 16,
+    size: int = 224,
+    seed: int = 0,
+    names: tuple[str, ...] = PHOTOS,
+) -> FigureInfo:
     """Fig. 1: centred log spectra (masked) and restored images of MFM low-pass, MFM
     high-pass, Com and RCom; Com/RCom keep/remove the top ``q`` of frequencies by magnitude."""
     x = load_photos(names, size)
-    rows = _panel_rows(x, [
-        ("original", lambda x, g: (x, None, None)),
-        (f"MFM low-pass (r={radius:g})", lambda x, g: (*mfm(x, radius, g, p_low=1.0), None)),
-        (f"MFM high-pass (r={radius:g})", lambda x, g: (*mfm(x, radius, g, p_low=0.0), None)),
-        (f"Com (q={q:g})", lambda x, g: (*com_rcom(x, [q], 1.0, g), None)),
-        (f"RCom (q={q:g})", lambda x, g: (*com_rcom(x, [q], 0.0, g), None)),
-    ], seed)
-    fig = _draw(rows, x, names, f"Frequency filters on {size} px photographs: MFM's fixed "
-                f"circles (radius {radius:g}) against Com/RCom (top {q:g} of frequencies by "
-                "magnitude)")
+    rows = _panel_rows(
+        x,
+        [
+            ("original", lambda x, g: (x, None, None)),
+            (f"MFM low-pass (r={radius:g})", lambda x, g: (*mfm(x, radius, g, p_low=1.0), None)),
+            (f"MFM high-pass (r={radius:g})", lambda x, g: (*mfm(x, radius, g, p_low=0.0), None)),
+            (f"Com (q={q:g})", lambda x, g: (*com_rcom(x, [q], 1.0, g), None)),
+            (f"RCom (q={q:g})", lambda x, g: (*com_rcom(x, [q], 0.0, g), None)),
+        ],
+        seed,
+    )
+    fig = _draw(
+        rows,
+        x,
+        names,
+        f"Frequency filters on {size} px photographs: MFM's fixed "
+        f"circles (radius {radius:g}) against Com/RCom (top {q:g} of frequencies by "
+        "magnitude)",
+    )
     files = save_figure(fig, out_dir, "fig1_filters")
     return FigureInfo(
-        name="fig1_filters", title="Fig. 1: MFM low/high-pass against Com/RCom",
+        name="fig1_filters",
+        title="Fig. 1: MFM low/high-pass against Com/RCom",
         description=f"Centred log-magnitude spectra multiplied by each filter's mask (dark = "
-                    f"removed) and the filtered images (faint ones contrast-stretched for display, "
-                    f"factor shown), for MFM's low-pass and high-pass circles "
-                    f"(radius {radius:g} px at {size} px) and Com/RCom keeping/removing the top "
-                    f"q = {q:g} of frequencies by magnitude; scikit-image photographs "
-                    f"({', '.join(names)}) resized to {size} px.",
-        datasets=["scikit-image sample photographs"], files=[p.name for p in files])
+        f"removed) and the filtered images (faint ones contrast-stretched for display, "
+        f"factor shown), for MFM's low-pass and high-pass circles "
+        f"(radius {radius:g} px at {size} px) and Com/RCom keeping/removing the top "
+        f"q = {q:g} of frequencies by magnitude; scikit-image photographs "
+        f"({', '.join(names)}) resized to {size} px.",
+        datasets=["scikit-image sample photographs"],
+        files=[p.name for p in files],
+    )
 
 
-def figure_masking(out_dir: Path, q: float = 0.05, rho: float = 0.5, patch_ratio: float = 0.6,
-                   patch_size: int = 32, size: int = 224, seed: int = 0,
-                   names: tuple[str, ...] = PHOTOS) -> FigureInfo:
+def figure_masking(
+    out_dir: Path,
+    q: float = 0.05,
+    rho: float = 0.5,
+    patch_ratio: float = 0.6,
+    patch_size: int = 32,
+    size: int = 224,
+    seed: int = 0,
+    names: tuple[str, ...] = PHOTOS,
+) -> FigureInfo:
     """Fig. 4: Com/RCom against random frequency masking and random patch masking."""
+
     def patch(x, g):
         filtered, _, pixel = random_patch_with_pixel_mask(x, patch_ratio, patch_size, g)
         return filtered, None, pixel
 
     x = load_photos(names, size)
-    rows = _panel_rows(x, [
-        (f"Com (q={q:g})", lambda x, g: (*com_rcom(x, [q], 1.0, g), None)),
-        (f"RCom (q={q:g})", lambda x, g: (*com_rcom(x, [q], 0.0, g), None)),
-        (f"random frequency (rho={rho:g})", lambda x, g: (*random_frequency(x, rho, g), None)),
-        (f"random patch ({patch_ratio:.0%}, {patch_size}px)", patch),
-    ], seed)
-    fig = _draw(rows, x, names, "Informed (Com/RCom) against random masking, on the same "
-                "photographs")
+    rows = _panel_rows(
+        x,
+        [
+            (f"Com (q={q:g})", lambda x, g: (*com_rcom(x, [q], 1.0, g), None)),
+            (f"RCom (q={q:g})", lambda x, g: (*com_rcom(x, [q], 0.0, g), None)),
+            (f"random frequency (rho={rho:g})", lambda x, g: (*random_frequency(x, rho, g), None)),
+            (f"random patch ({patch_ratio:.0%}, {patch_size}px)", patch),
+        ],
+        seed,
+    )
+    fig = _draw(
+        rows, x, names, "Informed (Com/RCom) against random masking, on the same " "photographs"
+    )
     files = save_figure(fig, out_dir, "fig4_masking")
     return FigureInfo(
-        name="fig4_masking", title="Fig. 4: Com/RCom against random frequency and patch masking",
+        name="fig4_masking",
+        title="Fig. 4: Com/RCom against random frequency and patch masking",
         description=f"Com/RCom (q = {q:g}) against random frequency masking (each frequency "
-                    f"dropped with probability {rho:g}, conjugate-symmetric) and random patch "
-                    f"masking in pixel space ({patch_ratio:.0%} of {patch_size} px patches), "
-                    f"seed {seed}; masked spectra (pixel mask for patches) and restored images "
-                    f"of scikit-image photographs ({', '.join(names)}) at {size} px.",
-        datasets=["scikit-image sample photographs"], files=[p.name for p in files])
+        f"dropped with probability {rho:g}, conjugate-symmetric) and random patch "
+        f"masking in pixel space ({patch_ratio:.0%} of {patch_size} px patches), "
+        f"seed {seed}; masked spectra (pixel mask for patches) and restored images "
+        f"of scikit-image photographs ({', '.join(names)}) at {size} px.",
+        datasets=["scikit-image sample photographs"],
+        files=[p.name for p in files],
+    )

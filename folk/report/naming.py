@@ -3,6 +3,7 @@
 Tables and figures show these labels; they are derived from configuration keys, never from
 run directory names, so that a renamed run keeps its labels.
 """
+
 from __future__ import annotations
 
 import re
@@ -23,17 +24,30 @@ DATASETS = {
 }
 
 # order in which variants appear in tables and legends (the spec's table, then extras)
-VARIANT_ORDER = ["mfm", "mfm_comrcom", "dino_2view", "folk_mfm_filters", "folk_random_frequency",
-                 "folk_random_patch", "folk_com_only", "folk_rcom_only", "folk_no_rec", "folk"]
+VARIANT_ORDER = [
+    "mfm",
+    "mfm_comrcom",
+    "dino_2view",
+    "folk_mfm_filters",
+    "folk_random_frequency",
+    "folk_random_patch",
+    "folk_com_only",
+    "folk_rcom_only",
+    "folk_no_rec",
+    "folk",
+]
 
 
 def variant_rank(variant: str) -> tuple[int, str]:
-    return (VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER),
-            variant)
+    return (
+        VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER),
+        variant,
+    )
 
 
-def backbone_label(arch: str, patch_size: int | None = None, img_size: int | None = None,
-                   custom: bool = False) -> str:
+def backbone_label(
+    arch: str, patch_size: int | None = None, img_size: int | None = None, custom: bool = False
+) -> str:
     """``vit_small_patch16_224`` -> ``ViT-S/16``; ``resnet50`` -> ``ResNet-50``. A patch size
     or image size other than the architecture's own is part of the label (``ViT-T/4 @32px``), so
     a demo backbone never shares a column with the paper-scale one."""
@@ -70,7 +84,9 @@ def run_dataset_label(cfg: dict) -> str:
     d = cfg["data"]
     label = dataset_label(d["dataset"], d.get("train_subset", 0))
     if d["dataset"] == "imagefolder":
-        label = label.replace("ImageFolder", f"ImageFolder:{str(d['root']).rstrip('/').split('/')[-1]}")
+        label = label.replace(
+            "ImageFolder", f"ImageFolder:{str(d['root']).rstrip('/').split('/')[-1]}"
+        )
     return label
 
 

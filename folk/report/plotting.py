@@ -1,5 +1,6 @@
 """Figure plumbing shared by every report figure: one fixed size and resolution, a "no
 results" panel, and atomic PNG + PDF writes (without timestamps, so reruns are identical)."""
+
 from __future__ import annotations
 
 import io
@@ -9,13 +10,14 @@ from pathlib import Path
 from folk.utils.io import atomic_write_bytes
 
 FIG_SIZE_IN = (16.0, 9.0)
-FIG_DPI = 100                      # 1600 x 900 px
+FIG_DPI = 100  # 1600 x 900 px
 FIG_PIXELS = (int(FIG_SIZE_IN[0] * FIG_DPI), int(FIG_SIZE_IN[1] * FIG_DPI))
 
 
 @dataclass
 class FigureInfo:
     """What the README says about a figure."""
+
     name: str
     title: str
     description: str
@@ -32,8 +34,15 @@ def new_figure(nrows: int = 1, ncols: int = 1, **kwargs):
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt  # noqa: PLC0415  after choosing the Agg backend
 
-    fig, axes = plt.subplots(nrows, ncols, figsize=FIG_SIZE_IN, dpi=FIG_DPI, squeeze=False,
-                             layout="constrained", **kwargs)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=FIG_SIZE_IN,
+        dpi=FIG_DPI,
+        squeeze=False,
+        layout="constrained",
+        **kwargs,
+    )
     return fig, axes
 
 
@@ -49,8 +58,17 @@ def new_blank_figure():
 
 def no_results(ax, message: str) -> None:
     ax.set_axis_off()
-    ax.text(0.5, 0.5, f"No results\n{message}", ha="center", va="center", fontsize=16,
-            color="0.35", wrap=True, transform=ax.transAxes)
+    ax.text(
+        0.5,
+        0.5,
+        f"No results\n{message}",
+        ha="center",
+        va="center",
+        fontsize=16,
+        color="0.35",
+        wrap=True,
+        transform=ax.transAxes,
+    )
 
 
 def save_figure(fig, out_dir: Path, name: str) -> list[Path]:
@@ -58,8 +76,10 @@ def save_figure(fig, out_dir: Path, name: str) -> list[Path]:
     import matplotlib.pyplot as plt  # noqa: PLC0415  matplotlib only when a figure is drawn
 
     paths = []
-    for fmt, meta in (("png", {"Software": None}),
-                      ("pdf", {"CreationDate": None, "ModDate": None, "Producer": None})):
+    for fmt, meta in (
+        ("png", {"Software": None}),
+        ("pdf", {"CreationDate": None, "ModDate": None, "Producer": None}),
+    ):
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, dpi=FIG_DPI, metadata=meta)
         # the layout is settled by the first save: keep it rather than solve it again

@@ -8,6 +8,7 @@ of each metric over the seeds that have it and, in ``seed_std``, the sample stan
 deviation over them (``workflow.seed_evals`` runs only some evaluations on the extra seeds).
 An evaluation of one seed only, like a run alone, keeps its numbers unchanged.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,11 +43,13 @@ def _merge_evals(members: list[Run]) -> list[EvalResult]:
                 continue
             metrics[name] = statistics.fmean(values)
             spread[name] = statistics.stdev(values)
-        record.update(metrics=metrics, seed_std=spread, seeds=[r.cfg["experiment"]["seed"]
-                                                              for r, _ in having])
+        record.update(
+            metrics=metrics, seed_std=spread, seeds=[r.cfg["experiment"]["seed"] for r, _ in having]
+        )
         record["finished_at"] = max(str(e.record.get("finished_at", "")) for e in evals)
-        out.append(EvalResult(path=evals[0].path, rel=";".join(e.rel for e in evals),
-                              record=record))
+        out.append(
+            EvalResult(path=evals[0].path, rel=";".join(e.rel for e in evals), record=record)
+        )
     return out
 
 
@@ -66,7 +69,12 @@ def merge_seeds(runs: list[Run]) -> list[Run]:
             out.append(members[0])
             continue
         first = members[0]
-        out.append(replace(first, rel=";".join(r.rel for r in members),
-                           evals=_merge_evals(members),
-                           seeds=[r.cfg["experiment"]["seed"] for r in members]))
+        out.append(
+            replace(
+                first,
+                rel=";".join(r.rel for r in members),
+                evals=_merge_evals(members),
+                seeds=[r.cfg["experiment"]["seed"] for r in members],
+            )
+        )
     return out

@@ -4,6 +4,7 @@ A table is a list of rows; each row has label columns (``keys``: method, backbon
 ...) and value cells. Every cell of our own results remembers the file it was read from, so
 the writers can put the path in the CSV and a footnote in Markdown and LaTeX.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,9 +18,9 @@ BELOW_MARK = "↓"  # after a value that does not beat the random initialisation
 class Cell:
     value: float | None = None
     std: float | None = None
-    source: str = ""             # file the value was read from, relative to --runs
-    detail: str = ""             # footnote text: run, task, evaluation details
-    finished_at: str = ""        # to keep the newest of two results for one cell
+    source: str = ""  # file the value was read from, relative to --runs
+    detail: str = ""  # footnote text: run, task, evaluation details
+    finished_at: str = ""  # to keep the newest of two results for one cell
     below_reference: bool = False  # not above the random initialisation's cell
 
     @property
@@ -30,8 +31,8 @@ class Cell:
 @dataclass
 class Column:
     name: str
-    decimals: int | str = 1      # digits after the point, or "auto" (3 significant digits
-                                 # for small values, so 20 s of a demo run is not "0.00" h)
+    decimals: int | str = 1  # digits after the point, or "auto" (3 significant digits
+    # for small values, so 20 s of a demo run is not "0.00" h)
 
 
 @dataclass
@@ -39,9 +40,9 @@ class Row:
     keys: dict[str, str | None]
     cells: dict[str, Cell] = field(default_factory=dict)
     origin: str = OURS
-    runs: list[str] = field(default_factory=list)       # run dirs relative to --runs
-    notes: list[str] = field(default_factory=list)      # dataset notes, published source
-    git_shas: list[str] = field(default_factory=list)   # SHAs of the code that produced it
+    runs: list[str] = field(default_factory=list)  # run dirs relative to --runs
+    notes: list[str] = field(default_factory=list)  # dataset notes, published source
+    git_shas: list[str] = field(default_factory=list)  # SHAs of the code that produced it
 
     def add_run(self, rel: str, notes: list[str], git_sha: str) -> None:
         if rel not in self.runs:
@@ -68,13 +69,13 @@ class Row:
 
 @dataclass
 class Table:
-    name: str                    # file stem under tables/
+    name: str  # file stem under tables/
     title: str
-    description: str             # what it shows (README and file header)
+    description: str  # what it shows (README and file header)
     key_columns: list[str]
     columns: list[Column]
     rows: list[Row] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)     # table-level notes
+    notes: list[str] = field(default_factory=list)  # table-level notes
     empty_note: str = "No results yet."
     unit: str = "top-1 accuracy (%)"
 

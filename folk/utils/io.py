@@ -5,6 +5,7 @@ names none, or only the temporary file) and leaves no temporary file behind; fil
 a killed writer follow ``TEMP_PATTERN`` so that the next holder of the directory removes
 them (``remove_stale_temps``).
 """
+
 from __future__ import annotations
 
 import errno
@@ -157,13 +158,18 @@ def load_torch_file(path: Path, remedy: str, required: tuple[str, ...] = ()) -> 
         if behind is not None and behind.errno == errno.EIO:
             raise named_os_error(path, exc) from None
         detail = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise DamagedFileError(f"{path}: unreadable, truncated or not a torch file "
-                               f"({type(exc).__name__}: {detail}); {remedy}") from None
+        raise DamagedFileError(
+            f"{path}: unreadable, truncated or not a torch file "
+            f"({type(exc).__name__}: {detail}); {remedy}"
+        ) from None
     if required:
         missing = [k for k in required if not isinstance(obj, dict) or k not in obj]
         if missing:
-            what = (f"lacks key(s) {missing}" if isinstance(obj, dict)
-                    else f"holds a {type(obj).__name__}, not a mapping")
+            what = (
+                f"lacks key(s) {missing}"
+                if isinstance(obj, dict)
+                else f"holds a {type(obj).__name__}, not a mapping"
+            )
             raise DamagedFileError(f"{path}: {what}: not the file folk writes there; {remedy}")
     return obj
 

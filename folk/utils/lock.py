@@ -6,6 +6,7 @@ reboot), so a lock left behind by a killed run never blocks the run that resumes
 file's content (pid, host, start time) only serves the message of whoever is refused.
 flock works on local file systems and on NFSv4 and Lustre mounted with ``flock``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,10 @@ def _holder(path: Path) -> str:
         info = {}
     if not isinstance(info, dict) or "pid" not in info:
         return "another process (it has not written its name yet)"
-    return (f"pid {info.get('pid')} on host {info.get('host')}, started "
-            f"{info.get('started')}, running `{info.get('command')}`")
+    return (
+        f"pid {info.get('pid')} on host {info.get('host')}, started "
+        f"{info.get('started')}, running `{info.get('command')}`"
+    )
 
 
 @contextlib.contextmanager
@@ -55,15 +58,23 @@ def exclusive(directory: str | Path, command: str):
         except BlockingIOError:
             raise RunDirBusyError(
                 f"'{directory}' is in use: '{path}' is locked by {_holder(path)}; wait for it "
-                f"to end (or stop it), then run the same command again") from None
+                f"to end (or stop it), then run the same command again"
+            ) from None
         except OSError as exc:
             if exc.errno not in _NO_FLOCK:
                 raise named_os_error(path, exc) from exc
             # refusing to run at all there would be worse than running unguarded
-            print(f"warning: cannot lock '{path}' ({exc.strerror}; Lustre needs the "
-                  f"'flock' mount option): nothing stops a second writer", file=sys.stderr)
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": now_iso(),
-                  "command": command}
+            print(
+                f"warning: cannot lock '{path}' ({exc.strerror}; Lustre needs the "
+                f"'flock' mount option): nothing stops a second writer",
+                file=sys.stderr,
+            )
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": now_iso(),
+            "command": command,
+        }
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)

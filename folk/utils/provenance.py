@@ -1,4 +1,5 @@
 """What produced a result: git SHA, package versions, device, host."""
+
 from __future__ import annotations
 
 import importlib.metadata as md
@@ -14,10 +15,16 @@ _REPO = Path(__file__).resolve().parents[2]
 def git_sha(repo: Path = _REPO) -> tuple[str, bool]:
     """(SHA of HEAD, whether the tree has uncommitted changes); ('unknown', False) outside git."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return (sha or "unknown"), bool(dirty)
     except (OSError, subprocess.SubprocessError):
         return "unknown", False
@@ -48,5 +55,10 @@ def now_iso() -> str:
 
 def provenance() -> dict:
     sha, dirty = git_sha()
-    return {"git_sha": sha, "git_dirty": dirty, "versions": versions(), "device": device_name(),
-            "hostname": socket.gethostname()}
+    return {
+        "git_sha": sha,
+        "git_dirty": dirty,
+        "versions": versions(),
+        "device": device_name(),
+        "hostname": socket.gethostname(),
+    }

@@ -5,6 +5,7 @@ Two derivations, both here: the evaluations' ``key_seed`` and pre-training's own
 (``sample_seed``). Every pre-trained run so far was made with the latter; moving it onto
 ``key_seed`` would change every augmentation of every run.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,7 +19,7 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     """Pre-training's seed of sample ``index`` in ``epoch`` (the loader's workers and
     ``data.on_device`` alike)."""
     # large odd multipliers keep (epoch, index) pairs from colliding for any realistic size
-    return (seed * 1_000_003 + epoch * 2_654_435_761 + index * 97_531) % (2 ** 63 - 1)
+    return (seed * 1_000_003 + epoch * 2_654_435_761 + index * 97_531) % (2**63 - 1)
 
 
 def key_seed(*key: int) -> int:

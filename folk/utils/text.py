@@ -1,4 +1,5 @@
 """How configuration values are written for people: labels, table cells, run names."""
+
 from __future__ import annotations
 
 

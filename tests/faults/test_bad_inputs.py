@@ -4,6 +4,7 @@ file gets a named error or a correct, documented handling (issue 12, item 7).
 Each test reproduces a defect of the code before its fix; one tiny pre-training run (a few
 seconds on one thread) is shared by the tests of damaged run files.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,8 +34,9 @@ def one_torch_thread():
 
 # ------------------------------------------------------------------ 1. params files
 
+
 def _laughs(levels: int = 12, width: int = 9) -> str:
-    """"Billion laughs": each level an anchor listing the previous one ``width`` times, so
+    """ "Billion laughs": each level an anchor listing the previous one ``width`` times, so
     the last stands for width**levels strings. Under a free-form key, which takes any tree."""
     lines = ["slurm:", "  extra_sbatch:", '    l0: &l0 ["lol"]']
     for i in range(1, levels):
@@ -49,11 +51,17 @@ PARAMS_FILES = {
     "binary": (bytes(range(256)) * 8, "not a text file"),
     "nul": ("pretrain:\n  epochs: 1\x00\n", "not valid YAML"),
     "huge": ("# padding\n" * (MAX_PARAMS_BYTES // 10 + 1), f"larger than {MAX_PARAMS_BYTES}"),
-    "deep": ("slurm:\n  extra_sbatch:\n    x: " + "[" * 20000 + "]" * 20000 + "\n",
-             f"deeper than {MAX_YAML_DEPTH}"),
-    "deep_mapping": ("slurm:\n  extra_sbatch:\n" + "".join(
-        "  " * (i + 2) + f"k{i}:\n" for i in range(60)) + "  " * 62 + "v: 1\n",
-        f"deeper than {MAX_YAML_DEPTH}"),
+    "deep": (
+        "slurm:\n  extra_sbatch:\n    x: " + "[" * 20000 + "]" * 20000 + "\n",
+        f"deeper than {MAX_YAML_DEPTH}",
+    ),
+    "deep_mapping": (
+        "slurm:\n  extra_sbatch:\n"
+        + "".join("  " * (i + 2) + f"k{i}:\n" for i in range(60))
+        + "  " * 62
+        + "v: 1\n",
+        f"deeper than {MAX_YAML_DEPTH}",
+    ),
     "laughs": (_laughs(), "alias"),
     "alias": ("data:\n  mean: &m [0.5, 0.5, 0.5]\n  std: *m\n", "alias '*m'"),
 }
@@ -86,22 +94,23 @@ def test_a_resolved_config_with_a_shared_value_reads_back(tmp_path):
 
 BAD_VALUES = [
     (["experiment.seed=-1"], "experiment.seed", "-1"),
-    ([f"experiment.seed={2 ** 32}"], "experiment.seed", str(2 ** 32)),
-    ([f"workflow.seeds=[1, {2 ** 32}]"], "workflow.seeds[1]", str(2 ** 32)),
+    ([f"experiment.seed={2 ** 32}"], "experiment.seed", str(2**32)),
+    ([f"workflow.seeds=[1, {2 ** 32}]"], "workflow.seeds[1]", str(2**32)),
     (["data.mean=[0.5, .nan, 0.5]"], "data.mean[1]", "nan"),
     (["augment.brightness=.inf"], "augment.brightness", "inf"),
     (["augment.hue=-.inf"], "augment.hue", "-inf"),
     (["slurm.extra_sbatch={nice: .nan}"], "slurm.extra_sbatch.nice", "nan"),
     (["model.arch=vit_bsae_patch16_224"], "model.arch", "vit_bsae_patch16_224"),
-    (["model.embed_dim=100"], "model.embed_dim", "100"),   # vit_base: 12 heads
+    (["model.embed_dim=100"], "model.embed_dim", "100"),  # vit_base: 12 heads
     (["model.embed_dim=48", "model.num_heads=5"], "model.embed_dim", "48"),
     (["model.img_size=100"], "model.patch_size", "16"),
     (["eval.segmentation.crop_size=500"], "eval.segmentation.crop_size", "500"),
 ]
 
 
-@pytest.mark.parametrize("overrides,key,value", BAD_VALUES,
-                         ids=[" ".join(o) for o, _, _ in BAD_VALUES])
+@pytest.mark.parametrize(
+    "overrides,key,value", BAD_VALUES, ids=[" ".join(o) for o, _, _ in BAD_VALUES]
+)
 def test_folk_config_rejects_value_naming_key_and_value(overrides, key, value):
     with pytest.raises(ConfigError) as err:
         load_config(None, overrides)
@@ -119,12 +128,19 @@ def test_folk_config_command_exits_2_on_a_non_finite_value(tmp_path, capsys):
 
 
 def test_edge_values_are_accepted():
-    cfg = load_config(None, [f"experiment.seed={2 ** 32 - 1}", "model.arch=resnet50",
-                             "eval.segmentation.crop_size=500"])  # ResNets have no patches
-    assert cfg["experiment"]["seed"] == 2 ** 32 - 1
+    cfg = load_config(
+        None,
+        [
+            f"experiment.seed={2 ** 32 - 1}",
+            "model.arch=resnet50",
+            "eval.segmentation.crop_size=500",
+        ],
+    )  # ResNets have no patches
+    assert cfg["experiment"]["seed"] == 2**32 - 1
 
 
 # ------------------------------------------------------------------ 3. a failed start
+
 
 def test_a_failed_start_does_not_bind_the_run_directory(fashion_root, tmp_path):
     """The k-NN monitor reads the test split only once training has begun, after
@@ -145,6 +161,7 @@ def test_a_failed_start_does_not_bind_the_run_directory(fashion_root, tmp_path):
 
 
 # ------------------------------------------------------------------ 4. image modes
+
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
     # ITU-R 601-2, as Pillow rounds it: one grey level of tolerance in the comparison
@@ -227,11 +244,14 @@ def test_every_image_mode_is_converted_to_the_dataset_channels(tmp_path, mode):
     np.testing.assert_allclose(np.asarray(grey, dtype=np.float64), _luma(expected), atol=1)
 
 
-@pytest.mark.parametrize("values,mode", [
-    (np.array([[0.0, 2.5]], dtype=np.float32), "F"),
-    (np.array([[0.0, np.nan]], dtype=np.float32), "F"),
-    (np.array([[-5, 70000]], dtype=np.int32), "I"),
-])
+@pytest.mark.parametrize(
+    "values,mode",
+    [
+        (np.array([[0.0, 2.5]], dtype=np.float32), "F"),
+        (np.array([[0.0, np.nan]], dtype=np.float32), "F"),
+        (np.array([[-5, 70000]], dtype=np.int32), "I"),
+    ],
+)
 def test_an_image_without_a_known_scale_is_skipped_and_counted(tmp_path, caplog, values, mode):
     from folk.data import collate_skip_none
     from folk.data.classification import ImageFolderDataset
@@ -251,6 +271,7 @@ def test_an_image_without_a_known_scale_is_skipped_and_counted(tmp_path, caplog,
 
 # ------------------------------------------------------------------ 5. folder listings
 
+
 def test_symlinks_never_loop_or_list_a_file_twice(tmp_path, caplog):
     from folk.data.classification import scan_split
 
@@ -260,8 +281,8 @@ def test_symlinks_never_loop_or_list_a_file_twice(tmp_path, caplog):
         for i in range(2):
             Image.fromarray(_U8[..., :3]).save(split / c / f"{c}{i}.png")
         Image.fromarray(_U8[..., :3]).save(split / c / "sub" / f"{c}-deep.png")
-    os.symlink("..", split / "a" / "sub" / "up")              # a loop back to class a
-    os.symlink(split, split / "b" / "split")                  # a loop over every class
+    os.symlink("..", split / "a" / "sub" / "up")  # a loop back to class a
+    os.symlink(split, split / "b" / "split")  # a loop over every class
     os.symlink(split / "a" / "a0.png", split / "b" / "again.png")  # a second name
     os.symlink(split / "a" / "missing.png", split / "b" / "dangling.png")
     with caplog.at_level(logging.WARNING, logger="folk.data"):
@@ -270,20 +291,23 @@ def test_symlinks_never_loop_or_list_a_file_twice(tmp_path, caplog):
     real = sorted(os.path.realpath(p) for p, _ in samples)
     assert len(real) == len(set(real)) == 6, [p for p, _ in samples]
     assert sorted(Path(p).name for p, _ in samples) == sorted(
-        ["a0.png", "a1.png", "a-deep.png", "b0.png", "b1.png", "b-deep.png"])
+        ["a0.png", "a1.png", "a-deep.png", "b0.png", "b1.png", "b-deep.png"]
+    )
     assert all((label == 0) == (Path(p).name.startswith("a")) for p, label in samples)
     assert "again.png" in caplog.text and "dangling.png" in caplog.text
 
 
 # ------------------------------------------------------------------ 6. damaged run files
 
+
 @pytest.fixture(scope="module")
 def finished_run(fashion_root, tmp_path_factory) -> Path:
     from folk.engine.pretrain import pretrain
 
     run_dir = tmp_path_factory.mktemp("finished") / "run"
-    pretrain(load_config(None, tiny_overrides(fashion_root) + ["pretrain.max_iterations=2"]),
-             run_dir)
+    pretrain(
+        load_config(None, tiny_overrides(fashion_root) + ["pretrain.max_iterations=2"]), run_dir
+    )
     return run_dir
 
 
@@ -350,8 +374,7 @@ def test_damaged_weights_name_the_file_and_what_to_do(finished_run, tmp_path, ho
 
 
 @pytest.mark.parametrize("how", DAMAGE + ["wrong_shapes"])
-def test_a_damaged_feature_cache_is_recomputed_with_a_warning(finished_run, tmp_path, caplog,
-                                                              how):
+def test_a_damaged_feature_cache_is_recomputed_with_a_warning(finished_run, tmp_path, caplog, how):
     from folk.evals.features import extract_features, load_eval_backbone
 
     cfg = load_run_config(finished_run)

@@ -5,6 +5,7 @@ rule logs across reruns, and the exit statuses of README.md, "Exit codes".
 Each test reproduces a defect of the code before these fixes. Subprocesses run with one
 torch thread: the tests share two cores.
 """
+
 from __future__ import annotations
 
 import errno
@@ -36,9 +37,16 @@ def _default_sigint() -> None:
 
 
 def folk(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "folk.cli", *map(str, args)], cwd=REPO,
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=_default_sigint, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "folk.cli", *map(str, args)],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+        **kw,
+    )
 
 
 def pretrain_argv(run_dir: Path, root: Path, *extra: str) -> list[str]:
@@ -107,6 +115,7 @@ def checkpointed(tiny_cfg, tmp_path, one_thread) -> Path:
 
 # ---------------------------------------------------------------- 4: one writer per directory
 
+
 def test_one_writer_per_run_directory(fashion_root, tmp_path):
     """A second `folk pretrain` on a busy run directory refuses (status 1) naming the
     holder; once the holder is SIGKILLed, the same command resumes (the kernel dropped the
@@ -133,8 +142,9 @@ def test_one_writer_per_run_directory(fashion_root, tmp_path):
     resumed = folk(*argv)
     try:
         wait_for(lambda: lock_pid(run) == resumed.pid, resumed)
-        wait_for(lambda: (run / "checkpoints" / "last.pt").stat().st_mtime_ns != mtime,
-                 resumed)  # training again, past the resume
+        wait_for(
+            lambda: (run / "checkpoints" / "last.pt").stat().st_mtime_ns != mtime, resumed
+        )  # training again, past the resume
         resumed.send_signal(signal.SIGINT)
         _, err = resumed.communicate(timeout=120)
     finally:
@@ -160,6 +170,7 @@ def test_second_evaluation_of_the_same_directory_is_refused(run_dir, capsys):
 
 
 # ---------------------------------------------------------------- 6: the finished-marker
+
 
 def test_damaged_eval_marker_makes_the_task_run_again(run_dir, capsys, one_thread):
     from folk.cli import main
@@ -187,6 +198,7 @@ def test_damaged_eval_marker_makes_the_task_run_again(run_dir, capsys, one_threa
 
 # ---------------------------------------------------------------- 8: paths
 
+
 @pytest.mark.parametrize("variant", ["../x", "/tmp/folk-abs", "a/b", "..", "a/../../../x"])
 def test_variant_is_a_name_not_a_path(run_dir, tmp_path, capsys, variant):
     from folk.cli import main
@@ -211,8 +223,9 @@ def test_data_root_through_a_symlink_is_checked_resolved(tmp_path, monkeypatch, 
     (project / "data").symlink_to(outside, target_is_directory=True)
     (project / "inner").symlink_to(project / "real", target_is_directory=True)
     params = project / "p.yaml"
-    params.write_text(f"data:\n  dataset: fashion_mnist\n  root: data/fm\n"
-                      f"  source: {FASHION_SOURCE}\n")
+    params.write_text(
+        f"data:\n  dataset: fashion_mnist\n  root: data/fm\n" f"  source: {FASHION_SOURCE}\n"
+    )
     monkeypatch.chdir(project)
     assert main(["prepare", "fashion_mnist", "--config", str(params)]) == 2
     err = capsys.readouterr().err
@@ -223,6 +236,7 @@ def test_data_root_through_a_symlink_is_checked_resolved(tmp_path, monkeypatch, 
 
 
 # ---------------------------------------------------------------- 9: system errors
+
 
 def _fail_checkpoint_writes(monkeypatch, code: int) -> None:
     """Make every write of checkpoints/last.pt fail as the system would with ``code``."""
@@ -245,6 +259,7 @@ def _fail_checkpoint_writes(monkeypatch, code: int) -> None:
 
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
     if code == errno.ENODEV:  # the device went away under the writer
+
         def gone(obj, f, *a, **k):
             f.write(b"partial")
             raise OSError(code, os.strerror(code))
@@ -253,8 +268,9 @@ def _fail_checkpoint_writes(monkeypatch, code: int) -> None:
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES, errno.ENODEV])
-def test_system_error_is_one_line_and_keeps_the_checkpoint(checkpointed, fashion_root,
-                                                           monkeypatch, capsys, code):
+def test_system_error_is_one_line_and_keeps_the_checkpoint(
+    checkpointed, fashion_root, monkeypatch, capsys, code
+):
     from folk.cli import main
 
     if code == errno.ENOSPC and not Path("/dev/full").exists():
@@ -265,8 +281,9 @@ def test_system_error_is_one_line_and_keeps_the_checkpoint(checkpointed, fashion
     assert main(pretrain_argv(checkpointed, fashion_root)) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert last_line(err) == (f"folk pretrain: error: '{ckpt}': {os.strerror(code)} "
-                              f"({errno.errorcode[code]})")
+    assert last_line(err) == (
+        f"folk pretrain: error: '{ckpt}': {os.strerror(code)} " f"({errno.errorcode[code]})"
+    )
     assert ckpt.read_bytes() == before
     assert torch.load(ckpt, weights_only=True)["iteration"] == 2
     assert temp_files(checkpointed) == []
@@ -275,8 +292,10 @@ def test_system_error_is_one_line_and_keeps_the_checkpoint(checkpointed, fashion
 def test_next_start_removes_stale_temporary_files(checkpointed, fashion_root, capsys):
     from folk.cli import main
 
-    stale = [checkpointed / "checkpoints" / ".last.pt.k3j_x9q2.tmp",
-             checkpointed / ".metrics.jsonl.a1b2c3d4.tmp"]
+    stale = [
+        checkpointed / "checkpoints" / ".last.pt.k3j_x9q2.tmp",
+        checkpointed / ".metrics.jsonl.a1b2c3d4.tmp",
+    ]
     for path in stale:
         path.write_bytes(b"left by a killed writer")
     kept = checkpointed / "notes.tmp"  # not of the atomic writers' naming: not ours
@@ -292,8 +311,9 @@ def small_tmpfs(tmp_path):
         pytest.skip("mounting a small tmpfs needs root")
     mnt = tmp_path / "tmpfs"
     mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
     yield mnt
@@ -327,6 +347,7 @@ def test_full_disk_on_a_real_tmpfs(small_tmpfs, tiny_cfg, fashion_root, capsys, 
 
 
 # ---------------------------------------------------------------- 10: cluster hygiene
+
 
 @pytest.mark.parametrize("mask", [0o002, 0o022, 0o077])
 def test_written_files_honour_the_umask(tmp_path, mask):
@@ -380,8 +401,10 @@ def test_rule_logs_are_appended_across_reruns(tmp_path):
     assert {"prepare_data", "pretrain", "evaluate", "report"} <= set(jobs)
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "folk").write_text('#!/bin/sh\necho "attempt $ATTEMPT: folk $1"\n'
-                               'echo "attempt $ATTEMPT on stderr" >&2\nexit "$STATUS"\n')
+    (fake / "folk").write_text(
+        '#!/bin/sh\necho "attempt $ATTEMPT: folk $1"\n'
+        'echo "attempt $ATTEMPT on stderr" >&2\nexit "$STATUS"\n'
+    )
     (fake / "folk").chmod(0o755)
     for rule, job in jobs.items():
         log = wf / re.search(r"tail -n 20 (\S+) >&2", job["shell"]).group(1)
@@ -389,10 +412,19 @@ def test_rule_logs_are_appended_across_reruns(tmp_path):
             log.parent.mkdir(parents=True, exist_ok=True)
             if log.is_symlink() or log.exists():
                 log.unlink()  # what Snakemake does before every job
-            env = dict(os.environ, PATH=f"{fake}{os.pathsep}{os.environ['PATH']}",
-                       ATTEMPT=str(attempt), STATUS=str(status))
-            done = subprocess.run(["bash", "-c", "set -euo pipefail; " + job["shell"]],
-                                  cwd=wf, env=env, capture_output=True, text=True)
+            env = dict(
+                os.environ,
+                PATH=f"{fake}{os.pathsep}{os.environ['PATH']}",
+                ATTEMPT=str(attempt),
+                STATUS=str(status),
+            )
+            done = subprocess.run(
+                ["bash", "-c", "set -euo pipefail; " + job["shell"]],
+                cwd=wf,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             assert done.returncode == status, (rule, done.stderr)
             if status:  # a failure shows the log's tail
                 assert f"attempt {attempt} on stderr" in done.stderr, rule
@@ -403,9 +435,11 @@ def test_rule_logs_are_appended_across_reruns(tmp_path):
 
 # ---------------------------------------------------------------- 11: exit statuses
 
+
 def test_exit_status_of_usage_and_config_errors_is_2(tmp_path):
-    bad_key = folk("pretrain", "--config", DEFAULTS, "--set", "pretrain.epochs=-1",
-                   "--out", tmp_path / "run")
+    bad_key = folk(
+        "pretrain", "--config", DEFAULTS, "--set", "pretrain.epochs=-1", "--out", tmp_path / "run"
+    )
     usage = folk("eval", "knn", "--run", tmp_path, "--variant", "../x")
     for proc, words in ((bad_key, "pretrain.epochs"), (usage, "--variant")):
         _, err = proc.communicate(timeout=120)
@@ -421,8 +455,9 @@ def test_exit_status_of_a_system_error_is_1_with_one_line(fashion_root):
     assert last_line(err) == "folk pretrain: error: '/dev/full/run': Not a directory (ENOTDIR)"
 
 
-def test_exit_status_of_data_and_numeric_failures_is_1(tiny_cfg, fashion_root, tmp_path,
-                                                       monkeypatch, capsys, one_thread):
+def test_exit_status_of_data_and_numeric_failures_is_1(
+    tiny_cfg, fashion_root, tmp_path, monkeypatch, capsys, one_thread
+):
     """In-process main(): the status comes from the same code as in a subprocess, and
     the NaN has to be injected into the step."""
     from folk.cli import main
@@ -466,19 +501,29 @@ def test_the_same_snakemake_command_resumes_after_an_interrupt(tmp_path):
     profile the rerun refuses (the check has teeth)."""
     snakemake = Path(sys.executable).parent / "snakemake"
     assert (REPO / "profiles").resolve() == (REPO / "workflow" / "profiles").resolve()
-    for with_profile, sig in ((True, signal.SIGINT), (True, signal.SIGTERM),
-                              (False, signal.SIGINT)):
+    for with_profile, sig in (
+        (True, signal.SIGINT),
+        (True, signal.SIGTERM),
+        (False, signal.SIGINT),
+    ):
         wf = tmp_path / f"{'with' if with_profile else 'without'}-{sig.name}"
         wf.mkdir()
         (wf / "Snakefile").write_text(
             'rule slow:\n    output: "out.txt"\n'
-            '    shell: "echo start > {output}; sleep 30; echo done >> {output}"\n')
+            '    shell: "echo start > {output}; sleep 30; echo done >> {output}"\n'
+        )
         if with_profile:
             (wf / "profiles").mkdir()
             (wf / "profiles" / "default").symlink_to(REPO / "workflow" / "profiles" / "default")
         cmd = [str(snakemake), "--cores", "1", "--quiet"]
-        proc = subprocess.Popen(cmd, cwd=wf, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=_default_sigint)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=wf,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_default_sigint,
+        )
         deadline = time.time() + 60
         while not (wf / "out.txt").exists() and time.time() < deadline:
             time.sleep(0.2)
@@ -487,7 +532,8 @@ def test_the_same_snakemake_command_resumes_after_an_interrupt(tmp_path):
         out = wf / "out.txt"  # interrupted mid-job (SIGTERM: Snakemake removes the output)
         assert not out.exists() or out.read_text() == "start\n"
         (wf / "Snakefile").write_text(
-            'rule slow:\n    output: "out.txt"\n    shell: "echo done > {output}"\n')
+            'rule slow:\n    output: "out.txt"\n    shell: "echo done > {output}"\n'
+        )
         again = subprocess.run(cmd, cwd=wf, capture_output=True, text=True, timeout=120)
         if with_profile:
             assert again.returncode == 0, again.stdout + again.stderr
@@ -497,7 +543,8 @@ def test_the_same_snakemake_command_resumes_after_an_interrupt(tmp_path):
 
 
 def test_a_signal_swallowed_by_the_code_it_interrupted_still_exits_with_its_status(
-        monkeypatch, capsys):
+    monkeypatch, capsys
+):
     """SIGTERM can land inside code that catches everything (a module being imported) and
     then fails some other way; the command still reports the signal and exits 143."""
     import os
@@ -548,7 +595,8 @@ def test_a_signal_during_an_import_is_raised_after_the_import(tmp_path, monkeypa
         "def run(args):\n"
         "    STAGES.append('run started')\n"
         "    time.sleep(5)\n"
-        "    STAGES.append('run finished')\n")
+        "    STAGES.append('run finished')\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "folk_slow_import", raising=False)
     monkeypatch.setitem(cli.COMMANDS, "slow", ("folk_slow_import", "a stand-in"))
@@ -557,6 +605,9 @@ def test_a_signal_during_an_import_is_raised_after_the_import(tmp_path, monkeypa
         assert cli.main(["slow"]) == 128 + signal.SIGTERM
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert sys.modules["folk_slow_import"].STAGES == ["import started", "import finished",
-                                                      "run started"]
+    assert sys.modules["folk_slow_import"].STAGES == [
+        "import started",
+        "import finished",
+        "run started",
+    ]
     assert capsys.readouterr().err.strip().endswith("slow: stopped by SIGTERM")

@@ -1,6 +1,7 @@
 """Fault injection for the pre-training engine: a stop at any moment, undecodable batches,
 divergence, damaged records and stale finished markers. Each test compares with an
 uninterrupted run of the same configuration, or with what the configuration implies."""
+
 from __future__ import annotations
 
 import json
@@ -36,9 +37,14 @@ def one_torch_thread():
 TIMING = ("time", "images_per_s")
 # 2 epochs x 4 iterations; drop path is live (depth 2: timm's rates are linspace(0, p, depth));
 # a checkpoint every 3 iterations, so the end of epoch 1 (iteration 4) is not one of them
-BOUNDARY_RUN = ("model.depth=2", "model.drop_path=0.5", "pretrain.checkpoint_every=3",
-                "pretrain.knn_every=1", "pretrain.knn_train_images=30",
-                "pretrain.knn_test_images=20")
+BOUNDARY_RUN = (
+    "model.depth=2",
+    "model.drop_path=0.5",
+    "pretrain.checkpoint_every=3",
+    "pretrain.knn_every=1",
+    "pretrain.knn_train_images=30",
+    "pretrain.knn_test_images=20",
+)
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -47,8 +53,10 @@ def records(run_dir: Path) -> list[dict]:
 
 
 def weights(run_dir: Path) -> dict:
-    return {name: torch.load(run_dir / name, weights_only=True)
-            for name in ("backbone.pt", "student_backbone.pt")}
+    return {
+        name: torch.load(run_dir / name, weights_only=True)
+        for name in ("backbone.pt", "student_backbone.pt")
+    }
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -92,6 +100,7 @@ def reference(fashion_root, tmp_path_factory):
 
 # ------------------------------------------------------------------ 1. a stop at any moment
 
+
 class Killed(Exception):
     """Stands for a SIGKILL: nothing after it runs."""
 
@@ -121,16 +130,20 @@ def _monitor_dies_at_epoch(monkeypatch, epoch: int) -> None:
     monkeypatch.setattr(monitor, "knn_monitor", dying)
 
 
-@pytest.mark.parametrize("how, at, resumed_at", [
-    ("stop_after", 4, 4),  # the end of epoch 1: after its last step, not a checkpoint_every one
-    ("stop_after", 8, 8),  # the end of the run
-    ("stop_after", 5, 4),  # mid-epoch: iteration 5 is redone from the end of epoch 1
-    ("stop_after", 7, 6),  # mid-epoch: iteration 7 is redone from a mid-epoch checkpoint
-    ("sigterm", 3, 4),     # SIGTERM during the last step of epoch 1
-    ("monitor", 1, None),  # killed while the k-NN monitor of epoch 1 runs
-])
-def test_stop_at_any_moment_then_resume_equals_uninterrupted(tiny_cfg, reference, tmp_path,
-                                                             monkeypatch, how, at, resumed_at):
+@pytest.mark.parametrize(
+    "how, at, resumed_at",
+    [
+        ("stop_after", 4, 4),  # the end of epoch 1: after its last step, not a checkpoint_every one
+        ("stop_after", 8, 8),  # the end of the run
+        ("stop_after", 5, 4),  # mid-epoch: iteration 5 is redone from the end of epoch 1
+        ("stop_after", 7, 6),  # mid-epoch: iteration 7 is redone from a mid-epoch checkpoint
+        ("sigterm", 3, 4),  # SIGTERM during the last step of epoch 1
+        ("monitor", 1, None),  # killed while the k-NN monitor of epoch 1 runs
+    ],
+)
+def test_stop_at_any_moment_then_resume_equals_uninterrupted(
+    tiny_cfg, reference, tmp_path, monkeypatch, how, at, resumed_at
+):
     cfg = tiny_cfg(*BOUNDARY_RUN)
     run_dir = tmp_path / "run"
     with monkeypatch.context() as patch:
@@ -151,6 +164,7 @@ def test_stop_at_any_moment_then_resume_equals_uninterrupted(tiny_cfg, reference
 
 
 # ------------------------------------------------------------------ 2. undecodable batches
+
 
 def _image_folder(root: Path, classes: int = 4, per_class: int = 8) -> None:
     from PIL import Image
@@ -174,10 +188,19 @@ def bad_batch(fashion_root, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("folder")
     _image_folder(root)
-    cfg = load_config(None, tiny_overrides(fashion_root) + [
-        "data.dataset=imagefolder", f"data.root={root}", "data.num_classes=4",
-        "data.train_subset=0", "data.test_subset=0", "pretrain.batch_size=8",
-        "pretrain.checkpoint_every=1"])
+    cfg = load_config(
+        None,
+        tiny_overrides(fashion_root)
+        + [
+            "data.dataset=imagefolder",
+            f"data.root={root}",
+            "data.num_classes=4",
+            "data.train_subset=0",
+            "data.test_subset=0",
+            "pretrain.batch_size=8",
+            "pretrain.checkpoint_every=1",
+        ],
+    )
     paths = build_dataset(cfg, "train").paths
     sampler = EpochSampler(len(paths), len(paths), 0, 1, cfg["experiment"]["seed"])
     sampler.set_epoch(0)
@@ -191,8 +214,15 @@ def test_a_batch_of_only_undecodable_images_is_skipped(bad_batch):
     _, straight, done = bad_batch
     # 8 bad images, each drawn once an epoch; the all-bad iteration (the 2nd) makes no step
     assert done["iterations"] == 8 and done["skipped_images"] == 2 * 8
-    assert [r["iteration"] for r in records(straight) if r["type"] == "train"] == \
-        [1, 3, 4, 5, 6, 7, 8]
+    assert [r["iteration"] for r in records(straight) if r["type"] == "train"] == [
+        1,
+        3,
+        4,
+        5,
+        6,
+        7,
+        8,
+    ]
 
 
 def test_undecodable_batches_do_not_shift_the_resume_position(bad_batch, tmp_path):
@@ -227,6 +257,7 @@ def test_ranks_agree_on_the_batches_left_out(tmp_path):
 
 # ------------------------------------------------------------------ 3. the last good checkpoint
 
+
 def _named_checkpoint_exists(message: str) -> bool:
     named = re.search(r"last good checkpoint (\S+)", message)
     return named is not None and Path(named.group(1)).is_file()
@@ -249,7 +280,8 @@ def _poison_student_logits(monkeypatch, iteration: int) -> None:
 
 
 def test_non_finite_loss_names_the_term_the_iteration_and_an_existing_checkpoint(
-        tiny_cfg, tmp_path, monkeypatch):
+    tiny_cfg, tmp_path, monkeypatch
+):
     _poison_student_logits(monkeypatch, 3)
     with pytest.raises(NonFiniteLossError) as err:
         pretrain(tiny_cfg("pretrain.checkpoint_every=2"), tmp_path)
@@ -314,6 +346,7 @@ def test_a_checkpoint_never_holds_non_finite_state(tiny_cfg, tmp_path, monkeypat
 
 # ------------------------------------------------------------------ 5. records are kept
 
+
 def test_reader_skips_and_reports_a_damaged_line(tmp_path, caplog):
     from folk.utils.io import read_jsonl
 
@@ -331,9 +364,12 @@ def test_bench_reader_keeps_the_records_after_a_damaged_line(tmp_path, caplog):
     bench = tmp_path / "exp" / "bench.jsonl"
     bench.parent.mkdir()
     record = {"type": "bench", "variant": "folk", "arch": "vit", "device": "cpu"}
-    bench.write_text("".join(json.dumps({**record, "images_per_s": n}) + "\n" for n in (1, 2))
-                     + '{"type": "bench", "vari\n'
-                     + json.dumps({**record, "images_per_s": 3}) + "\n")
+    bench.write_text(
+        "".join(json.dumps({**record, "images_per_s": n}) + "\n" for n in (1, 2))
+        + '{"type": "bench", "vari\n'
+        + json.dumps({**record, "images_per_s": 3})
+        + "\n"
+    )
     with caplog.at_level(logging.WARNING):
         found = collect_bench(tmp_path)
     assert [b.record["images_per_s"] for b in found] == [1, 2, 3]
@@ -372,21 +408,26 @@ def test_resume_keeps_every_record_but_a_damaged_one(tiny_cfg, reference, tmp_pa
     assert records(run_dir) == expected
     aside = run_dir / "metrics.jsonl.damaged"
     assert aside.read_text() == damaged + "\n"
-    assert any(f"{metrics} line 3:" in r.getMessage() and str(aside) in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        f"{metrics} line 3:" in r.getMessage() and str(aside) in r.getMessage()
+        for r in caplog.records
+    )
 
 
 # ------------------------------------------------------------------ 6. finished markers
 
+
 def test_a_finished_run_with_another_identity_is_refused(tiny_cfg, tmp_path):
     pretrain(tiny_cfg("pretrain.max_iterations=1"), tmp_path)
     assert (tmp_path / "DONE.json").is_file()
-    with pytest.raises(RunDirError, match=r"pretrain\.base_lr: .* -> 0\.1.*config\.yaml|"
-                                          r"config\.yaml.*pretrain\.base_lr: .* -> 0\.1"):
+    with pytest.raises(
+        RunDirError,
+        match=r"pretrain\.base_lr: .* -> 0\.1.*config\.yaml|"
+        r"config\.yaml.*pretrain\.base_lr: .* -> 0\.1",
+    ):
         pretrain(tiny_cfg("pretrain.max_iterations=1", "pretrain.base_lr=0.1"), tmp_path)
     # a key that does not change what is trained: still the finished run
-    assert pretrain(tiny_cfg("pretrain.max_iterations=1", "pretrain.log_every=5"),
-                    tmp_path) == {}
+    assert pretrain(tiny_cfg("pretrain.max_iterations=1", "pretrain.log_every=5"), tmp_path) == {}
 
 
 def test_a_finished_marker_that_is_not_json_is_refused(tiny_cfg, tmp_path):
@@ -395,4 +436,3 @@ def test_a_finished_marker_that_is_not_json_is_refused(tiny_cfg, tmp_path):
     (tmp_path / "DONE.json").write_text('{"iterations": ')
     with pytest.raises(RunDirError, match=re.escape(str(tmp_path / "DONE.json"))):
         pretrain(cfg, tmp_path)
-

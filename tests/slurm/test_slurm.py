@@ -5,6 +5,7 @@ FOLK_SLURM_TESTS=1 and always stops the daemons; skipped otherwise. CPU only: ev
 asks for zero GPUs (slurm.cpu_only=true), one CPU each, so that two run side by side on a
 2-core machine. About 5 minutes in all.
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,13 +29,27 @@ pytestmark = pytest.mark.slurm
 # 25 epochs x 20 iterations: about 60-90 s of training on one CPU thread, longer than
 # what SLURM lets one attempt run with a 1-minute limit and the warning 5 s before it
 # (slurmctld checks time limits every ~30 s: the warning lands 25-55 s into the job)
-LONG = ["data.train_subset=640", "pretrain.epochs=25", "pretrain.batch_size=32",
-        "pretrain.checkpoint_every=10", "pretrain.log_every=10", "model.depth=2",
-        "model.embed_dim=64"]
-ON_CLUSTER = ["launch.executor=slurm", "launch.poll_s=2", "slurm.cpu_only=true",
-              "slurm.gpus_per_node=0", "slurm.eval_gpus=0", "slurm.cpus_per_gpu=1",
-              "slurm.mem_gb=0", "slurm.eval_mem_gb=0", "slurm.signal_delay_s=5",
-              "slurm.max_requeues=5"]
+LONG = [
+    "data.train_subset=640",
+    "pretrain.epochs=25",
+    "pretrain.batch_size=32",
+    "pretrain.checkpoint_every=10",
+    "pretrain.log_every=10",
+    "model.depth=2",
+    "model.embed_dim=64",
+]
+ON_CLUSTER = [
+    "launch.executor=slurm",
+    "launch.poll_s=2",
+    "slurm.cpu_only=true",
+    "slurm.gpus_per_node=0",
+    "slurm.eval_gpus=0",
+    "slurm.cpus_per_gpu=1",
+    "slurm.mem_gb=0",
+    "slurm.eval_mem_gb=0",
+    "slurm.signal_delay_s=5",
+    "slurm.max_requeues=5",
+]
 
 
 def _sh(*cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -117,8 +132,9 @@ def test_time_limit_requeues_and_resumes_to_the_same_weights(cluster, fashion_ro
         assert finished["job_id"] == job_id and finished["result"]["iterations"] == 500
     folder = Path(read_record(run)["folder"])
     log = _logs(folder)
-    assert "Caught signal SIGUSR2" in log and "timed-out" in log, \
-        f"SLURM never warned the job: the training was shorter than one attempt\n{log[-3000:]}"
+    assert (
+        "Caught signal SIGUSR2" in log and "timed-out" in log
+    ), f"SLURM never warned the job: the training was shorter than one attempt\n{log[-3000:]}"
     requeues = re.findall(rf"Requeued job {job_id} \((\d+) remaining timeouts\)", log)
     assert requeues, log[-3000:]
     resumed = [int(i) for i in re.findall(r"resumed from \S+ at iteration (\d+)", log)]
@@ -128,8 +144,9 @@ def test_time_limit_requeues_and_resumes_to_the_same_weights(cluster, fashion_ro
     _assert_same_weights(tmp_path / "straight", run)
 
 
-def test_scancel_leaves_a_consistent_checkpoint_and_resubmission_resumes(cluster, fashion_root,
-                                                                          tmp_path):
+def test_scancel_leaves_a_consistent_checkpoint_and_resubmission_resumes(
+    cluster, fashion_root, tmp_path
+):
     from folk.launch.submit import launch, read_record
     from folk.models import build_student_teacher
 
@@ -156,8 +173,11 @@ def test_scancel_leaves_a_consistent_checkpoint_and_resubmission_resumes(cluster
     assert second["job_id"] != first["job_id"]
     assert Path(second["folder"]) != Path(first["folder"])
     assert read_record(run)["job_id"] == second["job_id"]
-    _wait_until(lambda: f"at iteration {stopped_at}" in _logs(Path(second["folder"])), 120,
-                "the resubmitted job to resume")
+    _wait_until(
+        lambda: f"at iteration {stopped_at}" in _logs(Path(second["folder"])),
+        120,
+        "the resubmitted job to resume",
+    )
     _wait_until(lambda: _iteration(ckpt) > stopped_at, 120, "training to go on")
     _sh("scancel", second["job_id"])
     _wait_until(lambda: _job_state(second["job_id"]) == "CANCELLED", 60, "the cancellation")
@@ -178,9 +198,16 @@ def test_ddp_one_task_per_gpu_requeued_together(cluster, fashion_root, tmp_path)
 
     if _cluster_gpus() < 2:
         pytest.skip("the cluster declares fewer than 2 GPUs (FOLK_SLURM_FAKE_GPUS)")
-    cfg = _cfg(fashion_root, "slurm.cpu_only=false", "slurm.gpus_per_node=2",
-               "slurm.eval_gpus=1", "slurm.timeout_min=10", "model.depth=1",
-               "model.embed_dim=32", "pretrain.epochs=10")  # 200 iterations
+    cfg = _cfg(
+        fashion_root,
+        "slurm.cpu_only=false",
+        "slurm.gpus_per_node=2",
+        "slurm.eval_gpus=1",
+        "slurm.timeout_min=10",
+        "model.depth=1",
+        "model.embed_dim=32",
+        "pretrain.epochs=10",
+    )  # 200 iterations
     run = tmp_path / "ddp"
     out = launch(cfg, run)
     _wait_until(lambda: _iteration(run / "checkpoints/last.pt") >= 10, 120, "a checkpoint")
@@ -207,20 +234,47 @@ def test_plugin_gpu_job_runs_one_process(cluster, tmp_path):
 
     if _cluster_gpus() < 2:
         pytest.skip("the cluster declares fewer than 2 GPUs (FOLK_SLURM_FAKE_GPUS)")
-    resources = rule_resources(load_config(None, ["slurm.eval_gpus=2", "slurm.cpus_per_gpu=1",
-                                                  "slurm.eval_mem_gb=0",
-                                                  "slurm.eval_runtime_min=5"]), "eval")
+    resources = rule_resources(
+        load_config(
+            None,
+            [
+                "slurm.eval_gpus=2",
+                "slurm.cpus_per_gpu=1",
+                "slurm.eval_mem_gb=0",
+                "slurm.eval_runtime_min=5",
+            ],
+        ),
+        "eval",
+    )
     assert resources["gpu"] == 2
     (tmp_path / "Snakefile").write_text(
         "rule gpu_job:\n"
         "    output: 'copies.txt'\n"
         f"    resources: **{resources!r}\n"
-        "    shell: 'echo task=$SLURM_PROCID gpus=$SLURM_GPUS_ON_NODE >> {output}; sleep 2'\n")
+        "    shell: 'echo task=$SLURM_PROCID gpus=$SLURM_GPUS_ON_NODE >> {output}; sleep 2'\n"
+    )
     snakemake = str(Path(sys.executable).parent / "snakemake")
     done = subprocess.run(
-        ["timeout", "-k", "10", "120", snakemake, "--executor", "slurm", "--jobs", "1",
-         "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=150)
+        [
+            "timeout",
+            "-k",
+            "10",
+            "120",
+            snakemake,
+            "--executor",
+            "slurm",
+            "--jobs",
+            "1",
+            "--slurm-status-command",
+            "squeue",
+            "--slurm-init-seconds-before-status-checks",
+            "2",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert (tmp_path / "copies.txt").read_text().splitlines() == ["task=0 gpus=2"]
 
@@ -236,11 +290,17 @@ def test_bad_options_fail_before_submission(cluster, fashion_root, tmp_path):
     with pytest.raises(ConfigError, match=r"slurm\.partition.*'gpu-h100'.*debug"):
         launch(_cfg(fashion_root, "slurm.partition=gpu-h100"), tmp_path / "a", wait=True)
     with pytest.raises(ConfigError, match=r"slurm\.gpus_per_node.*no GPU"):
-        launch(_cfg(fashion_root, "slurm.cpu_only=false", "slurm.eval_gpus=1"),
-               tmp_path / "b", wait=True)
+        launch(
+            _cfg(fashion_root, "slurm.cpu_only=false", "slurm.eval_gpus=1"),
+            tmp_path / "b",
+            wait=True,
+        )
     with pytest.raises(ConfigError, match=r"slurm\.signal_delay_s"):
-        launch(_cfg(fashion_root, "slurm.timeout_min=1", "slurm.signal_delay_s=60"),
-               tmp_path / "c", wait=True)
+        launch(
+            _cfg(fashion_root, "slurm.timeout_min=1", "slurm.signal_delay_s=60"),
+            tmp_path / "c",
+            wait=True,
+        )
     assert jobs() == before
     assert not any((tmp_path / d).exists() for d in "abc")
 
@@ -269,43 +329,78 @@ def test_snakemake_profile_slurm_end_to_end(cluster, tmp_path):
     evaluations as jobs of the executor plugin with the resources of the params file's
     `slurm` section (partition, one GPU, one task) -> tables."""
     gpus = _cluster_gpus() >= 2
-    slurm = {"partition": "gpu", "cpus_per_gpu": 1, "mem_gb": 0, "eval_mem_gb": 0,
-             "timeout_min": 10, "eval_runtime_min": 10, "gpus_per_node": 2, "eval_gpus": 1,
-             "cpu_only": False}
+    slurm = {
+        "partition": "gpu",
+        "cpus_per_gpu": 1,
+        "mem_gb": 0,
+        "eval_mem_gb": 0,
+        "timeout_min": 10,
+        "eval_runtime_min": 10,
+        "gpus_per_node": 2,
+        "eval_gpus": 1,
+        "cpu_only": False,
+    }
     if not gpus:
         slurm.update(cpu_only=True, gpus_per_node=0, eval_gpus=0)
-    params = _merge(yaml.safe_load((REPO / "params/test_tiny.yaml").read_text()), {
-        "workflow": {"variants": ["folk"], "evals": ["knn", "linear"],
-                     "random_init": False,  # one run: the reference run is tested elsewhere
-                     "ablations": {"portions": [], "p_com": [], "loss_weights": [],
-                                   "epochs": []}},
-        "slurm": slurm, "launch": {"poll_s": 2},
-    })
+    params = _merge(
+        yaml.safe_load((REPO / "params/test_tiny.yaml").read_text()),
+        {
+            "workflow": {
+                "variants": ["folk"],
+                "evals": ["knn", "linear"],
+                "random_init": False,  # one run: the reference run is tested elsewhere
+                "ablations": {"portions": [], "p_com": [], "loss_weights": [], "epochs": []},
+            },
+            "slurm": slurm,
+            "launch": {"poll_s": 2},
+        },
+    )
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     work = tmp_path / "work"
     work.mkdir()
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     before = set(_jobs())
-    cmd = ["timeout", "-k", "10", "300", str(Path(sys.executable).parent / "snakemake"),
-           "--profile", "slurm", "--snakefile", str(REPO / "Snakefile"),
-           "--directory", str(work), "--configfile", str(params_file),
-           # no slurmdbd here: job states from squeue, checked every few seconds
-           "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
-           "--jobs", "4"]
+    cmd = [
+        "timeout",
+        "-k",
+        "10",
+        "300",
+        str(Path(sys.executable).parent / "snakemake"),
+        "--profile",
+        "slurm",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(work),
+        "--configfile",
+        str(params_file),
+        # no slurmdbd here: job states from squeue, checked every few seconds
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--jobs",
+        "4",
+    ]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=330)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
     exp = params["experiment"]["name"]
-    for path in (f"runs/{exp}/folk/DONE.json", f"runs/{exp}/folk/eval/knn/metrics.json",
-                 f"runs/{exp}/folk/eval/linear/metrics.json", "results/README.md"):
+    for path in (
+        f"runs/{exp}/folk/DONE.json",
+        f"runs/{exp}/folk/eval/knn/metrics.json",
+        f"runs/{exp}/folk/eval/linear/metrics.json",
+        "results/README.md",
+    ):
         assert (work / path).is_file(), path
     ours = {i: j for i, j in _jobs().items() if i not in before}
     assert all(j["JobState"] == "COMPLETED" for j in ours.values()), ours
     rules = [j.get("Comment", "") for j in ours.values()]
     assert any(c.startswith("rule_prepare_data") for c in rules), rules
-    assert not any(c.startswith("rule_pretrain") for c in rules), \
-        "the pretrain rule ran as a SLURM job that submits another: make it a local rule"
+    assert not any(
+        c.startswith("rule_pretrain") for c in rules
+    ), "the pretrain rule ran as a SLURM job that submits another: make it a local rule"
     trainers = [j for j in ours.values() if j["JobName"] == f"folk-pretrain-{exp}-folk"]
     assert len(trainers) == 1, ours  # pre-training: one submitit job
     evals = [j for j in ours.values() if j.get("Comment", "").startswith("rule_evaluate")]
@@ -315,8 +410,10 @@ def test_snakemake_profile_slurm_end_to_end(cluster, tmp_path):
     if gpus:
         assert trainers[0]["NumTasks"] == "2" and trainers[0]["TresPerNode"] == "gres:gpu:2"
         assert json.loads((work / f"runs/{exp}/folk/DONE.json").read_text())["world_size"] == 2
-    wiring = ("the evaluate rule takes its resources from the params file's slurm section: "
-              "resources: **rule_resources(config, 'eval') (folk.launch.resources)")
+    wiring = (
+        "the evaluate rule takes its resources from the params file's slurm section: "
+        "resources: **rule_resources(config, 'eval') (folk.launch.resources)"
+    )
     assert all(j["Partition"] == "gpu" for j in evals), (wiring, evals)
     assert all(j["NumTasks"] == "1" for j in evals), evals  # one process per evaluation
     if gpus:

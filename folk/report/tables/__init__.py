@@ -1,5 +1,6 @@
 """Every report table, built from collected runs and the published reference numbers; one
 module per family of tables, on the building blocks of ``building``."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

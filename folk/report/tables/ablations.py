@@ -2,6 +2,7 @@
 (VARIANT_ABLATIONS), the sweeps of workflow.ablations (each from its entry: title, labels,
 the keys it sets) and any other experiment.ablation, each with k-NN, linear-probe and
 fine-tuning top-1."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -12,8 +13,16 @@ from folk.filter_registry import FILTERS
 from folk.report.collect import Run
 from folk.report.naming import fmt_value, variant_rank
 from folk.report.table import OURS, Column, Table
-from folk.report.tables.building import (ABLATION_COLUMNS, _TASK_COLUMN, _attach, _eval_cell,
-                                         _finalise, _find_row, _main_grid, _place)
+from folk.report.tables.building import (
+    ABLATION_COLUMNS,
+    _TASK_COLUMN,
+    _attach,
+    _eval_cell,
+    _finalise,
+    _find_row,
+    _main_grid,
+    _place,
+)
 
 
 def _filter_label(run: Run) -> str:
@@ -27,18 +36,34 @@ def _yes(value) -> str:
 
 # name: (title, variants of the main grid that form it, varied columns: label -> value of run)
 VARIANT_ABLATIONS: dict[str, tuple[str, set[str], dict[str, Callable[[Run], str]]]] = {
-    "filter": ("Ablation: student filter",
-               {"folk", "folk_mfm_filters", "folk_random_frequency", "folk_random_patch",
-                "folk_com_only", "folk_rcom_only", "dino_2view"},
-               {"student filter": _filter_label}),
-    "distillation": ("Ablation: self-distillation on/off",
-                     {"folk", "mfm_comrcom"},
-                     {"distillation": lambda r: _yes(r.cfg["method"]["distillation"]),
-                      "masked views": lambda r: str(r.cfg["method"]["num_views"])}),
-    "reconstruction": ("Ablation: reconstruction loss on/off",
-                       {"folk", "folk_no_rec"},
-                       {"reconstruction": lambda r: _yes(r.cfg["method"]["reconstruction"])}),
+    "filter": (
+        "Ablation: student filter",
+        {
+            "folk",
+            "folk_mfm_filters",
+            "folk_random_frequency",
+            "folk_random_patch",
+            "folk_com_only",
+            "folk_rcom_only",
+            "dino_2view",
+        },
+        {"student filter": _filter_label},
+    ),
+    "distillation": (
+        "Ablation: self-distillation on/off",
+        {"folk", "mfm_comrcom"},
+        {
+            "distillation": lambda r: _yes(r.cfg["method"]["distillation"]),
+            "masked views": lambda r: str(r.cfg["method"]["num_views"]),
+        },
+    ),
+    "reconstruction": (
+        "Ablation: reconstruction loss on/off",
+        {"folk", "folk_no_rec"},
+        {"reconstruction": lambda r: _yes(r.cfg["method"]["reconstruction"])},
+    ),
 }
+
 
 def _sweeps(runs: list[Run]) -> dict[str, Ablation]:
     """The entries of workflow.ablations that make tables: the defaults' (each table
@@ -68,16 +93,25 @@ def _order(value) -> tuple:
 
 
 def _sweep_columns(sweep: Ablation) -> dict[str, Callable[[Run], str]]:
-    return {label: (lambda r, k=k: fmt_value(_setting(r.cfg, k)))
-            for label, k in zip(sweep.labels, sweep.keys)}
+    return {
+        label: (lambda r, k=k: fmt_value(_setting(r.cfg, k)))
+        for label, k in zip(sweep.labels, sweep.keys)
+    }
 
 
 def _sweep_order(sweep: Ablation) -> Callable[[Run], tuple]:
     return lambda r: tuple(_order(_setting(r.cfg, k)) for k in sweep.keys)
 
 
-_IGNORED_SECTIONS = ("experiment.", "workflow.", "launch.", "slurm.", "data.root",
-                     "data.num_workers", "eval.")
+_IGNORED_SECTIONS = (
+    "experiment.",
+    "workflow.",
+    "launch.",
+    "slurm.",
+    "data.root",
+    "data.num_workers",
+    "eval.",
+)
 
 
 def _varied_keys(runs: list[Run]) -> list[str]:
@@ -87,19 +121,33 @@ def _varied_keys(runs: list[Run]) -> list[str]:
     return [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
 
 
-def _ablation_table(name: str, title: str, members: list[Run],
-                    varied: dict[str, Callable[[Run], str]], sort_key: Callable[[Run], tuple],
-                    description: str) -> Table:
+def _ablation_table(
+    name: str,
+    title: str,
+    members: list[Run],
+    varied: dict[str, Callable[[Run], str]],
+    sort_key: Callable[[Run], tuple],
+    description: str,
+) -> Table:
     table = Table(
-        name=f"ablation_{name}", title=title, description=description,
+        name=f"ablation_{name}",
+        title=title,
+        description=description,
         key_columns=list(varied) + ["method", "backbone", "dataset", "run"],
         columns=[Column(c.name) for c in ABLATION_COLUMNS],
-        empty_note=f"No runs of this ablation yet (experiment.ablation = '{name}').")
+        empty_note=f"No runs of this ablation yet (experiment.ablation = '{name}').",
+    )
     members = sorted(members, key=lambda r: (r.dataset, r.backbone, sort_key(r), r.rel))
     for run in members:
         keys = {label: get(run) for label, get in varied.items()}
-        keys.update({"method": run.method, "backbone": run.backbone, "dataset": run.dataset,
-                     "run": run.name + ("" if run.ablation else " (main grid)")})
+        keys.update(
+            {
+                "method": run.method,
+                "backbone": run.backbone,
+                "dataset": run.dataset,
+                "run": run.name + ("" if run.ablation else " (main grid)"),
+            }
+        )
         evs = {col: run.eval(task, None) for task, col in _TASK_COLUMN.items()}
         row = _attach(_find_row(table.rows, keys, OURS), run, evs.values())
         for col, ev in evs.items():
@@ -111,36 +159,57 @@ def ablation_tables(runs: list[Run]) -> list[Table]:
     tables = []
     main = [r for r in _main_grid(runs) if not r.is_random_init]
     for name, (title, variants, varied) in VARIANT_ABLATIONS.items():
-        members = [r for r in main if r.variant in variants] + \
-                  [r for r in runs if r.ablation == name]
+        members = [r for r in main if r.variant in variants] + [
+            r for r in runs if r.ablation == name
+        ]
         order = sorted(variants, key=variant_rank)
-        tables.append(_ablation_table(
-            name, title, members, varied,
-            lambda r: (variant_rank(r.variant),),
-            f"Variants of the main grid that differ only in {', '.join(varied)} "
-            f"({', '.join(order)}), plus runs with experiment.ablation = '{name}'; top-1 (%) of "
-            "k-NN, linear probe and fine-tuning."))
+        tables.append(
+            _ablation_table(
+                name,
+                title,
+                members,
+                varied,
+                lambda r: (variant_rank(r.variant),),
+                f"Variants of the main grid that differ only in {', '.join(varied)} "
+                f"({', '.join(order)}), plus runs with experiment.ablation = '{name}'; top-1 (%) of "
+                "k-NN, linear probe and fine-tuning.",
+            )
+        )
     sweeps = _sweeps(runs)
     for name, spec in sweeps.items():
         sweep = [r for r in runs if r.ablation == name]
-        tables.append(_ablation_table(name, spec.title, _with_baseline(sweep, main),
-                                      _sweep_columns(spec), _sweep_order(spec),
-                                      f"Runs with experiment.ablation = '{name}' and the main-"
-                                      "grid run of the same variant and experiment (the "
-                                      "default setting); top-1 (%) of k-NN, linear probe and "
-                                      "fine-tuning."))
+        tables.append(
+            _ablation_table(
+                name,
+                spec.title,
+                _with_baseline(sweep, main),
+                _sweep_columns(spec),
+                _sweep_order(spec),
+                f"Runs with experiment.ablation = '{name}' and the main-"
+                "grid run of the same variant and experiment (the "
+                "default setting); top-1 (%) of k-NN, linear probe and "
+                "fine-tuning.",
+            )
+        )
     known = set(VARIANT_ABLATIONS) | set(sweeps)
     for name in sorted({r.ablation for r in runs} - known - {""}):
         sweep = [r for r in runs if r.ablation == name]
         members = _with_baseline(sweep, main)
         keys = _varied_keys(members)
-        varied = {k: (lambda r, k=k: fmt_value(flatten(r.cfg).get(k))) for k in keys} or \
-                 {"setting": lambda r: r.name}
-        tables.append(_ablation_table(
-            name, f"Ablation: {name}", members, varied,
-            lambda r: tuple(repr(flatten(r.cfg).get(k)) for k in keys),
-            f"Runs with experiment.ablation = '{name}' (and the matching main-grid run); the "
-            f"columns before 'method' are the configuration keys that differ among them."))
+        varied = {k: (lambda r, k=k: fmt_value(flatten(r.cfg).get(k))) for k in keys} or {
+            "setting": lambda r: r.name
+        }
+        tables.append(
+            _ablation_table(
+                name,
+                f"Ablation: {name}",
+                members,
+                varied,
+                lambda r: tuple(repr(flatten(r.cfg).get(k)) for k in keys),
+                f"Runs with experiment.ablation = '{name}' (and the matching main-grid run); the "
+                f"columns before 'method' are the configuration keys that differ among them.",
+            )
+        )
     return tables
 
 

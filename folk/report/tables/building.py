@@ -7,6 +7,7 @@ Which runs feed which table is decided from each run's configuration only:
 ``experiment.ablation`` empty means the main grid of variants; otherwise the run belongs to
 that ablation, and the value it varies is read from its config (never from its name).
 """
+
 from __future__ import annotations
 
 import re
@@ -28,12 +29,18 @@ def _main_grid(runs: Iterable[Run]) -> list[Run]:
 
 
 def _sort_runs(runs: Iterable[Run]) -> list[Run]:
-    return sorted(runs, key=lambda r: (r.dataset, r.backbone, variant_rank(r.variant), r.epochs,
-                                       r.rel))
+    return sorted(
+        runs, key=lambda r: (r.dataset, r.backbone, variant_rank(r.variant), r.epochs, r.rel)
+    )
 
 
-def _eval_cell(run: Run, ev: EvalResult | None, value: float | None = None,
-               std: float | None = None, metric: str | None = None) -> Cell:
+def _eval_cell(
+    run: Run,
+    ev: EvalResult | None,
+    value: float | None = None,
+    std: float | None = None,
+    metric: str | None = None,
+) -> Cell:
     """A cell read from ``ev`` (its primary metric unless ``value`` is given)."""
     if ev is None:
         return Cell()
@@ -45,14 +52,21 @@ def _eval_cell(run: Run, ev: EvalResult | None, value: float | None = None,
     detail = f"run {run.rel}, task {task} ({metric or ev.record['primary']}"
     detail += f", {ev.record['epochs']} epochs)" if ev.record.get("epochs") else ")"
     if ev.record.get("seeds"):  # merged over the seeds that have this evaluation
-        detail += (f", mean ± standard deviation over pre-training seeds "
-                   f"{', '.join(map(str, ev.record['seeds']))}")
+        detail += (
+            f", mean ± standard deviation over pre-training seeds "
+            f"{', '.join(map(str, ev.record['seeds']))}"
+        )
     elif run.seeds:
         detail += f", pre-training seed {ev.record.get('seed')} only"
     if ev.dataset and dataset_label(ev.dataset) not in (run.dataset, run.dataset.split(" (")[0]):
         detail += f", evaluated on {dataset_label(ev.dataset)}"
-    return Cell(value=value, std=std, source=ev.rel, detail=detail,
-                finished_at=str(ev.record.get("finished_at", "")))
+    return Cell(
+        value=value,
+        std=std,
+        source=ev.rel,
+        detail=detail,
+        finished_at=str(ev.record.get("finished_at", "")),
+    )
 
 
 def _attach(row: Row, run: Run, evals: Iterable[EvalResult | None] = ()) -> Row:
@@ -76,8 +90,10 @@ def _find_row(rows: list[Row], keys: dict, origin: str) -> Row:
 def _place(table: Table, row: Row, column: str, cell: Cell) -> None:
     displaced = row.put(column, cell)
     if displaced is not None and displaced.source:
-        table.notes.append(f"{column} of {row.keys.get('method')}: newer result shown; also "
-                           f"found {displaced.source}")
+        table.notes.append(
+            f"{column} of {row.keys.get('method')}: newer result shown; also "
+            f"found {displaced.source}"
+        )
 
 
 def _published(ref, task: str, metrics: Iterable[str] | None = None, arch: Callable | None = None):
@@ -125,13 +141,18 @@ def _mark_below_random_init(table: Table) -> None:
     for init in inits:
         same = {k: v for k, v in init.keys.items() if k not in ignored}
         for row in table.our_rows:
-            if row.keys.get("method") in REFERENCE_METHODS or \
-                    any(row.keys.get(k) != v for k, v in same.items()):
+            if row.keys.get("method") in REFERENCE_METHODS or any(
+                row.keys.get(k) != v for k, v in same.items()
+            ):
                 continue
             for column, cell in row.cells.items():
                 ref = init.cells.get(column)
-                if not cell.missing and ref is not None and not ref.missing \
-                        and cell.value <= ref.value:
+                if (
+                    not cell.missing
+                    and ref is not None
+                    and not ref.missing
+                    and cell.value <= ref.value
+                ):
                     cell.below_reference = True
                     flagged += 1
     if inits:
@@ -140,11 +161,14 @@ def _mark_below_random_init(table: Table) -> None:
             "protocol: 'random init' is the same backbone at its seed's initialisation "
             "(pre-training with 0 epochs; fine-tuned, it is the network trained from scratch "
             "with the same recipe and budget), 'raw pixels' the flattened images, 'majority "
-            "class' a constant prediction of the most frequent training class.")
+            "class' a constant prediction of the most frequent training class."
+        )
     if flagged:
-        table.notes.append(f"{BELOW_MARK} after a value: {flagged} result(s) of a pre-trained "
-                           "backbone that do not beat the random initialisation of the same "
-                           "backbone ('random init' row) in the same column.")
+        table.notes.append(
+            f"{BELOW_MARK} after a value: {flagged} result(s) of a pre-trained "
+            "backbone that do not beat the random initialisation of the same "
+            "backbone ('random init' row) in the same column."
+        )
 
 
 def _finalise(table: Table, higher_is_better: bool = True) -> Table:
@@ -155,8 +179,10 @@ def _finalise(table: Table, higher_is_better: bool = True) -> Table:
     table.rows.sort(key=lambda r: 0 if r.origin == PUBLISHED else 1)
     labels = [r.keys.get("backbone") or "" for r in table.rows] + [c.name for c in table.columns]
     if any("*" in b for b in labels):
-        table.notes.append("Backbone* = the architecture with model.depth, embed_dim or "
-                           "num_heads changed (a reduced model); @Npx = trained at N px.")
+        table.notes.append(
+            "Backbone* = the architecture with model.depth, embed_dim or "
+            "num_heads changed (a reduced model); @Npx = trained at N px."
+        )
     for r in table.rows:
         for k in table.key_columns:
             r.keys.setdefault(k, None)
