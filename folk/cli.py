@@ -1,5 +1,5 @@
-"""``folk`` command line. Only the chosen command's module is imported, so start-up stays
-fast (importing timm alone takes seconds)."""
+"""The ``folk`` command line (also ``python -m folk``). Only the chosen command's module is
+imported, so that the usage and ``--version`` answer at once."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 
+from folk import __version__
 from folk.errors import FAILURE, FolkError, SignalExit
 from folk.eval_tasks import TASKS
 
@@ -22,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("folk.commands.eval", f"evaluate a run directory ({', '.join(TASKS)})"),
     "bench": (
         "folk.commands.bench",
-        "measure pre-training step throughput against a DINO " "baseline",
+        "measure pre-training step throughput against a DINO baseline",
     ),
     "prepare": ("folk.commands.prepare", "prepare a dataset and write its manifest"),
     "launch": ("folk.commands.launch", "submit pre-training or fine-tuning through submitit/SLURM"),
@@ -35,8 +36,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+DESCRIPTION = (
+    "FOLK (frequency-guided masking with self-distillation) reproduced: each command is one "
+    "step of the pipeline, from preparing the data to the paper's tables. "
+    "Run 'folk COMMAND --help' for a command's options."
+)
+
+
 def _top_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="folk", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="folk", description=DESCRIPTION)
+    p.add_argument("--version", action="version", version=f"folk {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, helptext) in COMMANDS.items():
         sub.add_parser(name, help=helptext)
@@ -46,8 +55,10 @@ def _top_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; its outcome becomes the exit status of README.md, "Exit codes"."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS:
-        _top_parser().parse_args(argv or ["--help"])
+    if not argv:  # a usage error like any other: the usage on stderr, status 2
+        _top_parser().error("a command is required")
+    if argv[0] not in COMMANDS:
+        _top_parser().parse_args(argv)  # --help, --version (status 0) or a usage error (2)
         return 2
     with _signals_as_exceptions():
         return _run(argv[0], argv[1:])
