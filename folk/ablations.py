@@ -143,7 +143,7 @@ def _check_entry(
             raise bad(
                 f"needs '{k}'"
                 + (
-                    ": the configuration key (or list of keys) a value " "gives"
+                    ": the configuration key (or list of keys) a value gives"
                     if k == "set"
                     else ": the list of values"
                 )

@@ -141,6 +141,6 @@ def filter_spec(name: str) -> FilterSpec:
     """The row of ``name``; a ConfigError naming the choices when there is none."""
     if name not in FILTERS:
         raise ConfigError(
-            f"method.filter: unknown filter {name!r}; choose one of " f"{', '.join(FILTERS)}"
+            f"method.filter: unknown filter {name!r}; choose one of {', '.join(FILTERS)}"
         )
     return FILTERS[name]

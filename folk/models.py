@@ -84,7 +84,7 @@ def load_backbone(
     path = run_dir / name
     if not path.is_file():
         raise RunDirError(
-            f"{run_dir}: no {name}; pre-training has not finished in this run " f"directory"
+            f"{run_dir}: no {name}; pre-training has not finished in this run directory"
         )
 
     backbone = build_backbone(cfg, drop_path=drop_path, dilated_stride=dilated_stride)
@@ -97,7 +97,7 @@ def load_backbone(
     state = load_torch_file(path, remedy)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DamagedFileError(
-            f"{path}: holds a {type(state).__name__}, not a state dict of " f"tensors; {remedy}"
+            f"{path}: holds a {type(state).__name__}, not a state dict of tensors; {remedy}"
         )
     try:
         backbone.load_state_dict(state, strict=True)

@@ -152,7 +152,7 @@ def test_a_wrong_value_set_on_the_command_line_names_the_override(tmp_path):
     path = write(tmp_path, {"pretrain": {"epochs": 7}})
     with pytest.raises(ConfigError) as err:
         load_config(path, ["filter.portions=[0.5, 1.5]"])
-    assert str(err.value) == ("--set filter.portions: key 'filter.portions' = 1.5 " "must be < 1")
+    assert str(err.value) == ("--set filter.portions: key 'filter.portions' = 1.5 must be < 1")
     assert (err.value.key, err.value.source) == ("filter.portions", "--set filter.portions")
 
 
@@ -161,7 +161,7 @@ def test_a_cross_key_error_names_the_source_of_its_key(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path, ["pretrain.accum_steps=3"])
     assert str(err.value).startswith(
-        f"{path}: key 'pretrain.batch_size' = 100 is not a " f"multiple of pretrain.accum_steps = 3"
+        f"{path}: key 'pretrain.batch_size' = 100 is not a multiple of pretrain.accum_steps = 3"
     )
     assert (err.value.key, err.value.source) == ("pretrain.batch_size", str(path))
 

@@ -20,7 +20,7 @@ pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(
         not torch.cuda.is_available(),
-        reason="needs a CUDA device (torch.cuda.is_available() is " "False)",
+        reason="needs a CUDA device (torch.cuda.is_available() is False)",
     ),
 ]
 

@@ -137,7 +137,7 @@ def test_missing_root_and_wrong_class_count(tmp_path, fm_root):
     missing = tmp_path / "nowhere"
     with pytest.raises(
         DataError,
-        match=f"'{missing}' has no train-images-idx3-ubyte.gz.*" "folk prepare fashion_mnist",
+        match=f"'{missing}' has no train-images-idx3-ubyte.gz.*folk prepare fashion_mnist",
     ):
         build_dataset(cfg_for(missing), "train")
     with pytest.raises(DataError, match=f"'{missing}' does not exist"):

@@ -16,7 +16,7 @@ import yaml
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fmnist = pytest.mark.skipif(
     not (FMNIST / "t10k-images-idx3-ubyte.gz").is_file(),
-    reason="Fashion-MNIST IDX files not installed " "(apt-get install dataset-fashion-mnist)",
+    reason="Fashion-MNIST IDX files not installed (apt-get install dataset-fashion-mnist)",
 )
 LOG = logging.getLogger("test.evals")
 

@@ -74,9 +74,9 @@ def _count_step_syncs(trainer, steps: int) -> HostSyncCounter:
 def _assert_step_has_no_host_sync(cfg: dict, run_dir, variant: str) -> None:
     trainer = _trainer(cfg, run_dir)
     counter = _count_step_syncs(trainer, steps=2)
-    assert not counter.events, (
-        f"{variant}: {len(counter.events)} host syncs in two steps:\n" f"{counter.report()}"
-    )
+    assert (
+        not counter.events
+    ), f"{variant}: {len(counter.events)} host syncs in two steps:\n{counter.report()}"
 
 
 def _step_config(tiny_cfg, variant: str) -> dict:

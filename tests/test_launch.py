@@ -135,6 +135,15 @@ def test_bad_options_name_the_key(sets, key):
         slurm_parameters(paper(*sets), "pretrain", "x")
 
 
+def test_a_flag_without_a_plain_value_is_named_with_its_value():
+    from folk.launch.options import slurm_parameters
+
+    with pytest.raises(ConfigError) as err:
+        slurm_parameters(paper("slurm.extra_sbatch={mail-type: [END]}"), "pretrain", "x")
+    assert "flag 'mail-type' needs a plain value" in str(err.value)
+    assert "got ['END']" in str(err.value) and "{value" not in str(err.value)
+
+
 def test_local_executor_is_one_node():
     from folk.launch.options import local_parameters
 

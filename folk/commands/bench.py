@@ -22,13 +22,13 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--archs",
         default="",
-        help="comma-separated timm names " "(default: the config's model.arch)",
+        help="comma-separated timm names (default: the config's model.arch)",
     )
     parser.add_argument(
         "--batch-size",
         type=int,
         default=None,
-        help="images per step (default 128; with --data the config's " "pretrain.batch_size)",
+        help="images per step (default 128; with --data the config's pretrain.batch_size)",
     )
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")

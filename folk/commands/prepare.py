@@ -22,7 +22,7 @@ def add_arguments(parser) -> None:
         type=int,
         default=10,
         metavar="N",
-        help="image folders: images decoded per class without --full " "(default 10)",
+        help="image folders: images decoded per class without --full (default 10)",
     )
     parser.add_argument(
         "--force", action="store_true", help="redo the work even when the manifest matches the data"
@@ -32,7 +32,7 @@ def add_arguments(parser) -> None:
         type=int,
         default=200,
         metavar="N",
-        help="photos: training photographs to write (default 200; " "folk/data/photos.py)",
+        help="photos: training photographs to write (default 200; folk/data/photos.py)",
     )
 
 

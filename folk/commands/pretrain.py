@@ -22,7 +22,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--out",
         required=True,
-        help="run directory (resumed if it has a " "checkpoint, skipped if it has DONE.json)",
+        help="run directory (resumed if it has a checkpoint, skipped if it has DONE.json)",
     )
 
 

@@ -171,7 +171,7 @@ class _BoundedLoader(_Loader):
             if self._depth > MAX_YAML_DEPTH:
                 mark = self.peek_event().start_mark
                 raise YAMLLimitError(
-                    f"nesting deeper than {MAX_YAML_DEPTH} levels at line " f"{mark.line + 1}"
+                    f"nesting deeper than {MAX_YAML_DEPTH} levels at line {mark.line + 1}"
                 )
             return super().compose_node(parent, index)
         finally:
@@ -637,7 +637,7 @@ def _check_architecture(cfg: dict, source: str) -> None:
         hint = difflib.get_close_matches(name, sorted(known), n=1)
         extra = f" (did you mean '{hint[0]}'?)" if hint else ""
         raise ConfigError(
-            f"{source}: key 'model.arch' = {arch!r} is not a timm " f"architecture{extra}",
+            f"{source}: key 'model.arch' = {arch!r} is not a timm architecture{extra}",
             key="model.arch",
             source=source,
         )
@@ -736,7 +736,7 @@ def _check_variant(cfg: dict, source: str) -> None:
     variant = cfg["pretrain"]["variant"]
     if variant not in VARIANTS:
         raise ConfigError(
-            f"{source}: key 'pretrain.variant' = {variant!r} is not one " f"of {sorted(VARIANTS)}",
+            f"{source}: key 'pretrain.variant' = {variant!r} is not one of {sorted(VARIANTS)}",
             key="pretrain.variant",
             source=source,
         )
@@ -798,7 +798,7 @@ def _cross_checks(cfg: dict, source: str) -> None:
         lo, hi = _get(cfg, path)
         if not 0 < lo <= hi <= 1:
             raise ConfigError(
-                f"{source}: key '{path}' = {[lo, hi]} must satisfy " f"0 < lo <= hi <= 1",
+                f"{source}: key '{path}' = {[lo, hi]} must satisfy 0 < lo <= hi <= 1",
                 key=path,
                 source=source,
             )

@@ -120,7 +120,7 @@ class FashionMNIST(Dataset):
         for f in (img_file, lbl_file):
             if not f.is_file():
                 raise DataError(
-                    f"data.root '{self.root}' has no {f.name}; " f"{_prepare_hint('fashion_mnist')}"
+                    f"data.root '{self.root}' has no {f.name}; {_prepare_hint('fashion_mnist')}"
                 )
         self.images = read_idx_images(img_file)
         labels = read_idx_labels(lbl_file)

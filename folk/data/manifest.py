@@ -150,7 +150,7 @@ def check_layout(
                 problems.append(f"empty class: '{split_path / c}' has no image files")
         if num_classes is not None and len(classes) != num_classes:
             problems.append(
-                f"'{split_path}' has {len(classes)} classes, " f"data.num_classes = {num_classes}"
+                f"'{split_path}' has {len(classes)} classes, data.num_classes = {num_classes}"
             )
         found[split] = (classes, samples)
         say(f"  {split}: {len(samples)} images in {len(classes)} classes")
@@ -160,13 +160,9 @@ def check_layout(
         for split in list(found)[1:]:
             other = set(found[split][0])
             for c in sorted(ref - other):
-                problems.append(
-                    f"class '{c}' is in '{root / first}' but not in " f"'{root / split}'"
-                )
+                problems.append(f"class '{c}' is in '{root / first}' but not in '{root / split}'")
             for c in sorted(other - ref):
-                problems.append(
-                    f"class '{c}' is in '{root / split}' but not in " f"'{root / first}'"
-                )
+                problems.append(f"class '{c}' is in '{root / split}' but not in '{root / first}'")
 
     # Decode: all images, or a seeded sample per class.
     rng = np.random.default_rng(seed)

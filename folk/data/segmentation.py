@@ -86,7 +86,7 @@ def _check_pair(image_path: Path, ann_path: Path, num_classes: int) -> list[str]
         with Image.open(ann_path) as im:
             if im.mode not in ("L", "P", "I;16", "I"):
                 problems.append(
-                    f"{ann_path}: annotation must be single-channel, got mode " f"{im.mode}"
+                    f"{ann_path}: annotation must be single-channel, got mode {im.mode}"
                 )
                 return problems
             labels = np.asarray(im)
@@ -147,9 +147,7 @@ def check_ade20k_layout(
                 problems += found
     if problems:
         listing = "\n  ".join(problems)
-        raise DataError(
-            f"{root}: segmentation layout has {len(problems)} problem(s):\n  " f"{listing}"
-        )
+        raise DataError(f"{root}: segmentation layout has {len(problems)} problem(s):\n  {listing}")
     return {
         "layout": "ade20k",
         "root": str(root),

@@ -89,7 +89,7 @@ def class_balanced_indices(
         lucky = set(np.random.default_rng([seed, 1]).permutation(len(classes))[:extra].tolist())
         want = {c: base + (i in lucky) for i, c in enumerate(classes)}
     short = [
-        f"class {_class_name(c, class_names)} has {len(ranked[c])} items, " f"{want[c]} wanted"
+        f"class {_class_name(c, class_names)} has {len(ranked[c])} items, {want[c]} wanted"
         for c in classes
         if len(ranked[c]) < want[c]
     ]

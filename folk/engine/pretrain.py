@@ -677,7 +677,7 @@ def _check_finished(run_dir: Path) -> None:
         raise RunDirError(f"{done} is not JSON ({exc}); delete it to resume the run") from None
     if not isinstance(marker, dict) or "iterations" not in marker:
         raise RunDirError(
-            f"{done} lacks key 'iterations': not a finished marker; delete it " f"to resume the run"
+            f"{done} lacks key 'iterations': not a finished marker; delete it to resume the run"
         )
 
 

@@ -69,7 +69,7 @@ def _check_images(x: torch.Tensor, where: str) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
         what = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise DataError(
-            f"{where}: expected floating-point images (B, C, H, W) in [0, 1], " f"got {what}"
+            f"{where}: expected floating-point images (B, C, H, W) in [0, 1], got {what}"
         )
 
 
@@ -86,7 +86,7 @@ def _param(name: str, severity: int, table: str) -> float:
         )
     if not isinstance(severity, int) or isinstance(severity, bool) or not 1 <= severity <= 5:
         raise ConfigError(
-            f"eval.robustness.severities: severity must be an integer 1..5, " f"got {severity!r}"
+            f"eval.robustness.severities: severity must be an integer 1..5, got {severity!r}"
         )
     return SEVERITY_TABLES[table][name][severity - 1]
 

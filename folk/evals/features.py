@@ -228,7 +228,7 @@ def _read_cache(path: Path, log: logging.Logger) -> dict | None:
             and skipped.numel() == 1
         ):
             raise DamagedFileError(
-                f"{path}: not a feature cache of [N, D] features and N " f"labels; recomputing it"
+                f"{path}: not a feature cache of [N, D] features and N labels; recomputing it"
             )
     except DamagedFileError as exc:
         log.warning("damaged feature cache: %s", exc)

@@ -101,7 +101,7 @@ def load_classifier(cfg: dict, path: Path) -> nn.Module:
     ``cfg``, pooling from the saved tensors (``fc_norm`` exists only with mean pooling),
     no drop path."""
     state = load_torch_file(
-        path, "delete it and run the fine-tuning evaluation again to " "rewrite it"
+        path, "delete it and run the fine-tuning evaluation again to rewrite it"
     )
     model = build_backbone(cfg, drop_path=0.0)
     pool = "avg" if "fc_norm.weight" in state or not hasattr(model, "blocks") else "token"

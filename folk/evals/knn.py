@@ -134,7 +134,7 @@ def check_labels(cfg: dict, labels: torch.Tensor, split: str) -> None:
     """Labels must index the configured classes, and a split must not be empty."""
     if labels.numel() == 0:
         raise DataError(
-            f"{cfg['data']['dataset']} {split} split ({cfg['data']['root']}): " f"no usable images"
+            f"{cfg['data']['dataset']} {split} split ({cfg['data']['root']}): no usable images"
         )
     top = int(labels.max())
     if top >= cfg["data"]["num_classes"] or int(labels.min()) < 0:

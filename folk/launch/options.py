@@ -74,13 +74,13 @@ def check_extra_sbatch(extra: dict) -> dict[str, object]:
             raise _err(
                 "slurm.extra_sbatch",
                 extra,
-                f"sets --{flag}, which {owner} controls: " f"set that instead",
+                f"sets --{flag}, which {owner} controls: set that instead",
             )
         if value is None or isinstance(value, (dict, list)):
             raise _err(
                 "slurm.extra_sbatch",
                 extra,
-                f"flag {key!r} needs a plain value " "(string, number or true), got {value!r}",
+                f"flag {key!r} needs a plain value (string, number or true), got {value!r}",
             )
         if value is False:
             continue  # a switch turned off: not passed
@@ -114,7 +114,7 @@ def gpu_counts(cfg: dict) -> tuple[int, int]:
             raise _err(
                 key,
                 value,
-                "gives a GPU job no GPU: set it to >= 1, or " "slurm.cpu_only=true to run on CPUs",
+                "gives a GPU job no GPU: set it to >= 1, or slurm.cpu_only=true to run on CPUs",
             )
     return train, ev
 
@@ -142,7 +142,7 @@ def check_partition(partition: str, key: str = "slurm.partition") -> None:
         raise _err(
             key,
             partition,
-            f"is not a partition of this cluster (sinfo lists: " f"{', '.join(known) or 'none'})",
+            f"is not a partition of this cluster (sinfo lists: {', '.join(known) or 'none'})",
         )
 
 

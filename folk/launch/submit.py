@@ -120,7 +120,7 @@ def check_run_dir(
     for name in ("DONE.json", "backbone.pt"):
         if not (run_dir / name).is_file():
             raise RunDirError(
-                f"{run_dir}: no {name}; fine-tuning needs a finished " f"pre-training run"
+                f"{run_dir}: no {name}; fine-tuning needs a finished pre-training run"
             )
 
     eval_config(run_dir, params, eval_overrides)  # every eval key checked now, not in the job

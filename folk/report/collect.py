@@ -334,7 +334,7 @@ def load_reference(path: Path | None = None):
             raise DataError(f"{where}: column 'value' = {row['value']!r} is not a number") from None
         if not row["source"].strip():
             raise DataError(
-                f"{where}: column 'source' is empty; every published number " "needs its source"
+                f"{where}: column 'source' is empty; every published number needs its source"
             )
     df["value"] = df["value"].astype(float)
     return df

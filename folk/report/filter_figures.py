@@ -174,7 +174,7 @@ def figure_masking(
         seed,
     )
     fig = _draw(
-        rows, x, names, "Informed (Com/RCom) against random masking, on the same " "photographs"
+        rows, x, names, "Informed (Com/RCom) against random masking, on the same photographs"
     )
     files = save_figure(fig, out_dir, "fig4_masking")
     return FigureInfo(

@@ -224,7 +224,7 @@ def test_data_root_through_a_symlink_is_checked_resolved(tmp_path, monkeypatch, 
     (project / "inner").symlink_to(project / "real", target_is_directory=True)
     params = project / "p.yaml"
     params.write_text(
-        f"data:\n  dataset: fashion_mnist\n  root: data/fm\n" f"  source: {FASHION_SOURCE}\n"
+        f"data:\n  dataset: fashion_mnist\n  root: data/fm\n  source: {FASHION_SOURCE}\n"
     )
     monkeypatch.chdir(project)
     assert main(["prepare", "fashion_mnist", "--config", str(params)]) == 2
@@ -282,7 +282,7 @@ def test_system_error_is_one_line_and_keeps_the_checkpoint(
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert last_line(err) == (
-        f"folk pretrain: error: '{ckpt}': {os.strerror(code)} " f"({errno.errorcode[code]})"
+        f"folk pretrain: error: '{ckpt}': {os.strerror(code)} ({errno.errorcode[code]})"
     )
     assert ckpt.read_bytes() == before
     assert torch.load(ckpt, weights_only=True)["iteration"] == 2

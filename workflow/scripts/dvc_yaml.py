@@ -139,9 +139,7 @@ def build(params: str, root: Path) -> dict:
         by_rule.setdefault(rule, []).append(path)
     unknown = set(by_rule) - {r for _, rules in STAGES.values() for r in rules} - {"all"}
     if unknown:
-        sys.exit(
-            f"dvc_yaml.py: rules {sorted(unknown)} belong to no DVC stage; " "add them to STAGES"
-        )
+        sys.exit(f"dvc_yaml.py: rules {sorted(unknown)} belong to no DVC stage; add them to STAGES")
 
     def files(stage):
         return sorted(p for r in STAGES[stage][1] for p in by_rule.get(r, []))
