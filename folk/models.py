@@ -7,6 +7,7 @@ Spec, section 2. Backbones come from timm unchanged, so ``backbone.pt`` loads in
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from folk import __version__
 from folk.config import load_run_config
 from folk.errors import DamagedFileError, RunDirError
 from folk.recipes import is_resnet
@@ -40,6 +42,18 @@ def backbone_kwargs(cfg: dict) -> dict:
             # interpolated); the weights are the same, so a plain model still loads them
             kwargs["dynamic_img_size"] = True
     return kwargs
+
+
+def exported_metadata(cfg: dict) -> dict[str, str]:
+    """The header of an exported backbone (``backbone.safetensors``): what rebuilds the
+    network around the weights, ``timm.create_model(arch, **json.loads(timm_kwargs))``."""
+    return {
+        "format": "pt",
+        "arch": cfg["model"]["arch"],
+        "timm_kwargs": json.dumps(backbone_kwargs(cfg), sort_keys=True),
+        "variant": cfg["pretrain"]["variant"],
+        "folk_version": __version__,
+    }
 
 
 def build_backbone(

@@ -108,6 +108,25 @@ def test_run_directory_contract(tiny_cfg, tmp_path):
     assert (tmp_path / "backbone.pt").stat().st_mtime_ns == mtime
 
 
+def test_the_backbone_is_also_released_as_safetensors_that_timm_loads(tiny_cfg, tmp_path):
+    import timm
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    pretrain(tiny_cfg("pretrain.epochs=1"), tmp_path)
+    path = tmp_path / "backbone.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    # the loading snippet of README.md, "Released backbones", from the header alone
+    model = timm.create_model(meta["arch"], **json.loads(meta["timm_kwargs"]))
+    model.load_state_dict(load_file(str(path)), strict=True)
+    weights = backbone_state(tmp_path)
+    assert set(model.state_dict()) == set(weights)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, weights[name]), name
+    assert meta["variant"] == "folk" and meta["format"] == "pt"
+
+
 def test_resume_after_kill_equals_uninterrupted(tiny_cfg, tmp_path):
     cfg = tiny_cfg()  # 2 epochs x 4 iterations, checkpoint every 2
     pretrain(cfg, tmp_path / "straight")

@@ -33,9 +33,15 @@ from folk.engine.hooks import Boundary, Hook, StopRequested, call_hooks
 from folk.engine.records import rewind_records
 from folk.engine.step import FolkObjective
 from folk.errors import ConfigError, DamagedFileError, NonFiniteLossError, RunDirError
-from folk.models import build_student_teacher, ema_update
+from folk.models import build_student_teacher, ema_update, exported_metadata
 from folk.schedules import pretrain_schedules
-from folk.utils.io import append_jsonl, atomic_torch_save, atomic_write_json, read_jsonl
+from folk.utils.io import (
+    atomic_save_safetensors,
+    append_jsonl,
+    atomic_torch_save,
+    atomic_write_json,
+    read_jsonl,
+)
 from folk.utils.provenance import now_iso, provenance
 
 # keys that may differ when a run directory is resumed: they do not change what is trained
@@ -640,6 +646,12 @@ class Pretrainer:
         if self.dist.is_main:
             teacher_bb = (self.teacher or self.student).backbone
             atomic_torch_save(teacher_bb.state_dict(), self.run_dir / "backbone.pt")
+            # the released form: timm loads it with safetensors.torch.load_file
+            atomic_save_safetensors(
+                teacher_bb.state_dict(),
+                self.run_dir / "backbone.safetensors",
+                exported_metadata(self.cfg),
+            )
             atomic_torch_save(
                 self.student.backbone.state_dict(), self.run_dir / "student_backbone.pt"
             )

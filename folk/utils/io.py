@@ -134,6 +134,15 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     _atomic(path, lambda f: torch.save(obj, f))
 
 
+def atomic_save_safetensors(tensors: dict, path: Path, metadata: dict[str, str]) -> None:
+    """``tensors`` (a state dict) as a safetensors file: no code runs when it is loaded, and
+    other frameworks read it; ``metadata`` goes into its header."""
+    from safetensors.torch import save  # noqa: PLC0415  torch-free: folk.config imports this module
+
+    data = save({k: v.detach().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, data)
+
+
 def load_torch_file(path: Path, remedy: str, required: tuple[str, ...] = ()) -> Any:
     """``torch.load`` (CPU, weights only) of a file folk wrote, or DamagedFileError naming
     ``path``, what is wrong and ``remedy`` (what the user should do). A truncated file and one
