@@ -153,16 +153,22 @@ def _signals_as_exceptions():
             signal.signal(sig, handler)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """``--config FILE`` and repeated ``--set key=value``, shared by every command."""
-    parser.add_argument("--config", required=required, help="params YAML file")
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    required: bool = True,
+    config_help: str = "params YAML file",
+    set_help: str = "override a key (value read as YAML)",
+) -> None:
+    """``--config FILE`` and repeated ``--set key=value``, shared by every command; a
+    command says what they change when it reads them differently (``folk eval``)."""
+    parser.add_argument("--config", required=required, help=config_help)
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a key (value read as YAML)",
+        help=set_help,
     )
 
 

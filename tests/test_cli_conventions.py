@@ -38,3 +38,25 @@ def test_the_help_is_sentences_naming_every_command():
     assert "``" not in out.stdout  # no markup of the docstrings leaks into the terminal
     for command in ("pretrain", "eval", "bench", "prepare", "launch", "report", "config", "schema"):
         assert f"    {command} " in out.stdout
+
+
+def test_every_command_reading_a_config_takes_the_same_config_and_set():
+    import argparse
+    import importlib
+
+    from folk.cli import COMMANDS
+
+    for name in ("pretrain", "eval", "bench", "prepare", "launch", "config"):
+        parser = argparse.ArgumentParser()
+        importlib.import_module(COMMANDS[name][0]).add_arguments(parser)
+        options = {a.dest: a for a in parser._actions}
+        assert options["config"].option_strings == ["--config"], name
+        overrides = options["overrides"]
+        assert (overrides.option_strings, overrides.metavar) == (["--set"], "KEY=VALUE"), name
+        args = parser.parse_args(
+            (["knn", "--run", "r"] if name == "eval" else [])
+            + (["fashion_mnist"] if name == "prepare" else [])
+            + (["--out", "o"] if name in ("pretrain", "launch") else [])
+            + ["--config", "c.yaml", "--set", "a.b=1", "--set", "c=2"]
+        )
+        assert (args.config, args.overrides) == ("c.yaml", ["a.b=1", "c=2"]), name

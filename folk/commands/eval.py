@@ -6,6 +6,7 @@ import argparse
 import shlex
 import sys
 
+from folk.cli import add_config_arguments
 from folk.errors import ConfigError
 from folk.eval_tasks import TASKS
 from folk.evals.common import check_variant
@@ -15,14 +16,11 @@ from folk.evals.runner import run_task
 def add_arguments(parser) -> None:
     parser.add_argument("task", choices=list(TASKS))
     parser.add_argument("--run", required=True, help="pre-training run directory")
-    parser.add_argument("--config", help="params file whose eval section overrides the run's")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override an eval.* key (value read as YAML)",
+    add_config_arguments(
+        parser,
+        required=False,
+        config_help="params file whose eval section overrides the run's",
+        set_help="override an eval.* key (value read as YAML)",
     )
     parser.add_argument(
         "--variant",
