@@ -17,7 +17,7 @@ if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ constraints.txt -
   echo "setup: installing packages (torch is a 5 GB download the first time)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements.txt -c constraints.txt
-  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+  bash scripts/install-package.sh .venv/bin/python
   touch "$stamp"
 fi
 

@@ -113,3 +113,33 @@ def test_constraints_pin_every_requirement_within_its_range():
         name = canonicalize_name(req.name)
         assert name in pins, f"{req.name} is not pinned in constraints.txt"
         assert pins[name] in req.specifier, f"constraints.txt {req.name}=={pins[name]} vs {req}"
+
+
+def test_the_package_installs_into_a_bare_venv(tmp_path):
+    """What scripts/setup.sh runs for the package itself, in a venv as `python -m venv` makes
+    it (Python 3.12 puts no setuptools there, 3.10 and 3.11 an old one, and no wheel)."""
+    import subprocess
+    import sys
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "install-package.sh"), str(python)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    meta = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import importlib.metadata as m; d = m.metadata('folk-repro'); "
+            "print(d['Version'], d['License-Expression'])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert meta == [pyproject()["project"]["version"], "MIT"]
