@@ -20,7 +20,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from folk.config import flatten, load_run_config, save_config
 from folk.data import build_dataset, collate_skip_none
@@ -36,12 +35,13 @@ from folk.errors import ConfigError, DamagedFileError, NonFiniteLossError, RunDi
 from folk.models import build_student_teacher, ema_update, exported_metadata
 from folk.schedules import pretrain_schedules
 from folk.utils.io import (
-    atomic_save_safetensors,
     append_jsonl,
+    atomic_save_safetensors,
     atomic_torch_save,
     atomic_write_json,
     read_jsonl,
 )
+from folk.utils.progress import progress
 from folk.utils.provenance import now_iso, provenance
 
 # keys that may differ when a run directory is resumed: they do not change what is trained
@@ -199,15 +199,12 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str):
-    return tqdm(
+    return progress(
         total=total,
         initial=initial,
-        disable=not enabled,
+        enabled=enabled,
         unit="it",
-        dynamic_ncols=True,
         desc=desc,
-        mininterval=1.0 if sys.stderr.isatty() else 15.0,
-        file=sys.stderr,
     )
 
 

@@ -21,7 +21,6 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm import tqdm
 
 from folk.data import build_dataset, collate_skip_none
 from folk.data.transforms import eval_transform
@@ -29,6 +28,7 @@ from folk.engine.device import training_device
 from folk.errors import ConfigError, DamagedFileError, DataError
 from folk.models import is_resnet, load_backbone
 from folk.utils.io import atomic_torch_save, load_torch_file
+from folk.utils.progress import progress
 
 # bump when the layout of extracted features changes, to retire old cache files
 CACHE_VERSION = 1
@@ -272,7 +272,7 @@ def _run_backbone(
     feats, labels, skipped = [], [], 0
     try:
         with torch.inference_mode():
-            for images, targets, n_skipped in tqdm(
+            for images, targets, n_skipped in progress(
                 loader, desc=f"features {split}", unit="batch", leave=False
             ):
                 skipped += int(n_skipped)

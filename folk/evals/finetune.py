@@ -47,7 +47,6 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from folk.data.classification import build_base_dataset, build_dataset, collate_skip_none
 from folk.data.transforms import eval_transform
@@ -58,6 +57,7 @@ from folk.errors import ConfigError, DataError, NonFiniteLossError, RunDirError
 from folk.models import build_backbone, load_backbone
 from folk.recipes import is_resnet
 from folk.utils.io import atomic_torch_save, atomic_write_json, load_torch_file
+from folk.utils.progress import progress
 from folk.utils.seeding import key_seed, seeded_global_rngs
 
 CHECKPOINT_FORMAT = 1
@@ -229,8 +229,8 @@ def _evaluate(model: nn.Module, cfg: dict, device, amp_dtype, log) -> dict[str, 
     total = skipped = 0
     model.eval()
     with torch.inference_mode():
-        for images, labels, n_skipped in tqdm(
-            loader, desc="finetune test", unit="batch", leave=False, disable=None
+        for images, labels, n_skipped in progress(
+            loader, desc="finetune test", unit="batch", leave=False
         ):
             skipped += int(n_skipped)
             if len(labels) == 0:
@@ -480,12 +480,11 @@ def train_classifier(
         model.train()
         started, loss_sum, loss_n, skipped = time.time(), 0.0, 0, 0
         batches = iter(loader)
-        bar = tqdm(
+        bar = progress(
             range(skip, steps_per_epoch),
             desc=f"finetune{_suffix(tag)} epoch {epoch}",
             unit="step",
             leave=False,
-            disable=None,
         )
         for step_in_epoch in bar:
             scheduler.step_update(num_updates=step)

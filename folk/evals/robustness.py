@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
-from tqdm import tqdm
 
 from folk.config import check_filter_radii
 from folk.data import build_dataset, collate_skip_none
@@ -48,6 +47,7 @@ from folk.metric_columns import (
     severity_name,
     top1_name,
 )
+from folk.utils.progress import progress
 
 
 def conditions(cfg: dict, device: torch.device) -> list[tuple[str, Callable]]:
@@ -128,7 +128,7 @@ def run(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logger) -> dict:
     total = skipped = 0
     with torch.inference_mode():
         for batch, (images, labels, n_skipped) in enumerate(
-            tqdm(loader, desc="robustness", unit="batch", leave=False, disable=None)
+            progress(loader, desc="robustness", unit="batch", leave=False)
         ):
             skipped += int(n_skipped)
             if len(labels) == 0:

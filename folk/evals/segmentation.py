@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
-from tqdm import tqdm
 
 from folk.data.segmentation import (
     COMPOSITE_NUM_CLASSES,
@@ -39,6 +38,7 @@ from folk.engine.hooks import Boundary, Hook, call_hooks
 from folk.errors import ConfigError, DataError, NonFiniteLossError
 from folk.evals.upernet import build_segmenter
 from folk.models import is_resnet, load_backbone
+from folk.utils.progress import progress
 from folk.utils.seeding import key_seed, seeded_cpu_rng
 
 CHECKPOINT = "checkpoint.pt"
@@ -312,7 +312,7 @@ def evaluate(
         else {}
     )
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=num_workers)
-    for image, target in tqdm(loader, desc="segmentation eval", disable=None):
+    for image, target in progress(loader, desc="segmentation eval", unit="batch"):
         image, target = image.to(device), target.to(device)
         with autocast(device, amp_dtype):
             logits = slide_inference(
@@ -422,8 +422,8 @@ def train(
         generator=torch.Generator().manual_seed(seed),
     )
     model.train()
-    progress = tqdm(loader, desc="segmentation train", initial=start, total=total, disable=None)
-    for it, (images, targets) in enumerate(progress, start=start):
+    bar = progress(loader, desc="segmentation train", initial=start, total=total)
+    for it, (images, targets) in enumerate(bar, start=start):
         factor = lr_factor(it, total, seg["warmup_iterations"])
         for g in optimizer.param_groups:
             g["lr"] = seg["lr"] * g["lr_scale"] * factor
@@ -444,7 +444,7 @@ def train(
         scaler.step(optimizer)
         scaler.update()
         done = it + 1
-        progress.set_postfix(loss=f"{loss.item():.4f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}")
         if done % LOG_EVERY == 0 or done == total:
             log.info(
                 "iteration %d/%d loss %.4f lr %.3g", done, total, loss.item(), seg["lr"] * factor
