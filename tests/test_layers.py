@@ -40,11 +40,13 @@ def imported_modules(path) -> set[str]:
 
 
 def library_modules() -> list:
-    """Every module of the package except the commands and the ``folk`` entry point."""
+    """Every module of the package except the commands and the entry points (``folk``,
+    and ``python -m folk``, which only calls it)."""
+    entry_points = {PACKAGE / "cli.py", PACKAGE / "__main__.py"}
     return [
         path
         for path in PACKAGE.rglob("*.py")
-        if path.parent != PACKAGE / "commands" and path != PACKAGE / "cli.py"
+        if path.parent != PACKAGE / "commands" and path not in entry_points
     ]
 
 
