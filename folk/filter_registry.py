@@ -14,18 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from folk.errors import ConfigError
+from folk.utils.keys import config_value
 from folk.utils.text import fmt_number
 
 # Keys at this value hold for views of filter.mfm_radius_ref_size px: a radius or a patch
 # side stated for 224 px images means proportionally less at 32 px
 REF_SIZE_KEY = "filter.mfm_radius_ref_size"
-
-
-def _get(cfg: dict, path: str) -> Any:
-    node = cfg
-    for part in path.split("."):
-        node = node[part]
-    return node
 
 
 def scaled_radius(cfg: dict, size: int | None = None) -> float:
@@ -52,12 +46,12 @@ class Argument:
 
 def key(path: str) -> Argument:
     """The argument is the configuration value at ``path``, whatever the view size."""
-    return Argument((path,), lambda cfg, size: _get(cfg, path))
+    return Argument((path,), lambda cfg, size: config_value(cfg, path))
 
 
 def listed(path: str) -> Argument:
     """As :func:`key`, as a fresh list (the filter may keep it)."""
-    return Argument((path,), lambda cfg, size: list(_get(cfg, path)))
+    return Argument((path,), lambda cfg, size: list(config_value(cfg, path)))
 
 
 RADIUS = Argument(("filter.mfm_radius", REF_SIZE_KEY, "model.img_size"), scaled_radius)

@@ -26,6 +26,7 @@ from folk.config.constraints import CONSTRAINTS, ENUM_NULLABLE
 from folk.errors import ConfigError
 from folk.filter_registry import scaled_patch, scaled_radius  # noqa: F401  (their home for callers)
 from folk.utils.io import atomic_write_text
+from folk.utils.keys import config_value
 from folk.variants import VARIANTS
 
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
@@ -336,11 +337,7 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _get(cfg: dict, path: str) -> Any:
-    node = cfg
-    for part in path.split("."):
-        node = node[part]
-    return node
+_get = config_value
 
 
 def validate(cfg: dict, source: str = "configuration", origins: dict | None = None) -> None:
@@ -371,10 +368,14 @@ def _leaf_keys() -> tuple[str, ...]:
 
 def _key_schema(path: str) -> dict:
     """The generated JSON schema of one key."""
-    node = _json_schema_shared()
+    return _schema_node(_json_schema_shared(), path)
+
+
+def _schema_node(schema: dict, path: str) -> dict:
+    """The node of ``schema`` (a generated configuration schema) describing key ``path``."""
     for part in path.split("."):
-        node = node["properties"][part]
-    return node
+        schema = schema["properties"][part]
+    return schema
 
 
 def _named_by_origin(exc: ConfigError, source: str, origins: dict) -> ConfigError:
@@ -453,10 +454,7 @@ def _validation_schema() -> dict:
     generated for it). The workflow's schema stays as it is generated."""
     schema = json_schema()
     for path, rule in CONSTRAINTS.items():
-        node = schema
-        for part in path.split("."):
-            node = node["properties"][part]
-        _add_missing_rules(node, rule)
+        _add_missing_rules(_schema_node(schema, path), rule)
     return schema
 
 
@@ -995,10 +993,7 @@ def json_schema() -> dict:
     entries = schema["properties"][section]["properties"]
 
     def key_schema(path: str) -> dict:
-        found = schema
-        for part in path.split("."):
-            found = found["properties"][part]
-        return {k: v for k, v in found.items() if k != "default"}
+        return {k: v for k, v in _schema_node(schema, path).items() if k != "default"}
 
     entries[name] = ablations.json_schema(defaults()[section][name], key_schema)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

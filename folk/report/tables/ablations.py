@@ -10,6 +10,7 @@ from typing import Callable
 from folk.ablations import Ablation, ablations
 from folk.config import defaults, flatten
 from folk.filter_registry import FILTERS
+from folk.utils.keys import config_value
 from folk.report.collect import Run
 from folk.report.naming import fmt_value, variant_rank
 from folk.report.table import OURS, Column, Table
@@ -78,13 +79,6 @@ def _sweeps(runs: list[Run]) -> dict[str, Ablation]:
     return {name: sweeps[name] for name in first + sorted(set(sweeps) - set(first))}
 
 
-def _setting(cfg: dict, key: str):
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
 def _order(value) -> tuple:
     """Sort key of one set key's value: numbers by value, lists by length then items."""
     if isinstance(value, list):
@@ -94,13 +88,13 @@ def _order(value) -> tuple:
 
 def _sweep_columns(sweep: Ablation) -> dict[str, Callable[[Run], str]]:
     return {
-        label: (lambda r, k=k: fmt_value(_setting(r.cfg, k)))
+        label: (lambda r, k=k: fmt_value(config_value(r.cfg, k)))
         for label, k in zip(sweep.labels, sweep.keys)
     }
 
 
 def _sweep_order(sweep: Ablation) -> Callable[[Run], tuple]:
-    return lambda r: tuple(_order(_setting(r.cfg, k)) for k in sweep.keys)
+    return lambda r: tuple(_order(config_value(r.cfg, k)) for k in sweep.keys)
 
 
 _IGNORED_SECTIONS = (
