@@ -37,7 +37,7 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        "results/README.md",
+        rules.report.output.readme,
 
 
 # Stage targets (`snakemake <rule>`); dvc.yaml runs the workflow through them.

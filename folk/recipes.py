@@ -109,6 +109,11 @@ def is_resnet(arch: str) -> bool:
     return arch.startswith("resnet")
 
 
+def patch_size_of(model: dict) -> int | None:
+    """The ViT's patch side in px (``model.patch_size``); None for a CNN, which has none."""
+    return None if is_resnet(model["arch"]) else model["patch_size"]
+
+
 def arch_values(arch: str, depth: int = 0) -> dict[str, Any]:
     """DINO's and MFM's per-architecture choices; ``depth`` (``model.depth``, 0 for the
     architecture's own) caps the linear probe's blocks of a shortened ViT."""

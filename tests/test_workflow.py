@@ -98,6 +98,22 @@ def copy_workflow(dst: Path) -> Path:
     return dst
 
 
+def file_stamps(root: Path) -> dict[str, tuple[int, int]]:
+    """(mtime in ns, size) of every file under ``root`` but DVC's and Snakemake's own state."""
+    skip = (".dvc/tmp", ".dvc/cache", ".snakemake")
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in root.rglob("*")
+        if p.is_file()
+        and not str(p.relative_to(root)).startswith(skip)
+        and "__pycache__" not in p.parts
+    }
+
+
+def changed_files(before: dict, after: dict) -> set[str]:
+    return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+
+
 def env(venv_on_path: bool = True) -> dict:
     e = dict(os.environ)
     path = [p for p in e.get("PATH", "").split(os.pathsep) if p and Path(p) != BIN]
@@ -422,16 +438,26 @@ def test_dvc_stages_cover_the_dags_final_outputs(wf):
         return {next(iter(e)) if isinstance(e, dict) else e for e in dvc[stage].get(kind, [])}
 
     assert paths("pretrain", "outs") == planned["pretrain"]
-    assert paths("evaluate", "metrics") == planned["evaluate"]
+    assert paths("evaluate", "outs") == planned["evaluate"]
     assert {f"runs/demo/{r}/eval/{t}/metrics.json" for r, t in DEMO_EVALS} == paths(
-        "evaluate", "metrics"
+        "evaluate", "outs"
     )
     prepared = (
         planned["prepare_data"] | planned["prepare_fewshot"] | planned["prepare_segmentation"]
     )
     outs = paths("prepare", "outs")
     assert all(any(p == o or p.startswith(o + "/") for o in outs) for p in prepared)
-    assert paths("report", "outs") == {os.path.dirname(p) for p in planned["report"]}
+    # the report's files in git: DVC's metrics file and every other output, each covered
+    reported = planned["report"] | planned["bench"] | planned["bench_data"]
+    assert paths("report", "metrics") == {"results/demo/metrics.json"}
+    tracked = paths("report", "outs") | paths("report", "metrics")
+    assert all(any(p == o or p.startswith(o + "/") for o in tracked) for p in reported)
+    assert {"results/demo/tables", "results/demo/figures"} <= tracked
+    # each DVC plot overlays curve files the report writes, one per trained main-grid run
+    for definition in yaml.safe_load((wf / "dvc.yaml").read_text())["plots"]:
+        ((plot_id, spec),) = definition.items()
+        assert set(spec["y"]) <= planned["report"], plot_id
+        assert "results/demo/plots/train/folk.csv" in spec["y"] or plot_id == "knn_top1"
     for stage, target in (
         ("prepare", "prepared"),
         ("pretrain", "pretrained"),
@@ -542,9 +568,21 @@ def test_tiny_end_to_end_then_nothing_then_only_what_changed(tmp_path):
         ]
         == 0.25
     )
-    assert (wf / "results" / "README.md").is_file()
-    assert list((wf / "results" / "tables").glob("*.md"))
-    assert list((wf / "results" / "figures").glob("*.png"))
+    results = wf / "results" / "test_tiny"
+    assert (results / "README.md").is_file()
+    assert list((results / "tables").glob("*.md"))
+    assert list((results / "figures").glob("*.png"))
+    summary = json.loads((results / "metrics.json").read_text())
+    knn_rows = summary["knn_linear"]
+    assert any(label.startswith("random init") for label in knn_rows), knn_rows
+    assert json.loads((results / "provenance.json").read_text())["runs"] == len(TINY_RUNS)
+    # curves of the trained main-grid runs only (not the ablation, not the random init)
+    assert sorted(p.name for p in (results / "plots" / "train").glob("*.csv")) == [
+        "folk.csv",
+        "mfm.csv",
+    ]
+    header = (results / "plots" / "train" / "folk.csv").read_text().splitlines()[0]
+    assert "kd_teacher_entropy" in header and "loss_rec" in header
     for name in ("prepare/data", "test_tiny/folk/pretrain", "test_tiny/mfm/eval_knn"):
         assert list((wf / "benchmarks").glob(f"**/{Path(name).name}.tsv"))
 
@@ -588,14 +626,30 @@ def test_tiny_end_to_end_then_nothing_then_only_what_changed(tmp_path):
     )
     assert gen.returncode == 0, gen.stderr
     (wf / ".dvc").mkdir()
+    repo_config = (ROOT / ".dvc" / "config").read_text()  # its cache type among others
     (wf / ".dvc" / "config").write_text(
-        "[core]\n    no_scm = true\n    analytics = false\n    remote = local\n"
-        "['remote \"local\"']\n    url = ../data/dvc-remote\n"
+        repo_config.replace("[core]\n", "[core]\n    no_scm = true\n")
     )
     dvc = str(BIN / "dvc")
+    before = file_stamps(wf)
+    # a second orchestrator over finished work, without a lock: DVC runs every stage, and
+    # each Snakemake run finds nothing to do (DVC's caching must not make the backbones
+    # look newer than their evaluations)
     repro = run([dvc, "repro"], wf, timeout=900)
     assert repro.returncode == 0, repro.stdout[-3000:] + repro.stderr[-3000:]
     assert "Nothing to be done" in repro.stdout + repro.stderr
+    assert changed_files(before, file_stamps(wf)) <= {"dvc.lock"}
+    # what scripts/demo.sh does after Snakemake: the lock written from the finished work;
+    # then `dvc repro` runs nothing and changes nothing
+    (wf / "dvc.lock").unlink()
+    commit = run([dvc, "commit", "--force", "--quiet"], wf, timeout=300)
+    assert commit.returncode == 0, commit.stderr[-3000:]
+    before = file_stamps(wf)
+    repro = run([dvc, "repro"], wf, timeout=300)
+    assert repro.returncode == 0, repro.stderr[-3000:]
+    assert "Data and pipelines are up to date" in repro.stdout, repro.stdout
+    assert "Running stage" not in repro.stdout
+    assert changed_files(before, file_stamps(wf)) == set()
     push = run([dvc, "push"], wf, timeout=300)
     assert push.returncode == 0, push.stderr[-3000:]
     lock = yaml.safe_load((wf / "dvc.lock").read_text())["stages"]
@@ -613,16 +667,17 @@ def test_tiny_end_to_end_then_nothing_then_only_what_changed(tmp_path):
         assert stored.read_bytes() == (wf / path).read_bytes()
     shown = run([dvc, "metrics", "show", "--json"], wf)
     assert shown.returncode == 0, shown.stderr
-    text = shown.stdout
-    for run_name, tasks in TINY_RUNS.items():
-        for task in tasks:
-            assert f"runs/test_tiny/{run_name}/eval/{task}/metrics.json" in text
+    metrics = json.loads(shown.stdout)["workspace"]["data"]
+    assert metrics["results/test_tiny/metrics.json"]["data"] == summary
     status = run([dvc, "status"], wf)
     assert "up to date" in status.stdout, status.stdout
     plots = run([dvc, "plots", "show", "--json"], wf)
     assert plots.returncode == 0 and "failed" not in plots.stdout + plots.stderr, plots.stderr
-    for figure in yaml.safe_load((wf / "dvc.yaml").read_text())["plots"]:
-        assert (wf / figure).is_file() and figure in plots.stdout
+    drawn = json.loads(plots.stdout)["data"]
+    for definition in yaml.safe_load((wf / "dvc.yaml").read_text())["plots"]:
+        (plot_id,) = definition
+        values = drawn[plot_id][0]["content"]["data"]["values"]
+        assert values, plot_id  # every chart has points: the curves of folk and mfm
 
 
 def test_more_seeds_repeat_the_main_grid(wf, tmp_path):

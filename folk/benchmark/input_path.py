@@ -85,6 +85,7 @@ from folk.engine.data import EpochSampler, SeededViews
 from folk.engine.device import autocast_dtype
 from folk.engine.pretrain import Pretrainer
 from folk.errors import DataError
+from folk.recipes import patch_size_of
 from folk.utils.provenance import device_name
 
 PIPELINES = ("pretrain_views", "dino_reference", "mfm_reference", "decode_crop")
@@ -458,6 +459,7 @@ def measure_input_path(
         "variant": cfg["pretrain"]["variant"],
         "arch": cfg["model"]["arch"],
         "img_size": cfg["model"]["img_size"],
+        "patch_size": patch_size_of(cfg["model"]),
         "dataset": cfg["data"]["dataset"],
         "data_root": str(cfg["data"]["root"]),
         "dataset_images": len(dataset),

@@ -21,6 +21,7 @@ from folk.data.photometric import draw_params
 from folk.engine.pretrain import param_groups, peak_memory_mb
 from folk.engine.step import FolkObjective
 from folk.models import build_student_teacher, ema_update
+from folk.recipes import patch_size_of
 from folk.utils.provenance import device_name
 
 BASELINE = "dino_2view"
@@ -149,6 +150,7 @@ def step_record(
         "variant": variant,
         "arch": cfg["model"]["arch"],
         "img_size": cfg["model"]["img_size"],
+        "patch_size": patch_size_of(cfg["model"]),
         "batch_size": batch,
         "compile": compile_,
         "baseline": baseline,

@@ -1,4 +1,5 @@
-"""``folk report --runs DIR --out results/``: tables, figures and README from run results."""
+"""``folk report --runs runs/EXP [--out results/EXP]``: tables, figures, README, DVC metrics
+and curves from one experiment's runs."""
 
 from __future__ import annotations
 
@@ -9,10 +10,20 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--runs",
         default="runs",
-        help="directory searched for run directories (config.yaml) and "
-        "bench.jsonl files (default: runs)",
+        help="directory searched for the run directories (config.yaml) and bench.jsonl files "
+        "of one experiment, e.g. runs/demo (default: runs)",
     )
-    parser.add_argument("--out", default="results", help="output directory (default: results)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default: results/<experiment.name> of the runs)",
+    )
+    parser.add_argument(
+        "--readme",
+        default=None,
+        help="also replace the headline block of this README (the lines between "
+        "<!-- headline:begin --> and <!-- headline:end -->) by the headline table and figure",
+    )
     parser.add_argument(
         "--ref",
         default=None,
@@ -49,10 +60,11 @@ def run(args) -> int:
         radius=args.radius,
         seed=args.seed,
         photo_size=args.photo_size,
+        readme=args.readme,
     )
     with_results = sum(t.has_results for t in report.tables)
     print(
         f"folk report: {len(report.tables)} tables ({with_results} with results), "
-        f"{len(report.figures)} figures -> {args.out}"
+        f"{len(report.figures)} figures -> {report.out_dir}"
     )
     return 0

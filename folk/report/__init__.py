@@ -1,9 +1,11 @@
 """``folk report``: the paper's tables and figures rebuilt from the pipeline's runs.
 
-``build_report(runs_dir, out_dir)`` collects run directories (``config.yaml``, ``metrics.jsonl``,
-``DONE.json``, ``eval/*/metrics.json``) and bench results under ``runs_dir``, and writes
-``tables/<name>.{md,tex,csv}``, ``figures/<name>.{png,pdf}`` and ``README.md`` under
-``out_dir``. README.md, "Tables and figures", is the user guide.
+``build_report(runs_dir, out_dir)`` collects the run directories of one experiment
+(``config.yaml``, ``metrics.jsonl``, ``DONE.json``, ``eval/*/metrics.json``) and bench results
+under ``runs_dir``, and writes ``tables/<name>.{md,tex,csv}``, ``figures/<name>.{png,pdf}``,
+``README.md``, ``metrics.json``, ``provenance.json`` and ``plots/<run>/*.csv``
+(folk.report.summary) under ``out_dir`` (default ``results/<experiment.name>``); with
+``readme``, the headline block of that README too. README.md, "Tables and figures", is the user guide.
 """
 
 from __future__ import annotations
@@ -18,10 +20,19 @@ from folk.report.collect import collect_bench, collect_runs, load_reference
 from folk.report.figures import figure_knn_epochs, figure_reconstruction_loss, figure_throughput
 from folk.report.readme import FORMATS, render_readme
 from folk.report.seeds import merge_seeds
+from folk.report.summary import (
+    check_headline_target,
+    headline_block,
+    splice_headline,
+    write_summary,
+)
 from folk.report.tables import build_tables
 from folk.report.writers import Stamp, to_csv, to_latex, to_markdown
 from folk.utils.io import atomic_write_text
 from folk.utils.provenance import git_sha, now_iso
+
+# what the pipeline writes into the repository: changes there do not make the code "dirty"
+GENERATED_PATHS = ("results", "dvc.lock", "README.md")
 
 
 @dataclass
@@ -29,26 +40,32 @@ class Report:
     tables: list  # folk.report.table.Table
     figures: list  # folk.report.plotting.FigureInfo
     files: list[Path]
+    out_dir: Path
 
 
 def build_report(
     runs_dir: str | Path,
-    out_dir: str | Path,
+    out_dir: str | Path | None = None,
     ref_path: str | Path | None = None,
     q: float = 0.05,
     radius: float = 16,
     seed: int = 0,
     photo_size: int = 224,
+    readme: str | Path | None = None,
 ) -> Report:
     _check_parameters(q, radius, photo_size)
-    runs_dir, out_dir = Path(runs_dir), Path(out_dir)
+    runs_dir = Path(runs_dir)
     # read and validate everything before writing anything
+    if readme is not None:
+        readme = Path(readme)
+        check_headline_target(readme)
     ref = load_reference(ref_path)
     runs = collect_runs(runs_dir)
+    out_dir = Path(out_dir) if out_dir is not None else _default_out_dir(runs, runs_dir)
     bench = collect_bench(runs_dir)
     cfg = defaults()
 
-    sha, dirty = git_sha()
+    sha, dirty = git_sha(ignore=GENERATED_PATHS)
     stamp = Stamp(report_sha=sha, report_dirty=dirty, date=now_iso(), runs_dir=str(runs_dir))
     files: list[Path] = []
     tables = build_tables(runs, ref, cfg)
@@ -82,15 +99,32 @@ def build_report(
         figure_throughput(bench, fig_dir),
     ]
     files += [fig_dir / n for fig in figures for n in fig.files]
-    readme = out_dir / "README.md"
+    readme_path = out_dir / "README.md"
     atomic_write_text(
-        readme,
+        readme_path,
         render_readme(
             tables, figures, stamp, str(out_dir), len(runs), check_claims(merge_seeds(runs))
         ),
     )
-    files.append(readme)
-    return Report(tables=tables, figures=figures, files=files)
+    files.append(readme_path)
+    files += write_summary(out_dir, tables, runs, stamp)
+    if readme is not None:
+        splice_headline(readme, headline_block(tables, stamp, out_dir, readme))
+        files.append(readme)
+    return Report(tables=tables, figures=figures, files=files, out_dir=out_dir)
+
+
+def _default_out_dir(runs: list, runs_dir: Path) -> Path:
+    """results/<experiment.name>: one experiment's results in one place. Runs of several
+    experiments (a demo and a paper run, say) make one report only where the user names it."""
+    names = sorted({r.experiment for r in runs})
+    if len(names) > 1:
+        raise ConfigError(
+            f"--runs {runs_dir}: holds runs of {len(names)} experiments ({', '.join(names)}); "
+            f"give one experiment's directory (e.g. --runs {runs_dir / names[0]}), or --out "
+            "for a report of them all"
+        )
+    return Path("results") / (names[0] if names else runs_dir.name)
 
 
 def _check_parameters(q: float, radius: float, size: int) -> None:

@@ -204,7 +204,9 @@ def _input_rows(bench: list[BenchRecord]) -> list[dict]:
                     rows.append(
                         {
                             "variant": label.format(workers=r.get("num_workers", "?")),
-                            "backbone": backbone_label(r["arch"], None, r.get("img_size")),
+                            "backbone": backbone_label(
+                                r["arch"], r.get("patch_size"), r.get("img_size")
+                            ),
                             "device": _panel(r),
                             "images_per_s": float(r[field]),
                             "rank": rank,
@@ -230,7 +232,7 @@ def figure_throughput(bench: list[BenchRecord], out_dir: Path) -> FigureInfo:
         rows.append(
             {
                 "variant": r["variant"] + (" (baseline)" if r.get("baseline") else ""),
-                "backbone": backbone_label(r["arch"], None, r.get("img_size")),
+                "backbone": backbone_label(r["arch"], r.get("patch_size"), r.get("img_size")),
                 "device": _panel(r),
                 "images_per_s": float(r["images_per_s"]),
             }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from folk.recipes import is_resnet
+from folk.recipes import is_resnet, patch_size_of
 from folk.utils.text import fmt_number
 
 _VIT = re.compile(r"^(?:vit|deit)\w*?_(tiny|small|base|large|huge|giant)_patch(\d+)")
@@ -70,7 +70,7 @@ def run_backbone_label(cfg: dict) -> str:
     m = cfg["model"]
     is_vit = not is_resnet(m["arch"])
     custom = bool(m.get("depth") or m.get("embed_dim") or m.get("num_heads")) and is_vit
-    return backbone_label(m["arch"], m["patch_size"] if is_vit else None, m["img_size"], custom)
+    return backbone_label(m["arch"], patch_size_of(m), m["img_size"], custom)
 
 
 def dataset_label(name: str, subset: int = 0) -> str:

@@ -12,14 +12,16 @@ from pathlib import Path
 _REPO = Path(__file__).resolve().parents[2]
 
 
-def git_sha(repo: Path = _REPO) -> tuple[str, bool]:
-    """(SHA of HEAD, whether the tree has uncommitted changes); ('unknown', False) outside git."""
+def git_sha(repo: Path = _REPO, ignore: tuple[str, ...] = ()) -> tuple[str, bool]:
+    """(SHA of HEAD, whether the tracked files other than ``ignore`` (paths relative to the
+    repository) have uncommitted changes); ('unknown', False) outside git."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "."]
+            + [f":(exclude){p}" for p in ignore],
             cwd=repo,
             capture_output=True,
             text=True,

@@ -400,7 +400,7 @@ def test_snakemake_profile_slurm_end_to_end(cluster, tmp_path):
         f"runs/{exp}/folk/DONE.json",
         f"runs/{exp}/folk/eval/knn/metrics.json",
         f"runs/{exp}/folk/eval/linear/metrics.json",
-        "results/README.md",
+        f"results/{exp}/README.md",
     ):
         assert (work / path).is_file(), path
     ours = {i: j for i, j in _jobs().items() if i not in before}

@@ -21,6 +21,7 @@ from folk.config import check_filter_radii, load_config, read_params
 from folk.errors import ConfigError, FolkError
 from folk.eval_tasks import TASKS
 from folk.launch.resources import check_workflow_slurm, rule_resources
+from folk.report.summary import CURVES
 
 # The conda environment of every rule (used with --software-deployment-method conda);
 # environment.post-deploy.sh installs the folk package into it.
@@ -264,6 +265,19 @@ def bench_data_variant():
     return "folk" if "folk" in variants else variants[0]
 
 
+def results_file(*parts):
+    """A file of the experiment's results directory (results/<experiment.name>/)."""
+    return os.path.join(RESULTS_DIR, *parts)
+
+
+def curve_files():
+    """The per-run curve files `folk report` writes (folk.report.summary.curve_runs: the
+    main grid and its seeds, not the ablations nor the random initialisation)."""
+    return [results_file("plots", kind, f"{run}.csv") for kind in CURVES
+            for run, r in RUNS.items()
+            if not r["ablation"] and _apply_sets(config, r["sets"])["pretrain"]["epochs"] > 0]
+
+
 def report_inputs():
     out = all_pretrained() + all_evaluated()
     if config["workflow"]["bench"]:
@@ -363,6 +377,7 @@ if launched():
 
 EXP = config["experiment"]["name"]
 RUNS_DIR = os.path.join("runs", EXP)
+RESULTS_DIR = os.path.join("results", EXP)
 RUNS = build_runs(config, ablations(FOLK_CONFIG))
 if any("robustness" in r["evals"] for r in RUNS.values()):
     try:  # radii that mean nothing at model.img_size fail here, not after fine-tuning
