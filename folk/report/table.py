@@ -76,6 +76,7 @@ class Table:
     columns: list[Column]
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # table-level notes
+    protocol: list[str] = field(default_factory=list)  # folk.report.protocol's lines
     empty_note: str = "No results yet."
     unit: str = "top-1 accuracy (%)"
 

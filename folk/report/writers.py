@@ -104,6 +104,8 @@ def to_csv(table: Table, stamp: Stamp) -> str:
     header += ["below random init", "run_dir", "source", "git_sha", "notes"]
     buf = io.StringIO()
     buf.write(f"# {table.title}\n# {stamp.line(table)}\n")
+    for line in table.protocol:
+        buf.write(f"# {line}\n")
     if not table.our_rows:
         buf.write(f"# {table.empty_note}\n")
     writer = csv.writer(buf, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
@@ -151,6 +153,9 @@ def to_markdown(table: Table, stamp: Stamp) -> str:
     keys = list(table.key_columns) + (["results"] if origin else [])
     cols = keys + [c.name for c in table.columns]
     lines = [f"# {table.title}", "", table.description, ""]
+    if table.protocol:
+        head, *items = table.protocol
+        lines += [head, "", *(f"- {_md_escape(item)}" for item in items), ""]
     lines.append("| " + " | ".join(_md_escape(c) for c in cols) + " |")
     lines.append("|" + "|".join(":--" if c in keys else "--:" for c in cols) + "|")
     for row, mark in zip(table.rows, markers):
@@ -282,6 +287,8 @@ def to_latex(table: Table, stamp: Stamp) -> str:
     ]
     for note in table.notes:
         out.append(tex_escape(note) + "\\par")
+    for line in table.protocol:
+        out.append(tex_escape(line.replace("`", "")) + "\\par")
     for row, mark in zip(table.rows, markers):
         kind = "published" if row.origin == PUBLISHED else "ours"
         out.append(

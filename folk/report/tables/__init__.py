@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from folk.report.collect import Run
+from folk.report.protocol import add_protocols
 from folk.report.seeds import merge_seeds
 from folk.report.table import Table
 from folk.report.tables.ablations import ablation_tables
@@ -51,4 +52,5 @@ def build_tables(runs: list[Run], ref, defaults: dict) -> list[Table]:
     for build in TABLES:
         made = build(inputs)
         tables.extend(made if isinstance(made, list) else [made])
+    add_protocols(tables, runs, defaults)
     return tables
