@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up folk-repro on a fresh machine: a virtual environment in .venv with the pinned
-# packages (requirements.txt under constraints.txt), the folk package itself, and the
+# Set up folk-repro on a fresh machine: a virtual environment in .venv with the folk package
+# and pyproject.toml's dependencies (and its `test` extra) at constraints.txt's pins, and the
 # Fashion-MNIST data package where the system's package manager allows. Idempotent: a second
 # run with unchanged requirements only checks.
 set -euo pipefail
@@ -12,12 +12,10 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
-if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ] \
-   || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ constraints.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing packages (torch is a 5 GB download the first time)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements.txt -c constraints.txt
-  bash scripts/install-package.sh .venv/bin/python
+  bash scripts/install-package.sh .venv/bin/python --with-deps
   touch "$stamp"
 fi
 

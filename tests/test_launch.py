@@ -244,6 +244,10 @@ def test_rule_resources():
         "cpus_per_gpu": 10,
         "tasks": 0,
     }
+    # the Snakemake inside the SLURM job reads them again (srun's GPUs and CPUs)
+    assert rule_resources(cfg, "eval", "slurm-jobstep") == ev
+    # jobs that run on this machine: their threads only
+    assert rule_resources(cfg, "eval", "local") == rule_resources(cfg, "pretrain", "local") == {}
     pre = rule_resources(cfg, "pretrain")  # as a plugin job: one process, one GPU
     assert pre["gpu"] == 1 and pre["runtime"] == 4320 and pre["tasks"] == 0
     assert rule_resources(cfg, "cpu") == {

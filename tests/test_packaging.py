@@ -1,5 +1,7 @@
-"""One set of requirements: pyproject.toml states them, requirements.txt and environment.yml
-repeat them line for line, and the environment the tests run in satisfies them."""
+"""One set of requirements: pyproject.toml states version ranges, constraints.txt (a full
+freeze) is the only place of exact versions and pins each direct dependency within its range,
+environment.yml's pip section repeats those pins, and the environment the tests run in
+satisfies the ranges."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
+EXACT = ("==", "===")
 
 
 def pyproject() -> dict:
@@ -31,9 +34,17 @@ def declared() -> list[Requirement]:
     ]
 
 
-def requirements_txt() -> list[Requirement]:
-    lines = (ROOT / "requirements.txt").read_text().splitlines()
+def constraints() -> list[Requirement]:
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
     return [Requirement(ln) for ln in (x.split("#")[0].strip() for x in lines) if ln]
+
+
+def pinned_version(req: Requirement) -> str | None:
+    """The version of an exact pin (``name==1.2``), else None."""
+    specs = list(req.specifier)
+    if len(specs) == 1 and specs[0].operator in EXACT:
+        return specs[0].version
+    return None
 
 
 def conda_env() -> dict:
@@ -47,16 +58,51 @@ def conda_pip() -> list[Requirement]:
     return [Requirement(r) for r in pip[0]]
 
 
-def key(reqs: list[Requirement]) -> list[tuple[str, str, str]]:
-    return [(canonicalize_name(r.name), str(r.specifier), str(r.marker or "")) for r in reqs]
+def test_pyproject_states_ranges_not_pins():
+    for req in declared():
+        exact = [str(s) for s in req.specifier if s.operator in EXACT]
+        assert (
+            not exact
+        ), f"pyproject.toml pins {req.name} ({req}): exact versions belong in constraints.txt"
 
 
-def test_requirements_txt_is_pyproject():
-    assert key(requirements_txt()) == key(declared())
+def test_constraints_txt_holds_exact_pins_only():
+    names = [canonicalize_name(r.name) for r in constraints()]
+    for req in constraints():
+        assert pinned_version(req) is not None, f"constraints.txt: {req} is not an exact pin"
+        assert (
+            names.count(canonicalize_name(req.name)) == 1
+        ), f"constraints.txt pins {req.name} twice"
 
 
-def test_environment_yml_pip_section_is_requirements_txt():
-    assert key(conda_pip()) == key(requirements_txt())
+@pytest.mark.parametrize("req", declared(), ids=lambda r: r.name)
+def test_each_dependency_is_pinned_once_within_its_range(req):
+    pins = [c for c in constraints() if canonicalize_name(c.name) == canonicalize_name(req.name)]
+    assert len(pins) == 1, f"{req.name} has {len(pins)} pins in constraints.txt, needs one"
+    version = pinned_version(pins[0])
+    assert version is not None, f"constraints.txt: {pins[0]} is not an exact pin of {req.name}"
+    # local version labels (+cu126) do not change what the pin means
+    assert req.specifier.contains(
+        Version(version.split("+")[0]), prereleases=True
+    ), f"constraints.txt pins {req.name}=={version}, outside pyproject.toml's {req}"
+
+
+def test_environment_yml_pip_section_is_the_pins_of_the_dependencies():
+    pins = {canonicalize_name(c.name): pinned_version(c) for c in constraints()}
+    want = {canonicalize_name(r.name): pins.get(canonicalize_name(r.name)) for r in declared()}
+    have = {}
+    for req in conda_pip():
+        name = canonicalize_name(req.name)
+        assert name not in have, f"environment.yml lists {req.name} twice"
+        have[name] = pinned_version(req)
+        assert have[name] is not None, f"environment.yml: {req} is not an exact pin"
+    for name in want.keys() | have.keys():
+        assert name in have, f"environment.yml lacks {name}=={want[name]} (constraints.txt)"
+        assert name in want, f"environment.yml lists {name}, not a dependency in pyproject.toml"
+        pinned = f"{name}=={want[name]}" if want[name] else "no version"
+        assert (
+            have[name] == want[name]
+        ), f"environment.yml pins {name}=={have[name]}, constraints.txt {pinned}"
 
 
 def test_environment_yml_python_meets_requires_python():
@@ -86,33 +132,13 @@ def test_the_rules_conda_env_is_environment_yml():
 
 
 @pytest.mark.parametrize("req", declared(), ids=lambda r: r.name)
-def test_this_environment_satisfies_the_pins(req):
+def test_this_environment_satisfies_the_ranges(req):
     try:
         installed = metadata.version(req.name)
     except metadata.PackageNotFoundError:
         pytest.fail(f"{req.name} is required ({req}) but not installed")
-    # local version labels (+cu126) do not change what the pin means
+    # local version labels (+cu126) do not change what the range means
     assert Version(installed.split("+")[0]) in req.specifier, f"{req.name} {installed} vs {req}"
-
-
-def test_constraints_pin_every_requirement_within_its_range():
-    """scripts/setup.sh installs requirements.txt under constraints.txt (exact versions):
-    each requirement must be pinned there, to a version its specifier allows."""
-    path = ROOT / "constraints.txt"
-    if not path.is_file():
-        pytest.skip("no constraints.txt")
-    pins = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line:
-            req = Requirement(line)
-            (spec,) = req.specifier  # one exact pin per line
-            assert spec.operator == "==", line
-            pins[canonicalize_name(req.name)] = Version(spec.version.split("+")[0])
-    for req in requirements_txt():
-        name = canonicalize_name(req.name)
-        assert name in pins, f"{req.name} is not pinned in constraints.txt"
-        assert pins[name] in req.specifier, f"constraints.txt {req.name}=={pins[name]} vs {req}"
 
 
 def test_the_package_installs_into_a_bare_venv(tmp_path):

@@ -25,6 +25,7 @@ BIN = Path(sys.executable).parent
 WORKFLOW_FILES = (
     "Snakefile",
     "workflow",
+    "profiles",  # the link to workflow/profiles: Snakemake reads profiles/default on every run
     "params",
     "environment.yml",
     "environment.post-deploy.sh",
@@ -91,7 +92,9 @@ def copy_workflow(dst: Path) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     for name in WORKFLOW_FILES:
         src = ROOT / name
-        if src.is_dir():
+        if src.is_symlink():
+            (dst / name).symlink_to(os.readlink(src))
+        elif src.is_dir():
             shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dst / name)
@@ -148,13 +151,26 @@ def write_params(path: Path, data: dict, base: str | None = None) -> Path:
 
 
 def dry_run_jobs(out: str) -> list[dict]:
-    """Jobs of `snakemake -n -p` output: rule, wildcards, shell command."""
+    """Jobs of `snakemake -n -p` output: rule, wildcards, threads, resources, shell command."""
     jobs, job = [], None
     for line in out.splitlines():
         m = re.match(r"^(?:local)?rule (\w+):$", line)
         if m:
-            job = {"rule": m.group(1), "wildcards": {}, "input": [], "shell": ""}
+            job = {
+                "rule": m.group(1),
+                "wildcards": {},
+                "input": [],
+                "threads": 1,  # printed only when above one
+                "resources": {},
+                "shell": "",
+            }
             jobs.append(job)
+        elif job is not None and line.strip().startswith("threads:"):
+            job["threads"] = int(line.split(":", 1)[1])
+        elif job is not None and line.strip().startswith("resources:"):
+            for item in line.split(":", 1)[1].split(", "):
+                k, v = item.strip().split("=", 1)
+                job["resources"][k] = v
         elif job is not None and line.strip().startswith("wildcards:"):
             for item in line.split(":", 1)[1].split(","):
                 k, v = item.strip().split("=", 1)
@@ -400,6 +416,40 @@ def test_submitit_launch_makes_pretraining_a_waiting_local_job(wf, tmp_path):
     assert "threads: 2" in ev
 
 
+def test_jobs_get_the_slurm_resources_only_when_they_go_to_slurm(wf):
+    """A run on one machine gives its jobs their threads and none of the params file's cluster
+    resources (Snakemake's scheduler would take a cluster node's 64 GB for what the machine
+    needs); the same dry run for the slurm executor lists them as SLURM is asked for them."""
+    from folk.config import load_config
+    from folk.launch.resources import rule_resources
+
+    sets = {"slurm": {"partition": "gpu", "account": "proj"}}
+    sets["workflow"] = {"threads": {"pretrain": 2, "eval": 2}}
+    given = ["--configfile", "params/demo.yaml", "--config"]
+    given += [f"{k}={json.dumps(v)}" for k, v in sets.items()]
+    cfg = load_config(ROOT / "params" / "demo.yaml", ["slurm.partition=gpu", "slurm.account=proj"])
+    listed = {}
+    for executor in ("local", "slurm"):
+        res = snakemake(
+            wf, "-n", "-p", "--cores", "2", "--executor", executor, "--jobs", "4", *given
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        jobs = dry_run_jobs(res.stdout)
+        listed[executor] = {(j["rule"], *sorted(j["wildcards"].items())): j for j in jobs}
+    local, slurm = listed["local"], listed["slurm"]
+    assert local.keys() == slurm.keys()
+    kinds = {"pretrain": "pretrain", "evaluate": "eval"}
+    for name, job in local.items():
+        assert set(job["resources"]) <= {"tmpdir"}, job
+        assert job["threads"] == slurm[name]["threads"] == (2 if job["rule"] in kinds else 1)
+        kind = kinds.get(job["rule"])
+        want = {k: str(v) for k, v in rule_resources(cfg, kind).items()} if kind else {}
+        got = slurm[name]["resources"]
+        assert {k: got.get(k) for k in want} == want, slurm[name]
+    evals = [j["resources"] for j in slurm.values() if j["rule"] == "evaluate"]
+    assert evals and all(r["mem_mb"] == "65536" and r["slurm_partition"] == "gpu" for r in evals)
+
+
 @pytest.mark.parametrize("params", ["params/demo.yaml", "params/paper.yaml"])
 def test_lint_is_clean(wf, params):
     res = snakemake(wf, "--lint", "--configfile", params)
@@ -528,9 +578,15 @@ def test_missing_imagenet_split_stops_before_training(tmp_path):
     assert res.returncode != 0
     text = res.stdout + res.stderr
     assert "Error in rule prepare_data" in text
-    assert "missing split" in text and "val" in text  # the log tail is shown
-    log = (wf / "logs" / "layout" / "prepare" / "data.log").read_text()
-    assert "missing split" in log
+    # the job's output went to its log only; Snakemake shows that log, read through the
+    # link logs/.../data.log -> data.log.all, line for line
+    link = wf / "logs" / "layout" / "prepare" / "data.log"
+    assert link.is_symlink() and os.readlink(link) == "data.log.all"
+    log = link.read_text()
+    assert "missing split" in log and "val" in log
+    assert "Logfile logs/layout/prepare/data.log:" in text, text[-3000:]
+    shown = text.splitlines()
+    assert all(line in shown for line in log.splitlines()), (log, text[-3000:])
     assert not (wf / "runs").exists() and "rule pretrain" not in text
 
 

@@ -1,8 +1,10 @@
 """Snakemake resources per rule for the SLURM executor plugin (2.x), from the ``slurm``
 section of the params file, and the checks the workflow runs before submitting anything.
 
-Used by the workflow rules (``resources: **rule_resources(config, "eval")``); plain
-functions of the configuration so that they are tested without Snakemake.
+Used by the workflow rules (``resources: **rule_resources(config, "eval", executor)``);
+plain functions of the configuration so that they are tested without Snakemake. Only jobs
+that go to SLURM get them: on one machine Snakemake's own scheduler would read a cluster
+node's ``mem_mb`` or GPU count as what this machine must have.
 
 GPU pitfall of the plugin: a job with ``gpu=N`` and a ``tasks`` resource gets
 ``--ntasks-per-gpu``, and some plugin versions (2.6, issue #459) start N copies of a
@@ -18,6 +20,9 @@ from folk.errors import ConfigError
 from folk.launch.options import check_extra_sbatch, check_partition, gpu_counts
 
 RULE_KINDS = ("eval", "pretrain", "cpu")
+# Snakemake's executors that run jobs on SLURM: `slurm` submits each job with its resources;
+# `slurm-jobstep`, the Snakemake inside the job, reads them again (GPUs, CPUs) for srun
+SLURM_EXECUTORS = ("slurm", "slurm-jobstep")
 
 
 def slurm_extra(cfg: dict) -> str:
@@ -51,8 +56,10 @@ def _gpu(n: int, cpus_per_gpu: int) -> dict:
     return {"gpu": n, "cpus_per_gpu": cpus_per_gpu, "tasks": 0}
 
 
-def rule_resources(cfg: dict, kind: str) -> dict:
-    """Resources of one rule kind:
+def rule_resources(cfg: dict, kind: str, executor: str = "slurm") -> dict:
+    """Resources of one rule kind for jobs that Snakemake's ``executor`` runs; none unless
+    that is a SLURM one (SLURM_EXECUTORS), the threads of the rule being all a local job
+    needs:
 
     - ``eval``: a ``folk eval`` job: ``slurm.eval_gpus`` GPUs (one process),
       ``slurm.cpus_per_gpu`` CPUs each, ``slurm.eval_mem_gb``, ``slurm.eval_runtime_min``;
@@ -63,6 +70,8 @@ def rule_resources(cfg: dict, kind: str) -> dict:
     """
     if kind not in RULE_KINDS:
         raise ConfigError(f"unknown rule kind {kind!r}; choose one of {list(RULE_KINDS)}")
+    if executor not in SLURM_EXECUTORS:
+        return {}
     s = cfg["slurm"]
     train_gpus, eval_gpus = gpu_counts(cfg)
     out = _common(cfg)

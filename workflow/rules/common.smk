@@ -330,36 +330,57 @@ def pretrain_threads():
     return 1 if launched() else config["workflow"]["threads"]["pretrain"]
 
 
+def job_executor():
+    """The executor Snakemake sends this run's jobs to, as its command line or a profile
+    names it (local by default); a dry run counts as the executor it stands for, so that
+    `snakemake -n --executor slurm` lists what SLURM would be asked for.
+    Snakemake tells a workflow its executor only when the jobs run (workflow.executor_plugin,
+    the `dryrun` pseudo-executor in a dry run), after the rules and their resources are
+    defined; its command line has parsed it before reading the Snakefile, so it is taken
+    from there: the arguments of snakemake.cli.args_to_api, a caller on the stack.
+    Snakemake driven through its Python API has no such caller; its jobs are taken to go
+    to SLURM, as a local job with cluster resources still runs and a SLURM job without them
+    lands on the default partition without GPUs."""
+    frame = sys._getframe()
+    while frame is not None:
+        if (frame.f_code.co_name == "args_to_api"
+                and frame.f_globals.get("__name__") == "snakemake.cli"):
+            return getattr(frame.f_locals.get("args"), "executor", None) or "local"
+        frame = frame.f_back
+    return "slurm"
+
+
 def pretrain_resources():
     if launched():  # the training job's resources are submitit's (the slurm section)
         return {}
-    return rule_resources(config, "pretrain")
+    return rule_resources(config, "pretrain", JOB_EXECUTOR)
 
 
 def eval_resources():
     """Partition, GPUs (one process: tasks=0, see folk.launch.resources), CPUs, memory and
-    time limit of a `folk eval` job, from the slurm section."""
-    return rule_resources(config, "eval")
+    time limit of a `folk eval` job, from the slurm section, when the job goes to SLURM."""
+    return rule_resources(config, "eval", JOB_EXECUTOR)
 
 
 # ------------------------------------------------------------------ shell lines
 
 def logged(command):
-    """The shell line of a rule: ``command`` with its output appended to the rule's log,
-    and the log's tail shown when it fails. Snakemake deletes a job's ``log:`` files before
-    it runs, which would lose the log of the very attempt a rerun resumes; so ``{log}`` is
-    remade as a link to ``{log}.all``, which every attempt appends to after a header line.
-    The link is made inside the redirection so that the line still starts with the
-    command (what `snakemake -n -p` shows)."""
+    """The shell line of a rule: ``command`` with its output appended to the rule's log
+    (Snakemake shows the log of a failed job: show-failed-logs, in the workflow profile
+    profiles/default). Snakemake deletes a job's ``log:`` files before it runs, which would
+    lose the log of the very attempt a rerun resumes; so ``{log}`` is remade as a link to
+    ``{log}.all``, which every attempt appends to after a header line. The link is made
+    inside the redirection so that the line still starts with the command (what
+    `snakemake -n -p` shows)."""
     keep = ('"$(ln -sfn "$(basename {log}).all" {log} && '
             'echo "== $(date -u -Iseconds) attempt on $(hostname)" >> {log} && echo {log})"')
-    return ("%s >> %s 2>&1 || {{ status=$?; tail -n 20 {log} >&2; exit $status; }}"
-            % (command, keep))
+    return "%s >> %s 2>&1" % (command, keep)
 
 
 # ------------------------------------------------------------------ checked before any job
 
 put_folk_on_path()
+JOB_EXECUTOR = job_executor()
 PARAMS = params_file()
 CLI_SETS = cli_overrides()
 FOLK_CONFIG = check_with_folk(PARAMS, CLI_SETS)
