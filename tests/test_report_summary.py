@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -159,8 +160,14 @@ def test_headline_block_replaces_the_readme_block_only(tmp_path):
     block = text.split(HEADLINE_BEGIN)[1].split(HEADLINE_END)[0]
     # the table as its Markdown file has it, links relative to the README
     table_md = (out / "tables" / "knn_linear.md").read_text()
-    table_lines = [line for line in table_md.splitlines() if line.startswith("|")]
+    # without the links of the tables' own file (relative to tables/, not to the README)
+    table_lines = [
+        re.sub(r"\[([^\]]*)\]\((?:\.\./runs/[^)]*)\)", r"\1", line)
+        for line in table_md.splitlines()
+        if line.startswith("|")
+    ]
     assert table_lines and all(line in block.splitlines() for line in table_lines)
+    assert "../runs/" not in block
     assert "(results/demo/figures/knn_epochs.png)" in block
     assert "(results/demo/README.md)" in block and "(results/demo/provenance.json)" in block
     # again: the same block, not a second one
@@ -177,3 +184,29 @@ def test_a_readme_without_one_block_fails_before_anything_is_written(tmp_path, t
     with pytest.raises(ConfigError, match="exactly one headline block"):
         build_report(runs, out, readme=readme)
     assert not out.exists() and readme.read_text() == text
+
+
+def test_each_value_links_to_its_log_and_each_method_to_its_config(tmp_path):
+    runs = small_grid(tmp_path)
+    (runs / "folk" / "eval" / "knn" / "log.txt").write_text("k-NN of folk: top1_k20 71.25\n")
+    out = tmp_path / "results"
+    build_report(runs, out)
+    md = (out / "tables" / "knn_linear.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| [folk]"))
+    assert row.startswith("| [folk](../runs/folk/config.yaml) [")
+    assert "[71.2](../runs/folk/eval/knn/log.txt)" in row  # as the table rounds it
+    assert "[75.5](../runs/folk/eval/linear/log.txt)" in row
+    # every link of the table resolves to a copied file
+    for target in re.findall(r"\]\((\.\./runs/[^)]+)\)", md):
+        # the fixture wrote one log only: the other evaluations' links name no file
+        assert (out / "tables" / target).resolve().is_file() or "folk/eval/knn" not in target
+    assert (out / "runs" / "folk" / "eval" / "knn" / "log.txt").read_text().startswith("k-NN")
+    copied = (out / "runs" / "folk" / "config.yaml").read_text()
+    assert copied == (runs / "folk" / "config.yaml").read_text()
+    assert (out / "runs" / "folk" / "eval" / "knn" / "metrics.json").is_file()
+    # a second report over fewer runs leaves nothing of the first behind
+    import shutil
+
+    shutil.rmtree(runs / "mfm")
+    build_report(runs, out)
+    assert not (out / "runs" / "mfm").exists()

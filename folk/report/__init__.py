@@ -3,14 +3,16 @@
 ``build_report(runs_dir, out_dir)`` collects the run directories of one experiment
 (``config.yaml``, ``metrics.jsonl``, ``DONE.json``, ``eval/*/metrics.json``) and bench results
 under ``runs_dir``, and writes ``tables/<name>.{md,tex,csv}``, ``figures/<name>.{png,pdf}``,
-``README.md``, ``metrics.json``, ``provenance.json`` and ``plots/<run>/*.csv``
-(folk.report.summary) under ``out_dir`` (default ``results/<experiment.name>``); with
+``README.md``, ``metrics.json``, ``provenance.json``, ``plots/<kind>/<run>.csv``
+(folk.report.summary) and ``runs/`` (the configs and logs behind the cells:
+folk.report.sources) under ``out_dir`` (default ``results/<experiment.name>``); with
 ``readme``, the headline block of that README too. README.md, "Tables and figures", is the user guide.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from folk.config import defaults, scaled_patch
@@ -20,6 +22,7 @@ from folk.report.collect import collect_bench, collect_runs, load_reference
 from folk.report.figures import figure_knn_epochs, figure_reconstruction_loss, figure_throughput
 from folk.report.readme import FORMATS, render_readme
 from folk.report.seeds import merge_seeds
+from folk.report.sources import copy_sources
 from folk.report.summary import (
     check_headline_target,
     headline_block,
@@ -69,7 +72,7 @@ def build_report(
     stamp = Stamp(report_sha=sha, report_dirty=dirty, date=now_iso(), runs_dir=str(runs_dir))
     files: list[Path] = []
     tables = build_tables(runs, ref, cfg)
-    writers = {"md": to_markdown, "tex": to_latex, "csv": to_csv}
+    writers = {"md": partial(to_markdown, links=True), "tex": to_latex, "csv": to_csv}
     for table in tables:
         for ext in FORMATS:
             path = out_dir / "tables" / f"{table.name}.{ext}"
@@ -108,6 +111,7 @@ def build_report(
     )
     files.append(readme_path)
     files += write_summary(out_dir, tables, runs, stamp)
+    files += copy_sources(runs, out_dir)
     if readme is not None:
         splice_headline(readme, headline_block(tables, stamp, out_dir, readme))
         files.append(readme)

@@ -49,6 +49,9 @@ def render_readme(
         "- Provenance: each CSV row has `run_dir` (run directories), `source` (the `metrics.json` or "
         "`DONE.json` files, relative to the runs directory) and `git_sha` (code that produced "
         "them); Markdown and LaTeX tables have one footnote per row with the run, task and file.",
+        "- In the Markdown tables, each value of ours links to the log of the evaluation that "
+        "produced it and each method to its run's resolved config: copies under `runs/`, "
+        "with each evaluation's `metrics.json`.",
         "- Rows marked *published* are numbers reported by other projects "
         "(`folk/report/reference_numbers.csv`, transcribed from "
         "each project's own README), shown beside ours, with their source in the footnote. "

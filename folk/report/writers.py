@@ -16,6 +16,7 @@ import io
 import re
 from dataclasses import dataclass
 
+from folk.report.sources import config_link, log_link
 from folk.report.table import BELOW_MARK, OURS, PUBLISHED, Cell, Row, Table
 
 DASH_MD = "–"
@@ -147,7 +148,10 @@ def _show_origin(table: Table) -> bool:
     return any(r.origin == PUBLISHED for r in table.rows)
 
 
-def to_markdown(table: Table, stamp: Stamp) -> str:
+def to_markdown(table: Table, stamp: Stamp, links: bool = False) -> str:
+    """With ``links`` (the report's own tables, beside the sources folk.report.sources
+    copies): each row's method links to its run's config and each of our values to the
+    log of its evaluation."""
     markers = _markers(table)
     origin = _show_origin(table)
     keys = list(table.key_columns) + (["results"] if origin else [])
@@ -160,15 +164,22 @@ def to_markdown(table: Table, stamp: Stamp) -> str:
     lines.append("|" + "|".join(":--" if c in keys else "--:" for c in cols) + "|")
     for row, mark in zip(table.rows, markers):
         cells = []
+        ours = links and row.origin == OURS
         for i, k in enumerate(table.key_columns):
-            text = row.keys.get(k) or DASH_MD
+            text = _md_escape(row.keys.get(k) or DASH_MD)
+            if i == 0 and ours and row.runs:
+                text = f"[{text}]({config_link(row.runs[0])})"
             if i == 0:
                 text += f" [{mark}]"
-            cells.append(_md_escape(text))
+            cells.append(text)
         if origin:
             cells.append(f"*{row.origin}*" if row.origin == PUBLISHED else row.origin)
         for c in table.columns:
-            cells.append(_fmt(row.cells.get(c.name), c.decimals, "±") or DASH_MD)
+            cell = row.cells.get(c.name)
+            text = _fmt(cell, c.decimals, "±") or DASH_MD
+            if ours and cell is not None and not cell.missing and cell.source:
+                text = f"[{text}]({log_link(cell.source)})"
+            cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if not table.our_rows:
