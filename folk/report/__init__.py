@@ -3,7 +3,7 @@
 ``build_report(runs_dir, out_dir)`` collects run directories (``config.yaml``, ``metrics.jsonl``,
 ``DONE.json``, ``eval/*/metrics.json``) and bench results under ``runs_dir``, and writes
 ``tables/<name>.{md,tex,csv}``, ``figures/<name>.{png,pdf}`` and ``README.md`` under
-``out_dir``. README.md, "Tables and figures", is the user guide.
+``out_dir``. docs/pipeline.md, "Tables and figures", is the user guide.
 """
 
 from __future__ import annotations
