@@ -1,5 +1,5 @@
 # folk-repro: raw data -> pre-training of every variant -> evaluations -> ablations ->
-# the paper's tables and figures. README.md, "The pipeline" explains the workflow.
+# the paper's tables and figures. docs/pipeline.md explains the workflow.
 #
 #   snakemake --cores 2                                   # Fashion-MNIST demo (CPU)
 #   snakemake -n --configfile params/paper.yaml           # the paper's DAG, dry run

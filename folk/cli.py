@@ -32,7 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "folk.commands.config",
         "validate a params file and print the resolved configuration",
     ),
-    "schema": ("folk.commands.schema", "write the JSON schema of the configuration"),
+    "schema": (
+        "folk.commands.schema",
+        "write the JSON schema of the configuration, or its Markdown reference",
+    ),
 }
 
 
@@ -53,7 +56,7 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; its outcome becomes the exit status of README.md, "Exit codes"."""
+    """Run one command; its outcome becomes the exit status of docs/api.md, "Exit codes"."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:  # a usage error like any other: the usage on stderr, status 2
         _top_parser().error("a command is required")

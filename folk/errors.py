@@ -1,6 +1,6 @@
 """Errors folk reports to users: each message names the file, key or value at fault.
 
-Each class carries the exit status the CLI ends with (README.md, "Exit codes"): 2 when the
+Each class carries the exit status the CLI ends with (docs/api.md, "Exit codes"): 2 when the
 command or its configuration is wrong (running it again unchanged fails the same way), 1
 when something went wrong while doing the work (data, numerics, the system).
 """

@@ -4,7 +4,7 @@ keys its arguments come from, and how the report names it.
 Torch-free, so that the configuration's choices of ``method.filter``, the workflow and the
 report read the names from here; the functions themselves (``folk.filters``) are imported
 only when a view is made. Adding a filter is its function (in ``folk/filters.py`` or a
-module of its own) plus one row of :data:`FILTERS`; docs/DESIGN.md, "How to add a filter".
+module of its own) plus one row of :data:`FILTERS`; docs/extending.md, "How to add a filter".
 """
 
 from __future__ import annotations

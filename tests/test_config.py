@@ -107,6 +107,25 @@ def test_committed_schema_is_generated_from_defaults():
     assert committed == json_schema_yaml(), "run `folk schema` to regenerate"
 
 
+def test_folk_schema_markdown_writes_the_reference_and_checks_a_copy(tmp_path, capsys):
+    from folk.config import markdown_reference_text
+
+    text = markdown_reference_text()
+    assert main(["schema", "--markdown"]) == 0
+    assert capsys.readouterr().out == text  # without --out: standard output
+    copy = tmp_path / "configuration.md"
+    assert main(["schema", "--markdown", "--out", str(copy)]) == 0
+    assert copy.read_text() == text
+    assert main(["schema", "--markdown", "--out", str(copy), "--check"]) == 0
+    copy.write_text(text.replace("| `pretrain.epochs` |", "| `pretrain.epoch` |"))
+    assert main(["schema", "--markdown", "--out", str(copy), "--check"]) == 2
+    assert "folk schema --markdown --out" in capsys.readouterr().err
+    assert main(["schema", "--markdown", "--check"]) == 2  # nothing to compare with
+    # one row per key, each with the key's description from defaults.yaml's comment
+    row = next(line for line in text.splitlines() if line.startswith("| `pretrain.lambda_kd` |"))
+    assert row.endswith("| weight of the distillation loss |") and "`1.0`" in row
+
+
 def test_schema_rejects_what_folk_rejects():
     jsonschema = pytest.importorskip("jsonschema")
     schema = json_schema()
@@ -284,7 +303,11 @@ def test_the_schema_is_made_again_when_the_defaults_change(tmp_path, monkeypatch
     monkeypatch.setattr(config, "DEFAULTS_PATH", path)
     with pytest.raises(ConfigError, match="must be an integer"):
         load_config(None, ["pretrain.epochs=1.5"])
-    path.write_text(path.read_text().replace("\n  epochs: 300\n", "\n  epochs: 300.0\n", 1))
+    text = path.read_text()
+    # pretrain.epochs, the only key at this indentation with this name (its comment follows)
+    edited = text.replace("\n  epochs: 300 ", "\n  epochs: 300.0 ", 1)
+    assert edited != text
+    path.write_text(edited)
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert load_config(None, ["pretrain.epochs=1.5"])["pretrain"]["epochs"] == 1.5

@@ -365,7 +365,7 @@ def test_folk_prepare_imagefolder_cli(tmp_path, capsys):
     assert (
         main(["prepare", "imagenet", "--config", str(params), "--set", "data.dataset=imagenet"])
         == 1
-    )  # a DataError: README, "Exit codes"
+    )  # a DataError: docs/api.md, "Exit codes"
     assert "belongs to dataset 'imagefolder'" in capsys.readouterr().err
 
 

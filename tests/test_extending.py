@@ -1,4 +1,4 @@
-"""docs/DESIGN.md, "How to add ...": each recipe there, followed as a user would, works.
+"""docs/extending.md: each recipe there, followed as a user would, works.
 A filter or an evaluation is one new module plus one registry row, so each test writes the
 module into a temporary directory and adds the row before the rest of folk is imported
 (what editing the registry's file does), in a fresh interpreter."""

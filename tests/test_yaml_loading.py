@@ -160,7 +160,9 @@ def test_defaults_parsed_once_copied_out_and_reread_when_edited(tmp_path, monkey
     assert second["pretrain"]["epochs"] != -5 and second is not first
     assert config._parse_defaults.cache_info().misses == misses  # not parsed again
     text = path.read_text()
-    path.write_text(text.replace("\npretrain:\n", "\npretrain:\n  # edited\n", 1))
+    edited = text.replace("\npretrain:", "\n# edited\npretrain:", 1)
+    assert edited != text
+    path.write_text(edited)
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     config.defaults()

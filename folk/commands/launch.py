@@ -2,7 +2,7 @@
 
 Pre-training (or fine-tuning of a finished run) through submitit: ``launch.executor``
 none (this process), local (submitit's local executor) or slurm (sbatch). Options come
-from the ``launch`` and ``slurm`` sections; README.md, "Running on a SLURM cluster".
+from the ``launch`` and ``slurm`` sections; docs/slurm.md is the user guide.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Linear probe on frozen features, with the learning rate chosen on held-out training data.
 
-Protocol (a fast variant of DINO's linear evaluation, see README.md, "Evaluations"):
+Protocol (a fast variant of DINO's linear evaluation, see docs/evaluations.md, "Linear probe"):
 - features are extracted once, without augmentation, and cached (``extract_features``),
   as in DINOv2's logistic-regression evaluation; DINO (and DINOv2's linear evaluation)
   train on random-resized-crop + flip views instead, which costs a backbone pass per

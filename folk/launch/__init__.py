@@ -7,7 +7,7 @@ requeue on time-out and pre-emption, and the resources of the Snakemake SLURM pr
 - ``folk.launch.submit``: ``launch(cfg, run_dir, task, wait)``, the job record, ``--wait``.
 - ``folk.launch.resources``: per-rule Snakemake resources for the SLURM executor plugin.
 
-README.md, "Running on a SLURM cluster", is the user guide.
+docs/slurm.md is the user guide.
 """
 
 from __future__ import annotations

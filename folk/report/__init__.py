@@ -6,7 +6,8 @@ under ``runs_dir``, and writes ``tables/<name>.{md,tex,csv}``, ``figures/<name>.
 ``README.md``, ``metrics.json``, ``provenance.json``, ``plots/<kind>/<run>.csv``
 (folk.report.summary) and ``runs/`` (the configs and logs behind the cells:
 folk.report.sources) under ``out_dir`` (default ``results/<experiment.name>``); with
-``readme``, the headline block of that README too. README.md, "Tables and figures", is the user guide.
+``readme``, the headline block of that README too. docs/pipeline.md, "Tables and figures",
+is the user guide.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Faults seen from the command line: one writer per directory, a damaged finished-marker,
 paths that must not lead out, system errors, the modes and durability of written files,
-rule logs across reruns, and the exit statuses of README.md, "Exit codes".
+rule logs across reruns, and the exit statuses of docs/api.md, "Exit codes".
 
 Each test reproduces a defect of the code before these fixes. Subprocesses run with one
 torch thread: the tests share two cores.

@@ -32,7 +32,7 @@ class TableInputs:
 
 
 # the report's tables in order, one builder each (a Table or a list of them); adding a
-# table is a module in this package plus one row here (docs/DESIGN.md, "How to add a table")
+# table is a module in this package plus one row here (docs/extending.md, "How to add a table")
 TABLES: list[Callable[[TableInputs], Table | list[Table]]] = [
     lambda t: finetune_table(t.merged, t.reference),
     lambda t: fewshot_table(t.merged, t.defaults),
