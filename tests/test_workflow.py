@@ -754,3 +754,32 @@ def test_more_seeds_repeat_the_main_grid(wf, tmp_path):
     bad = write_params(tmp_path / "bad.yaml", {"workflow": {"seeds": [0]}}, base="demo.yaml")
     res = snakemake(wf, "-n", "--configfile", str(bad))
     assert res.returncode != 0 and "workflow.seeds" in res.stdout + res.stderr
+
+
+def test_every_rule_command_line_parses_as_its_folk_command(wf, tmp_path):
+    """Each job's `folk ...` line, as the dry run prints it, is one the command's own parser
+    accepts (a rule that joined a list with the wrong separator failed only when run)."""
+    import argparse
+    import importlib
+    import shlex
+
+    from folk.cli import COMMANDS
+
+    params = write_params(tmp_path / "bench.yaml", {"workflow": {"bench": True}}, base="demo.yaml")
+    res = snakemake(wf, "-n", "-p", "--configfile", str(params))
+    assert res.returncode == 0, res.stderr[-3000:]
+    seen = set()
+    for job in dry_run_jobs(res.stdout):
+        if job.get("shell") in (None, "", "None"):  # rule all and the stage targets
+            continue
+        words = shlex.split(job["shell"].split(" >> ")[0])
+        assert words[0] == "folk", job["shell"]
+        name = words[1]
+        parser = argparse.ArgumentParser(prog=f"folk {name}", exit_on_error=False)
+        importlib.import_module(COMMANDS[name][0]).add_arguments(parser)
+        try:
+            parser.parse_args(words[2:])
+        except (argparse.ArgumentError, SystemExit) as exc:
+            raise AssertionError(f"rule {job['rule']}: {job['shell']}: {exc}") from None
+        seen.add(job["rule"])
+    assert {"prepare_data", "pretrain", "evaluate", "bench", "bench_data", "report"} <= seen

@@ -10,7 +10,7 @@ rule bench:
     params:
         params_file=PARAMS,
         sets=shell_sets(CLI_SETS),
-        variants=" ".join(config["workflow"]["variants"]),
+        variants=",".join(config["workflow"]["variants"]),
         archs=config["model"]["arch"],
         digest=section_hash("model.", "pretrain.", "filter.", "augment.", "data.in_chans"),
     log:
