@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 from folk.report import build_report
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser) -> None:
@@ -51,8 +55,11 @@ def run(args) -> int:
         photo_size=args.photo_size,
     )
     with_results = sum(t.has_results for t in report.tables)
-    print(
-        f"folk report: {len(report.tables)} tables ({with_results} with results), "
-        f"{len(report.figures)} figures -> {args.out}"
+    log.info(
+        "%d tables (%d with results), %d figures -> %s",
+        len(report.tables),
+        with_results,
+        len(report.figures),
+        args.out,
     )
     return 0

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from folk.config import json_schema_yaml
 from folk.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser) -> None:
@@ -24,5 +27,5 @@ def run(args) -> int:
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    print(f"wrote {out}")
+    log.info("wrote %s", out)
     return 0
