@@ -7,7 +7,10 @@ import argparse
 import contextlib
 import errno
 import importlib
+import itertools
+import logging
 import os
+import platform
 import re
 import signal
 import sys
@@ -16,6 +19,10 @@ import threading
 from folk import __version__
 from folk.errors import FAILURE, FolkError, SignalExit
 from folk.eval_tasks import TASKS
+from folk.utils import log as logs
+
+# by name, not __name__: `python -m folk.cli` runs this file as __main__, outside "folk"
+log = logging.getLogger("folk.cli")
 
 # command: (module defining add_arguments(parser) and run(args), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -46,9 +53,35 @@ DESCRIPTION = (
 )
 
 
+# the options every command takes, before or after its name
+VERBOSITY_FLAGS = ("-q", "--quiet", "-v", "--verbose")
+
+
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "-q",
+        "--quiet",
+        dest="log_level",
+        action="store_const",
+        const=logs.QUIET,
+        default=logs.DEFAULT,
+        help="warnings and errors only on stderr (what the command produces stays on stdout)",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        dest="log_level",
+        action="store_const",
+        const=logs.VERBOSE,
+        help="debug messages too",
+    )
+
+
 def _top_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="folk", description=DESCRIPTION)
     p.add_argument("--version", action="version", version=f"folk {__version__}")
+    _add_verbosity(p)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, helptext) in COMMANDS.items():
         sub.add_parser(name, help=helptext)
@@ -58,42 +91,63 @@ def _top_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; its outcome becomes the exit status of docs/api.md, "Exit codes"."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv:  # a usage error like any other: the usage on stderr, status 2
+    # `folk -q pretrain ...` is `folk pretrain -q ...`: the command's parser reads both, so
+    # that `-q` here and `-v` there is the same usage error as both after the name
+    lead = list(itertools.takewhile(lambda arg: arg in VERBOSITY_FLAGS, argv))
+    rest = argv[len(lead) :]
+    if not rest:  # a usage error like any other: the usage on stderr, status 2
+        _top_parser().parse_args(lead)
         _top_parser().error("a command is required")
-    if argv[0] not in COMMANDS:
+    if rest[0] not in COMMANDS:
         _top_parser().parse_args(argv)  # --help, --version (status 0) or a usage error (2)
         return 2
     with _signals_as_exceptions():
-        return _run(argv[0], argv[1:])
+        return _run(rest[0], lead + rest[1:])
 
 
 def _run(name: str, rest: list[str]) -> int:
-    try:
-        module = importlib.import_module(COMMANDS[name][0])
-        parser = argparse.ArgumentParser(prog=f"folk {name}", description=COMMANDS[name][1])
-        module.add_arguments(parser)
-        args = parser.parse_args(rest)  # usage errors: argparse exits with 2
-        return int(module.run(args) or 0)
-    except FolkError as exc:
-        print(f"folk {name}: error: {exc}", file=sys.stderr)
-        return exc.exit_status
-    except OSError as exc:  # full disk, permissions, a vanished device: no traceback
-        print(f"folk {name}: error: {os_error_text(exc)}", file=sys.stderr)
-        return FAILURE
-    except SignalExit as exc:
-        print(f"folk {name}: {exc}", file=sys.stderr)
-        return 128 + exc.signum
-    except KeyboardInterrupt:
-        print(f"folk {name}: stopped by SIGINT", file=sys.stderr)
-        return 128 + signal.SIGINT
-    except Exception:
-        # the signal's exception can be swallowed by the code it interrupts (a module being
-        # imported catches broad exceptions), which then fails in some other way: the
-        # signal is still what stopped the command
-        if _RECEIVED:
-            print(f"folk {name}: stopped by {signal.Signals(_RECEIVED[-1]).name}", file=sys.stderr)
-            return 128 + _RECEIVED[-1]
-        raise
+    # set up before the arguments are read: a failure to import the command is logged too
+    with logs.to_stderr(f"folk {name}"):
+        try:
+            module = importlib.import_module(COMMANDS[name][0])
+            parser = argparse.ArgumentParser(prog=f"folk {name}", description=COMMANDS[name][1])
+            module.add_arguments(parser)
+            _add_verbosity(parser)
+            args = parser.parse_args(rest)  # usage errors: argparse exits with 2
+            logs.set_level(args.log_level)
+            log.debug(
+                "folk %s, Python %s, in %s", __version__, platform.python_version(), os.getcwd()
+            )
+            return int(module.run(args) or 0)
+        except FolkError as exc:
+            log.error("%s", exc)
+            return exc.exit_status
+        except OSError as exc:  # full disk, permissions, a vanished device: no traceback
+            log.error("%s", os_error_text(exc))
+            return FAILURE
+        except SignalExit as exc:
+            log.error("%s", exc)
+            return 128 + exc.signum
+        except KeyboardInterrupt:
+            log.error("stopped by SIGINT")
+            return 128 + signal.SIGINT
+        except Exception:
+            # the signal's exception can be swallowed by the code it interrupts (a module
+            # being imported catches broad exceptions), which then fails in some other way:
+            # the signal is still what stopped the command
+            if _RECEIVED:
+                log.error("stopped by %s", signal.Signals(_RECEIVED[-1]).name)
+                return 128 + _RECEIVED[-1]
+            raise
+
+
+def write_product(text: str) -> None:
+    """What a command produces (``folk config``'s YAML, ``folk bench``'s JSON lines): on
+    stdout, not in the log, so that ``folk config ... > x.yaml`` holds the YAML alone,
+    whatever ``--quiet`` says; flushed, so that a reader of the pipe gets each line when it
+    is ready."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def os_error_text(exc: OSError) -> str:

@@ -143,7 +143,7 @@ def test_folk_prepare_photos(tmp_path, capsys):
     m = read_manifest(root)
     assert m["dataset"] == "imagefolder" and m["splits"] == {"train": 8, "test": 8}
     assert main(argv) == 0
-    assert "nothing to write" in capsys.readouterr().out
+    assert "nothing to write" in capsys.readouterr().err
     assert main(argv + ["--set", "data.num_classes=10"]) == 2
     assert "8 classes" in capsys.readouterr().err
 

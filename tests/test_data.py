@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -82,16 +83,18 @@ def test_prepare_writes_manifest_with_true_counts(fm_root):
     assert m["source"] == str(FASHION_SOURCE)
 
 
-def test_prepare_is_idempotent_and_repairs(fm_root, capsys):
+def test_prepare_is_idempotent_and_repairs(fm_root, caplog):
+    caplog.set_level(logging.INFO, logger="folk")
     before = os.stat(fm_root / "manifest.json").st_mtime_ns
     prepare_fashion_mnist(cfg_for(fm_root))
-    assert "nothing to do" in capsys.readouterr().out
+    assert "nothing to do" in caplog.text
     assert os.stat(fm_root / "manifest.json").st_mtime_ns == before
     # a damaged file is noticed and copied again
+    caplog.clear()
     victim = fm_root / "t10k-labels-idx1-ubyte.gz"
     victim.write_bytes(b"broken")
     prepare_fashion_mnist(cfg_for(fm_root))
-    assert "copying" in capsys.readouterr().out
+    assert "copying" in caplog.text
     assert victim.read_bytes() == (FASHION_SOURCE / victim.name).read_bytes()
 
 
@@ -148,7 +151,7 @@ def test_missing_root_and_wrong_class_count(tmp_path, fm_root):
         build_dataset(cfg_for(fm_root, "data.test_subset=20000"), "test")
 
 
-def test_fallback_says_what_it_tried(tmp_path, monkeypatch, capsys):
+def test_fallback_says_what_it_tried(tmp_path, monkeypatch, caplog):
     import torchvision.datasets
 
     class Offline:
@@ -165,7 +168,9 @@ def test_fallback_says_what_it_tried(tmp_path, monkeypatch, capsys):
     msg = str(err.value)
     assert str(empty) in msg and "apt-get install -y dataset-fashion-mnist" in msg
     assert "no network" in msg
-    assert str(empty) in capsys.readouterr().err
+    assert any(
+        r.levelno == logging.WARNING and str(empty) in r.getMessage() for r in caplog.records
+    )
     assert not (tmp_path / "out" / ".download").exists()
 
 
@@ -247,7 +252,7 @@ def test_segmentation_preparation_dispatches(tmp_path, monkeypatch, capsys):
     assert m["dataset"] == "ade20k" and m["splits"] == {"training": 4, "validation": 2}
     assert main(["prepare", "composite", "--config", str(params)]) == 0
     assert calls == [("check", seg, 11), ("build", str(seg))]
-    assert "training 7 images" in capsys.readouterr().out
+    assert "training 7 images" in capsys.readouterr().err
 
 
 def test_checked_root_refuses_escapes():
@@ -351,7 +356,7 @@ def test_folk_prepare_imagefolder_cli(tmp_path, capsys):
     assert m["splits"] == {"train": 9, "val": 9} and m["source"] == str(src)
     assert (tmp_path / "prep" / "train").resolve() == (src / "train").resolve()
     assert main(["prepare", "imagefolder", "--config", str(params)]) == 0
-    assert "nothing to do" in capsys.readouterr().out
+    assert "nothing to do" in capsys.readouterr().err
     # a new corrupt file changes the listing: checked again (in full), and reported
     (src / "val" / "eel" / "zz.jpg").write_bytes(b"junk")
     assert main(["prepare", "imagefolder", "--config", str(params), "--full"]) == 1  # data

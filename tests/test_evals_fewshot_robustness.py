@@ -211,7 +211,7 @@ def test_folk_eval_fewshot_end_to_end(run_dir, capsys):
         assert (out_dir / f"classifier-frac0.1pct-seed{s}.pt").is_file()
     capsys.readouterr()
     assert main(args) == 0
-    assert "nothing to do" in capsys.readouterr().out
+    assert "nothing to do" in capsys.readouterr().err
 
 
 def test_fewshot_with_nothing_to_do_is_a_config_error(run_dir, capsys):

@@ -213,7 +213,7 @@ def test_folk_eval_finetune_end_to_end_and_rerun(run_dir, capsys):
     before = (out_dir / "metrics.json").read_bytes()
     capsys.readouterr()
     assert main(args) == 0
-    assert "nothing to do" in capsys.readouterr().out
+    assert "nothing to do" in capsys.readouterr().err
     assert (out_dir / "metrics.json").read_bytes() == before
 
 

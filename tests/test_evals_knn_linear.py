@@ -587,7 +587,7 @@ def test_cli_knn_end_to_end(tmp_path, fmnist_root, capsys):
     before = (out / "metrics.json").read_bytes()
     capsys.readouterr()
     assert main(["eval", "knn", "--run", str(run_dir)]) == 0
-    assert "nothing to do" in capsys.readouterr().out
+    assert "nothing to do" in capsys.readouterr().err
     assert (out / "metrics.json").read_bytes() == before
 
 

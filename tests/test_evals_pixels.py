@@ -186,7 +186,7 @@ def test_folk_eval_pixels_end_to_end_ignores_the_backbone(tmp_path, fashion_root
     assert a["metrics"] == b["metrics"]
     capsys.readouterr()
     assert main(["eval", "pixels", "--run", str(vit)]) == 0
-    assert "nothing to do" in capsys.readouterr().out
+    assert "nothing to do" in capsys.readouterr().err
 
 
 def test_pixels_refuses_features_larger_than_memory(tiny_cfg, monkeypatch):

@@ -674,7 +674,7 @@ def test_eval_segmentation_end_to_end_on_ade20k_layout(tmp_path, fashion_root, c
     stamp = metrics.stat().st_mtime_ns
     capsys.readouterr()
     assert main(args) == 0  # rerun: nothing to do
-    assert "nothing to do" in capsys.readouterr().out
+    assert "nothing to do" in capsys.readouterr().err
     assert metrics.stat().st_mtime_ns == stamp
 
 

@@ -1,19 +1,21 @@
 """``folk bench``: throughput of pre-training steps against a DINO baseline
 (``folk.benchmark.step``), or with ``--data`` the input path (``folk.benchmark.input_path``).
-Prints one JSON line per measurement, a human account on stderr."""
+Prints one JSON line per measurement on stdout, a human account in the log (stderr)."""
 
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 
 from folk.benchmark.input_path import measure_input_path
 from folk.benchmark.step import BASELINE, step_record
-from folk.cli import add_config_arguments
+from folk.cli import add_config_arguments, write_product
 from folk.config import load_config
 from folk.errors import ConfigError
 from folk.utils.io import append_jsonl
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser) -> None:
@@ -90,11 +92,14 @@ def run(args) -> int:
             peak_tflops=args.peak_tflops,
         )
         _emit(record, out)
-        print(
-            f"{variant:>22s} {record['arch']}: {record['images_per_s']:.1f} img/s, "
-            f"{record['step_time_ms']:.1f} ms/step, {record['tflops']:.2f} TFLOP/s, "
-            f"filter {100 * record['filter_fraction']:.2f} % of the step",
-            file=sys.stderr,
+        log.info(
+            "%22s %s: %.1f img/s, %.1f ms/step, %.2f TFLOP/s, filter %.2f %% of the step",
+            variant,
+            record["arch"],
+            record["images_per_s"],
+            record["step_time_ms"],
+            record["tflops"],
+            100 * record["filter_fraction"],
         )
     return 0
 
@@ -132,13 +137,13 @@ def _run_input_path(args, variants: list, archs: list) -> int:
         iterations=args.iterations,
         compile_=args.compile,
         emit=lambda record: _emit(record, out),
-        say=lambda msg: print(msg, file=sys.stderr, flush=True),
+        say=log.info,
     )
     return 0
 
 
 def _emit(record: dict, out: Path | None) -> None:
     """A JSON line on stdout, appended to ``--out`` too when given."""
-    print(json.dumps(record), flush=True)
+    write_product(json.dumps(record) + "\n")
     if out:
         append_jsonl(out, record)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from folk.cli import add_config_arguments
+from folk.cli import add_config_arguments, write_product
 from folk.config import _get, load_config
 
 
@@ -17,7 +17,8 @@ def run(args) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.get:
         value = _get(cfg, args.get)
-        print(value if not isinstance(value, (dict, list)) else yaml.safe_dump(value).strip())
+        text = value if not isinstance(value, (dict, list)) else yaml.safe_dump(value).strip()
+        write_product(f"{text}\n")
     else:
-        print(yaml.safe_dump(cfg, sort_keys=False), end="")
+        write_product(yaml.safe_dump(cfg, sort_keys=False))
     return 0

@@ -8,12 +8,14 @@ from the ``launch`` and ``slurm`` sections; docs/slurm.md is the user guide.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 
 from folk.cli import add_config_arguments
 from folk.config import load_config
 from folk.engine.pretrain import StopRequested
 from folk.launch.submit import launch
+
+log = logging.getLogger(__name__)
 
 LAUNCH_KEYS = ("launch.", "slurm.", "experiment.name", "experiment.run_name")
 
@@ -59,10 +61,8 @@ def run(args) -> int:
             eval_overrides=eval_sets,
         )
     except StopRequested as stop:  # launch.executor=none: this process was signalled
-        print(
-            f"folk launch: checkpoint written to {args.out}; {stop}; run the same command "
-            f"again to resume",
-            file=sys.stderr,
+        log.error(
+            "checkpoint written to %s; %s; run the same command again to resume", args.out, stop
         )
         return 128 + stop.signum if stop.signum else 1
     if outcome["status"] == "finished":
@@ -72,7 +72,5 @@ def run(args) -> int:
             for k in ("iterations", "images_per_s", "wall_time_s", "metrics")
             if k in result
         }
-        print(
-            f"folk launch: {args.task} of {args.out} finished {json.dumps(brief)}", file=sys.stderr
-        )
+        log.info("%s of %s finished %s", args.task, args.out, json.dumps(brief))
     return 0

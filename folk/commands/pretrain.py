@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shlex
 import sys
@@ -15,6 +16,8 @@ from folk.errors import SignalExit
 from folk.training import pretrain
 from folk.utils.io import remove_stale_temps
 from folk.utils.lock import exclusive
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser) -> None:
@@ -59,15 +62,14 @@ def run(args) -> int:
             signum = getattr(stop, "signum", 2)
             where = f"checkpoint written to {ckpt}" if ckpt.is_file() else "no checkpoint yet"
             why = str(stop) or "stopped by SIGINT"
-            print(
-                f"folk pretrain: {where}; {why}; run the same command again to resume",
-                file=sys.stderr,
-            )
+            log.error("%s; %s; run the same command again to resume", where, why)
             return 128 + signum if signum else 1
     if done:
-        print(
-            f"folk pretrain: finished {args.out}: {done['iterations']} iterations, "
-            f"{done['images_per_s']} images/s, {done['wall_time_s']} s",
-            file=sys.stderr,
+        log.info(
+            "finished %s: %s iterations, %s images/s, %s s",
+            args.out,
+            done["iterations"],
+            done["images_per_s"],
+            done["wall_time_s"],
         )
     return 0

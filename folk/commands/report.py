@@ -3,7 +3,11 @@ and curves from one experiment's runs."""
 
 from __future__ import annotations
 
+import logging
+
 from folk.report import build_report
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser) -> None:
@@ -63,8 +67,11 @@ def run(args) -> int:
         readme=args.readme,
     )
     with_results = sum(t.has_results for t in report.tables)
-    print(
-        f"folk report: {len(report.tables)} tables ({with_results} with results), "
-        f"{len(report.figures)} figures -> {report.out_dir}"
+    log.info(
+        "%d tables (%d with results), %d figures -> %s",
+        len(report.tables),
+        with_results,
+        len(report.figures),
+        report.out_dir,
     )
     return 0

@@ -3,13 +3,15 @@ with ``--markdown``, the configuration reference made from it (docs/configuratio
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
+from folk.cli import write_product
 from folk.config import json_schema_yaml, markdown_reference_text
 from folk.errors import ConfigError
 
 JSON_SCHEMA_PATH = "workflow/schemas/config.schema.yaml"
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser) -> None:
@@ -33,7 +35,7 @@ def run(args) -> int:
     if out is None:
         if args.check:
             raise ConfigError("--check needs --out: the file to compare")
-        sys.stdout.write(text)
+        write_product(text)
         return 0
     out = Path(out)
     if args.check:
@@ -43,5 +45,5 @@ def run(args) -> int:
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    print(f"wrote {out}")
+    log.info("wrote %s", out)
     return 0

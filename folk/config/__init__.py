@@ -12,6 +12,7 @@ import difflib
 import functools
 import importlib.util
 import itertools
+import logging
 import math
 import re
 import sys
@@ -29,6 +30,8 @@ from folk.filter_registry import scaled_patch, scaled_radius  # noqa: F401  (the
 from folk.utils.io import atomic_write_text
 from folk.utils.keys import config_value
 from folk.variants import VARIANTS
+
+log = logging.getLogger(__name__)
 
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
 
@@ -305,9 +308,11 @@ def load_config(
     cfg = copy.deepcopy(base) if base is not None else defaults()
     origins: dict[str, str] = {}
     if path is not None:
+        log.debug("params file %s", Path(path).resolve())
         _merge(cfg, read_params(path), str(path), origins=origins)
     for item in overrides:
         key, value = parse_override(item)
+        log.debug("--set %s = %r", key, value)
         _merge(cfg, _nest(key, value), f"--set {key}", origins=origins)
     source = str(path) if path is not None else "configuration"
     validate(cfg, source, origins)

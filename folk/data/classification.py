@@ -23,7 +23,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from folk.data.subsets import class_balanced_indices
 from folk.errors import DataError
 
-log = logging.getLogger("folk.data")
+log = logging.getLogger(__name__)
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",

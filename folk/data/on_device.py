@@ -25,7 +25,7 @@ from folk.data.transforms import PretrainViews
 from folk.errors import DataError
 from folk.utils.seeding import sample_seed, seeded_cpu_rng
 
-log = logging.getLogger("folk.data.on_device")
+log = logging.getLogger(__name__)
 
 
 def load_split(dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,9 +9,9 @@ Everything written stays under the dataset root the config names (``data.root``,
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from torchvision import datasets as torchvision_datasets
@@ -49,13 +49,7 @@ TARGETS = ("fashion_mnist", "imagefolder", "imagenet", "ade20k", "composite", "f
 FASHION_MNIST_DEFAULT_SOURCE = "/usr/share/datasets/fashion-mnist"
 APT_HINT = "apt-get install -y dataset-fashion-mnist"
 
-
-def _say(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def _warn(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 def checked_root(value: str, key: str) -> Path:
@@ -146,18 +140,18 @@ def prepare_fashion_mnist(cfg: dict, force: bool = False) -> Path:
     names = [f for pair in FASHION_MNIST_FILES.values() for f in pair]
     old = _guard_other_dataset(root, "fashion_mnist")
     if not force and old and raw_files_intact(root, old.get("raw_files", {})):
-        _say(f"fashion_mnist: '{root}' already prepared (manifest intact); nothing to do")
+        log.info(f"fashion_mnist: '{root}' already prepared (manifest intact); nothing to do")
         return root / "manifest.json"
 
     source_dir = Path(cfg["data"]["source"] or FASHION_MNIST_DEFAULT_SOURCE)
     root.mkdir(parents=True, exist_ok=True)
     missing = [n for n in names if not (source_dir / n).is_file()]
     if not missing:
-        _say(f"fashion_mnist: copying {len(names)} IDX files from '{source_dir}' to '{root}'")
+        log.info(f"fashion_mnist: copying {len(names)} IDX files from '{source_dir}' to '{root}'")
         _copy_files(source_dir, names, root)
         source = str(source_dir)
     else:
-        _warn(
+        log.warning(
             f"fashion_mnist: '{source_dir}' lacks {', '.join(missing)} "
             f"(data.source = '{cfg['data']['source']}'; the Debian/Ubuntu package installs "
             f"them with `{APT_HINT}`); trying torchvision's download instead"
@@ -170,7 +164,7 @@ def prepare_fashion_mnist(cfg: dict, force: bool = False) -> Path:
                 f"and torchvision's download ({type(exc).__name__}: {exc}); install the files "
                 f"with `{APT_HINT}` or set data.source to a directory holding {', '.join(names)}"
             ) from None
-        _say(f"fashion_mnist: downloaded with torchvision into '{root}'")
+        log.info(f"fashion_mnist: downloaded with torchvision into '{root}'")
 
     splits, class_counts = {}, {}
     for split, expected in FASHION_MNIST_COUNTS.items():
@@ -197,7 +191,9 @@ def prepare_fashion_mnist(cfg: dict, force: bool = False) -> Path:
             "raw_files": raw_files_info(root, names),
         },
     )
-    _say(f"fashion_mnist: {splits['train']} train + {splits['test']} test images; wrote '{path}'")
+    log.info(
+        f"fashion_mnist: {splits['train']} train + {splits['test']} test images; wrote '{path}'"
+    )
     return path
 
 
@@ -217,10 +213,10 @@ def _link_source_splits(root: Path, source: Path, splits) -> None:
                     f"'{target}'; remove the link or fix data.source"
                 )
         elif link.exists():
-            _say(f"  '{link}' exists; using it rather than data.source's '{target}'")
+            log.info(f"  '{link}' exists; using it rather than data.source's '{target}'")
         elif target.is_dir():
             link.symlink_to(target, target_is_directory=True)
-            _say(f"  linked '{link}' -> '{target}'")
+            log.info(f"  linked '{link}' -> '{target}'")
 
 
 def _folder_digests(root: Path, splits) -> dict | None:
@@ -249,12 +245,12 @@ def prepare_image_folder(
             not full and (check.get("per_class") or 0) >= sample_per_class
         )
         if covers and old.get("files_digest") == _folder_digests(root, splits):
-            _say(
+            log.info(
                 f"{dataset}: '{root}' already prepared (manifest matches the files); "
                 "nothing to do"
             )
             return root / "manifest.json"
-    _say(f"{dataset}: checking '{root}' (splits {', '.join(splits)})")
+    log.info(f"{dataset}: checking '{root}' (splits {', '.join(splits)})")
     info = check_layout(
         root,
         splits,
@@ -262,13 +258,13 @@ def prepare_image_folder(
         sample_per_class=sample_per_class,
         full=full,
         seed=cfg["experiment"]["seed"],
-        progress=_say,
+        progress=log.info,
     )
     _inside(root, "manifest.json")
     path = write_manifest(
         root, {"dataset": dataset, "root": str(root), "source": d["source"] or str(root), **info}
     )
-    _say(
+    log.info(
         f"{dataset}: "
         + ", ".join(f"{s} {n} images" for s, n in info["splits"].items())
         + f"; wrote '{path}'"
@@ -282,19 +278,19 @@ def prepare_image_folder(
 def prepare_ade20k(cfg: dict) -> Path:
     root = checked_root(cfg["eval"]["segmentation"]["root"], "eval.segmentation.root")
     _guard_other_dataset(root, "ade20k")
-    _say(f"ade20k: checking '{root}'")
+    log.info(f"ade20k: checking '{root}'")
     info = segmentation.check_ade20k_layout(
         root, num_classes=cfg["eval"]["segmentation"]["num_classes"]
     )
     _inside(root, "manifest.json")
     path = write_manifest(root, {"dataset": "ade20k", "root": str(root), **(info or {})})
-    _say(f"ade20k: wrote '{path}'")
+    log.info(f"ade20k: wrote '{path}'")
     return path
 
 
 def prepare_composite(cfg: dict):
     checked_root(cfg["eval"]["segmentation"]["root"], "eval.segmentation.root")
-    _say(
+    log.info(
         f"composite: building the Fashion-MNIST segmentation set in "
         f"'{cfg['eval']['segmentation']['root']}'"
     )
@@ -303,7 +299,7 @@ def prepare_composite(cfg: dict):
         s: v.get("images") if isinstance(v, dict) else v
         for s, v in (result or {}).get("splits", {}).items()
     }
-    _say(f"composite: done ({', '.join(f'{s} {n} images' for s, n in counts.items())})")
+    log.info(f"composite: done ({', '.join(f'{s} {n} images' for s, n in counts.items())})")
     return result
 
 
@@ -318,7 +314,7 @@ def prepare_fewshot(cfg: dict) -> Path:
     root = checked_root(cfg["data"]["root"], "data.root")
     fs = cfg["eval"]["fewshot"]
     ds = build_base_dataset(cfg, "train")
-    _say(
+    log.info(
         f"fewshot: drawing lists from {len(ds)} training images of '{ds.name}' into "
         f"'{root / FEWSHOT_DIR}'"
     )
@@ -343,7 +339,7 @@ def prepare_fewshot(cfg: dict) -> Path:
                 f"seed {seed}, {len(idx)} images",
             )
             index[name] = {"kind": kind, "value": value, "seed": seed, "images": len(idx)}
-            _say(f"  {name}: {len(idx)} images")
+            log.info(f"  {name}: {len(idx)} images")
     user = cfg["data"]["fewshot_file"]
     if user:  # a user's own list: check now that every path is in the training set
         idx = read_file_list(user, ds)
@@ -353,7 +349,7 @@ def prepare_fewshot(cfg: dict) -> Path:
             "images": len(idx),
             "classes": int(len(set(ds.targets[idx].tolist()))),
         }
-        _say(f"  data.fewshot_file '{user}': {len(idx)} images, all found")
+        log.info(f"  data.fewshot_file '{user}': {len(idx)} images, all found")
     atomic_write_json(
         _inside(out_dir, "lists.json"),
         {"dataset": ds.name, "train_images": len(ds), "lists": index},
@@ -392,7 +388,7 @@ def prepare_photos(cfg: dict, count: int = 200, force: bool = False) -> Path:
     _inside(root, d["train_split"])
     _inside(root, d["test_split"])
     write_photos(
-        root, count, cfg["experiment"]["seed"], d["train_split"], d["test_split"], progress=_say
+        root, count, cfg["experiment"]["seed"], d["train_split"], d["test_split"], progress=log.info
     )
     return prepare_image_folder(cfg, "imagefolder", full=True, force=force)
 

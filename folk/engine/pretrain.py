@@ -10,7 +10,6 @@ import logging
 import random
 import resource
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -70,7 +69,7 @@ CHECKPOINT_KEYS = (
     "skipped_images",
     "elapsed_s",
 )
-log = logging.getLogger("folk.pretrain")
+log = logging.getLogger(__name__)
 
 
 class SignalCheckpointer:
@@ -262,11 +261,14 @@ class Pretrainer:
         )
         per_iter = self.micro_batch * world * self.accum_steps
         if self.accum_steps > p["accum_steps"] and self.dist.is_main:
-            print(
-                f"batch {p['batch_size']} on {world} device(s): {self.accum_steps} "
-                f"micro-batches of {self.micro_batch} per step (pretrain.max_micro_batch = "
-                f"{p['max_micro_batch']})",
-                file=sys.stderr,
+            log.info(
+                "batch %s on %s device(s): %s micro-batches of %s per step "
+                "(pretrain.max_micro_batch = %s)",
+                p["batch_size"],
+                world,
+                self.accum_steps,
+                self.micro_batch,
+                p["max_micro_batch"],
             )
         self.iters_per_epoch = len(dataset) // per_iter
         if self.iters_per_epoch == 0:
@@ -425,7 +427,7 @@ class Pretrainer:
         self.saved_iteration = self.iteration
         if self.dist.is_main:
             rewind_records(self.metrics_path, self.iteration)
-            print(f"resumed from {self.ckpt_path} at iteration {self.iteration}", file=sys.stderr)
+            log.info("resumed from %s at iteration %d", self.ckpt_path, self.iteration)
 
     # ------------------------------------------------------------------ loop
     def _set_schedules(self, it: int) -> None:
@@ -710,7 +712,7 @@ def pretrain(
     if (run_dir / "DONE.json").is_file():
         # checked before it is trusted: DONE.json says that *some* run finished here
         _check_finished(run_dir)
-        print(f"{run_dir / 'DONE.json'} exists: run already finished", file=sys.stderr)
+        log.info("%s exists: run already finished", run_dir / "DONE.json")
         return {}
     trainer = Pretrainer(cfg, run_dir, hooks, monitor)
     trainer.setup()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from folk.utils.io import atomic_write_text, read_jsonl_lines
 
-log = logging.getLogger("folk.engine")
+log = logging.getLogger(__name__)
 
 
 def damaged_path(path: Path) -> Path:

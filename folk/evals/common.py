@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +14,8 @@ from folk.eval_tasks import declared_columns
 from folk.metric_columns import columns_problem
 from folk.utils.io import atomic_write_json
 from folk.utils.provenance import git_sha, now_iso
+
+log = logging.getLogger(__name__)
 
 SCHEMA = "folk.eval/1"
 # a variant names one directory: no separator, no "..", nothing hidden
@@ -100,26 +101,22 @@ def is_done(out_dir: Path) -> bool:
     problem = record_problem(path)
     if problem is None:
         return True
-    print(
-        f"warning: '{path}' is damaged ({problem}): not a finished evaluation; running "
-        f"it again",
-        file=sys.stderr,
-    )
+    log.warning("'%s' is damaged (%s): not a finished evaluation; running it again", path, problem)
     return False
 
 
 def task_logger(out_dir: Path, task: str) -> logging.Logger:
-    """Logs to ``<out_dir>/log.txt`` (appending across resumes) and to stderr."""
+    """Logs to ``<out_dir>/log.txt`` (appending across resumes) and, through the
+    ``folk`` logger, to stderr as the command's other messages do."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    log = logging.getLogger(f"folk.eval.{task}.{out_dir}")
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    if not log.handlers:
-        fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-        for handler in (logging.FileHandler(out_dir / "log.txt"), logging.StreamHandler()):
-            handler.setFormatter(fmt)
-            log.addHandler(handler)
-    return log
+    task_log = logging.getLogger(f"folk.eval.{task}.{out_dir}")
+    # log.txt is the evaluation's record: INFO even under --quiet, DEBUG under --verbose
+    task_log.setLevel(min(logging.INFO, logging.getLogger("folk").getEffectiveLevel()))
+    if not task_log.handlers:
+        handler = logging.FileHandler(out_dir / "log.txt")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        task_log.addHandler(handler)
+    return task_log
 
 
 def write_metrics(

@@ -167,7 +167,7 @@ def extract_features(
     ``transform`` replaces ``eval_transform(cfg)`` (give a ``cache_tag`` when its repr
     does not describe it fully). ``cache_dir=None`` disables the cache.
     """
-    log = log or logging.getLogger("folk.evals.features")
+    log = log or logging.getLogger(__name__)
     if is_resnet(cfg["model"]["arch"]) or not hasattr(backbone, "blocks"):
         n_last_blocks, avgpool_patchtokens = 1, False  # only one pooled feature exists
     _check_layout(backbone, n_last_blocks)

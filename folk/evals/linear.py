@@ -112,7 +112,7 @@ def train_grid(
     ``checkpoint`` when it holds a grid of the same setting, a disposable cache
     (``folk.engine.checkpoint``). ``hooks``: called after every step, the epoch's last one
     after the epoch's checkpoint (``folk.engine.hooks``)."""
-    log = log or logging.getLogger("folk.evals.linear")
+    log = log or logging.getLogger(__name__)
     device = train_x.device
     n, dim = train_x.shape
     grid = init_grid(dim, num_classes, len(lrs), seed).to(device)

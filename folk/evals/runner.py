@@ -10,6 +10,7 @@ both go through :func:`run_task`, so a task runs the same way from either.
 from __future__ import annotations
 
 import importlib
+import logging
 import time
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from folk.eval_tasks import TASKS
 from folk.evals.common import is_done, task_dir, task_logger, write_metrics
 from folk.utils.io import remove_stale_temps
 from folk.utils.lock import exclusive
+
+log = logging.getLogger(__name__)
 
 
 def run_task(
@@ -43,17 +46,17 @@ def run_task(
     out_dir = task_dir(run_dir, task, variant)
     with exclusive(out_dir, holder or f"folk eval {task} --run {run_dir}"):
         if is_done(out_dir):
-            print(f"{out_dir / 'metrics.json'} exists: nothing to do")
+            log.info("%s exists: nothing to do", out_dir / "metrics.json")
             return out_dir / "metrics.json"
         remove_stale_temps(out_dir)  # the lock holder's to sweep: no live writer is left
-        log = task_logger(out_dir, task)
+        task_log = task_logger(out_dir, task)
         started = time.time()
         module = importlib.import_module(TASKS[task].module)
-        result = module.run(cfg, run_dir, out_dir, log)
+        result = module.run(cfg, run_dir, out_dir, task_log)
         record = write_metrics(
             out_dir, cfg=cfg, run_dir=run_dir, task=task, variant=variant, started=started, **result
         )
-        log.info(
+        task_log.info(
             "%s %s = %.3f -> %s",
             task,
             record["primary"],

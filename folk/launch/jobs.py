@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
-import sys
 from pathlib import Path
 
 import submitit
@@ -26,15 +26,14 @@ from folk.engine.distributed import env_dist_info
 from folk.engine.pretrain import StopRequested
 from folk.evals.runner import run_task
 from folk.training import pretrain
+from folk.utils import log as logs
 from folk.utils.lock import exclusive
+
+log = logging.getLogger(__name__)
 
 
 def _in_submitit_job() -> bool:
     return bool(os.environ.get("SUBMITIT_EXECUTOR"))
-
-
-def _note(message: str) -> None:
-    print(f"folk launch: {message}", file=sys.stderr, flush=True)
 
 
 def prepare_process() -> int:
@@ -45,7 +44,7 @@ def prepare_process() -> int:
         return 0
 
     env = submitit.JobEnvironment()
-    _note(f"{env}")
+    log.info("%s", env)
     if env.num_tasks > 1:
         # CUDA_VISIBLE_DEVICES is left alone: the engine picks cuda:(local_rank % visible),
         # right whether the cluster shows each task every GPU of the node or only its own
@@ -76,17 +75,27 @@ class _RunJob(Checkpointable):
     def __init__(self, cfg: dict, run_dir: str | Path):
         self.cfg = cfg
         self.run_dir = str(Path(run_dir).resolve())
+        self.log_level = logs.chosen_level()  # the job logs as `folk -q/-v launch` asked
 
     def __call__(self) -> dict:
-        rank = prepare_process()
-        try:
-            return self.run()
-        except StopRequested as stop:
-            if rank != 0 and _in_submitit_job() and stop.signum == _preempt_signal():
-                # rank 0 checkpoints and requeues the whole job; a result file written here
-                # would be read as this task's outcome after the requeue
-                raise SystemExit(0) from None
-            raise
+        with self._logs():
+            rank = prepare_process()
+            try:
+                return self.run()
+            except StopRequested as stop:
+                if rank != 0 and _in_submitit_job() and stop.signum == _preempt_signal():
+                    # rank 0 checkpoints and requeues the whole job; a result file written
+                    # here would be read as this task's outcome after the requeue
+                    raise SystemExit(0) from None
+                raise
+
+    def _logs(self):
+        """The job's messages on its stderr (SLURM's log file), as `folk launch` writes
+        them; called by `folk launch` itself (launch.executor none), the command's stand."""
+        if not _in_submitit_job():
+            return contextlib.nullcontext()
+        # a job pickled by an older version has no log_level
+        return logs.to_stderr("folk launch", getattr(self, "log_level", logs.DEFAULT))
 
     def run(self) -> dict:
         raise NotImplementedError
@@ -94,7 +103,7 @@ class _RunJob(Checkpointable):
     def checkpoint(self, *args, **kwargs) -> DelayedSubmission:
         """Called by submitit on time-out/pre-emption, after the engine saved last.pt:
         the same job again, which resumes from the run directory."""
-        _note(f"requeue requested: {self.task} of {self.run_dir} resumes from its checkpoint")
+        log.info("requeue requested: %s of %s resumes from its checkpoint", self.task, self.run_dir)
         return DelayedSubmission(self, *args, **kwargs)
 
     def __repr__(self) -> str:

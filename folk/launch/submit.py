@@ -20,11 +20,11 @@ of starting a rival one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -60,13 +60,11 @@ FINAL_STATES = (
 RESULT_GRACE_S = 30
 LOG_TAIL_LINES = 40
 
+log = logging.getLogger(__name__)
+
 
 class LaunchError(FolkError):
     """A submitted job failed, vanished, or could not be submitted."""
-
-
-def _say(message: str) -> None:
-    print(f"folk launch: {message}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------ names and folders
@@ -273,7 +271,7 @@ def _state(job, kind: str) -> str | None:
     return "RUNNING" if code is None else f"COMPLETED (controller exit {code})"
 
 
-def wait_for(job, kind: str, poll_s: float, say: Callable[[str], None] = _say) -> dict:
+def wait_for(job, kind: str, poll_s: float, say: Callable[[str], None] = log.info) -> dict:
     """Block until the job's result file exists, or the job is over without one; returns
     the job's return value or raises LaunchError with the log tail. Ctrl-C or SIGTERM
     cancels the job (it checkpoints) and raises."""
@@ -340,7 +338,7 @@ def launch(
     wait: bool = False,
     params: str | None = None,
     eval_overrides: list[str] | None = None,
-    say: Callable[[str], None] = _say,
+    say: Callable[[str], None] = log.info,
 ) -> dict:
     """Run or submit ``task`` for ``run_dir``; see the module docstring. Returns
     ``{"status": "done" | "finished" | "submitted", "job_id", "folder", "result"}``."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from folk.errors import DamagedFileError
 
-log = logging.getLogger("folk.io")
+log = logging.getLogger(__name__)
 
 # ".<name>.<8 random characters of tempfile>.tmp"
 TEMP_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")

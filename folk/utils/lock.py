@@ -13,14 +13,16 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import socket
-import sys
 from pathlib import Path
 
 from folk.errors import RunDirBusyError
 from folk.utils.io import named_os_error
 from folk.utils.provenance import now_iso
+
+log = logging.getLogger(__name__)
 
 LOCK_NAME = "folk.lock"
 # errors of file systems that do not implement flock
@@ -64,10 +66,11 @@ def exclusive(directory: str | Path, command: str):
             if exc.errno not in _NO_FLOCK:
                 raise named_os_error(path, exc) from exc
             # refusing to run at all there would be worse than running unguarded
-            print(
-                f"warning: cannot lock '{path}' ({exc.strerror}; Lustre needs the "
-                f"'flock' mount option): nothing stops a second writer",
-                file=sys.stderr,
+            log.warning(
+                "cannot lock '%s' (%s; Lustre needs the 'flock' mount option): nothing stops "
+                "a second writer",
+                path,
+                exc.strerror,
             )
         record = {
             "pid": os.getpid(),

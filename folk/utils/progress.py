@@ -1,9 +1,11 @@
 """Progress of the long loops (pre-training, feature extraction, fine-tuning, segmentation):
-a live bar on a terminal; elsewhere (the workflow's logs, SLURM's output files) one plain
-line every ``LINE_INTERVAL_S`` seconds and one at the end, never a carriage return."""
+a live bar on a terminal; elsewhere (the workflow's logs, SLURM's output files) one INFO
+record every ``LINE_INTERVAL_S`` seconds and one at the end, lines like the command's other
+messages, never a carriage return. Progress is INFO: under ``--quiet`` neither is shown."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import Any, Iterable, Iterator
@@ -11,6 +13,8 @@ from typing import Any, Iterable, Iterator
 from tqdm import tqdm
 
 LINE_INTERVAL_S = 15.0
+
+log = logging.getLogger(__name__)
 
 
 def progress(
@@ -27,6 +31,7 @@ def progress(
     stream allows (``enabled=False``: silent, for the other ranks of a distributed run)."""
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)
+    enabled = enabled and log.isEnabledFor(logging.INFO)
     if enabled and sys.stderr.isatty():
         return tqdm(
             iterable,
@@ -45,7 +50,7 @@ def progress(
 
 
 class LineProgress:
-    """tqdm's interface, written as whole lines: ``desc: n/total unit, rate, postfix``."""
+    """tqdm's interface, logged as whole lines: ``desc: n/total unit, rate, postfix``."""
 
     def __init__(
         self,
@@ -56,12 +61,10 @@ class LineProgress:
         initial: int,
         unit: str,
         enabled: bool,
-        stream=None,
     ):
         self.iterable, self.desc, self.total, self.unit = iterable, desc, total, unit
         self.n = self.start_n = initial
         self.enabled = enabled
-        self.stream = stream or sys.stderr
         self.postfix = ""
         self.started = self.last = time.monotonic()
         self.closed = False
@@ -102,4 +105,4 @@ class LineProgress:
         ]
         if self.postfix:
             parts.append(self.postfix)
-        print(", ".join(parts), file=self.stream, flush=True)
+        log.info("%s", ", ".join(parts))

@@ -179,7 +179,7 @@ def test_damaged_eval_marker_makes_the_task_run_again(run_dir, capsys, one_threa
     marker = run_dir / "eval" / "knn" / "metrics.json"
     assert main(argv) == 0
     good = json.loads(marker.read_text())
-    assert main(argv) == 0 and "nothing to do" in capsys.readouterr().out  # valid: kept
+    assert main(argv) == 0 and "nothing to do" in capsys.readouterr().err  # valid: kept
     damages = {
         "torn": marker.read_text()[: len(marker.read_text()) // 2],
         "other task": json.dumps({**good, "task": "linear"}),
@@ -190,7 +190,7 @@ def test_damaged_eval_marker_makes_the_task_run_again(run_dir, capsys, one_threa
         marker.write_text(text)
         assert main(argv) == 0, kind
         out = capsys.readouterr()
-        assert "nothing to do" not in out.out, kind
+        assert "nothing to do" not in out.err, kind
         assert "damaged" in out.err and str(marker) in out.err, kind
         again = json.loads(marker.read_text())
         assert again["metrics"] == good["metrics"] and again["task"] == "knn", kind
@@ -489,7 +489,7 @@ def test_sigterm_during_an_evaluation_exits_143(run_dir):
     finally:
         proc.kill()
     assert proc.returncode == 143, err
-    assert "Traceback" not in err and last_line(err) == "folk eval: stopped by SIGTERM"
+    assert "Traceback" not in err and last_line(err) == "folk eval: error: stopped by SIGTERM"
     assert temp_files(run_dir) == [] and not (out_dir / "metrics.json").exists()
 
 
@@ -569,7 +569,7 @@ def test_a_signal_swallowed_by_the_code_it_interrupted_still_exits_with_its_stat
     previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         assert cli.main(["fake"]) == 128 + signal.SIGTERM
-        assert capsys.readouterr().err.strip().endswith("fake: stopped by SIGTERM")
+        assert capsys.readouterr().err.strip().endswith("folk fake: error: stopped by SIGTERM")
         # the next call starts with no signal: the same failure without one is a plain error
         module.run = lambda args: (_ for _ in ()).throw(AttributeError("no signal this time"))
         with pytest.raises(AttributeError, match="no signal this time"):
@@ -610,4 +610,4 @@ def test_a_signal_during_an_import_is_raised_after_the_import(tmp_path, monkeypa
         "import finished",
         "run started",
     ]
-    assert capsys.readouterr().err.strip().endswith("slow: stopped by SIGTERM")
+    assert capsys.readouterr().err.strip().endswith("folk slow: error: stopped by SIGTERM")
