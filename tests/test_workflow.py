@@ -438,7 +438,13 @@ def test_jobs_get_the_slurm_resources_only_when_they_go_to_slurm(wf):
         listed[executor] = {(j["rule"], *sorted(j["wildcards"].items())): j for j in jobs}
     local, slurm = listed["local"], listed["slurm"]
     assert local.keys() == slurm.keys()
-    kinds = {"pretrain": "pretrain", "evaluate": "eval"}
+    # the benchmarks run a pre-training step: pre-training's threads and resources
+    kinds = {
+        "pretrain": "pretrain",
+        "evaluate": "eval",
+        "bench": "pretrain",
+        "bench_data": "pretrain",
+    }
     for name, job in local.items():
         assert set(job["resources"]) <= {"tmpdir"}, job
         assert job["threads"] == slurm[name]["threads"] == (2 if job["rule"] in kinds else 1)
