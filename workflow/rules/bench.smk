@@ -12,6 +12,9 @@ rule bench:
         sets=shell_sets(CLI_SETS),
         variants=",".join(config["workflow"]["variants"]),
         archs=config["model"]["arch"],
+        batch=config["pretrain"]["batch_size"],  # the step as the runs train it
+        steps=config["workflow"]["bench_steps"],
+        warmup=config["workflow"]["bench_warmup"],
         digest=section_hash("model.", "pretrain.", "filter.", "augment.", "data.in_chans"),
     log:
         f"logs/{EXP}/bench.log",
@@ -24,7 +27,8 @@ rule bench:
         FOLK_ENV
     shell:
         logged("folk bench --config {params.params_file} {params.sets} "
-               "--variants {params.variants} --archs {params.archs} --out {output.jsonl}")
+               "--variants {params.variants} --archs {params.archs} --batch-size {params.batch} "
+               "--steps {params.steps} --warmup {params.warmup} --out {output.jsonl}")
 
 
 rule bench_data:
