@@ -52,9 +52,10 @@ STAGE_PARAMS = {
     "evaluate": ("eval", "workflow"),
     "report": ("experiment", "workflow"),
 }
-# the outputs of the report in results/<experiment>/ (tables/ and figures/ are not listed
-# by Snakemake; plots/ holds one file per run); metrics.json is the DVC metrics file
-RESULTS_OUTS = ("README.md", "provenance.json", "tables", "figures", "plots")
+# the outputs of the report in results/<experiment>/ (tables/ and figures/ are directory
+# outputs, plots/ holds one file per run: DVC tracks each as one directory); metrics.json
+# is the DVC metrics file
+RESULTS_OUTS = ("README.md", "provenance.json", "runs.html", "tables", "figures", "plots")
 # DVC plots: id -> (curve kind, x field, y field, title, y label); the fields are those of
 # folk.report.summary's curve files
 PLOTS = {
