@@ -22,6 +22,10 @@ if not workflow.overwrite_configfiles:
 include: "workflow/rules/common.smk"
 
 
+# the description at the top of `snakemake --report`: what the experiment is, its parameters
+report: "workflow/report/workflow.rst"
+
+
 wildcard_constraints:
     run="|".join(re.escape(r) for r in RUNS) or "(?!)",
     task="|".join(EVAL_TASKS),

@@ -98,3 +98,25 @@ def tiny_cfg(fashion_root):
         return load_config(None, tiny_overrides(fashion_root) + list(extra))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_workflow_run(tmp_path_factory) -> Path:
+    """The tiny workflow (params/test_tiny.yaml) run to its end once per session, in a copy of
+    the repository's workflow: the slowest set-up of the suite (minutes), shared by the tests
+    that read a finished pipeline. Each takes its own copy (copy_finished_workflow), so that
+    what one changes the other never sees."""
+    from test_workflow import copy_workflow, snakemake  # noqa: PLC0415  a test module's helpers
+
+    wf = copy_workflow(tmp_path_factory.mktemp("tiny-run") / "wf")
+    res = snakemake(wf, "--cores", "2", "--configfile", "params/test_tiny.yaml", timeout=1800)
+    assert res.returncode == 0, res.stderr[-5000:]
+    return wf
+
+
+def copy_finished_workflow(src: Path, dst: Path) -> Path:
+    """A copy of a finished workflow directory that Snakemake sees as finished too: Snakemake's
+    metadata (.snakemake), the modification times and the links (each rule's log is a link to
+    its .all file) kept as they are."""
+    shutil.copytree(src, dst, symlinks=True)
+    return dst

@@ -102,22 +102,27 @@ def write_run(
     return run_dir
 
 
-def loss_records(start: float, slope: float, epochs: int = 3, per_epoch: int = 2) -> list[dict]:
+def loss_records(
+    start: float, slope: float, epochs: int = 3, per_epoch: int = 2, kd: bool = False
+) -> list[dict]:
+    """Train and epoch records of falling losses; with ``kd``, the distillation diagnostics
+    too: a falling teacher entropy and KL."""
     out, it = [], 0
     for e in range(epochs):
         for _ in range(per_epoch):
             it += 1
-            out.append(
-                {
-                    "type": "train",
-                    "epoch": e,
-                    "iteration": it,
-                    "loss": start - slope * it,
-                    "loss_rec": start - slope * it,
-                    "lr": 1e-3,
-                    "images_per_s": 100.0,
-                }
-            )
+            rec = {
+                "type": "train",
+                "epoch": e,
+                "iteration": it,
+                "loss": start - slope * it,
+                "loss_rec": start - slope * it,
+                "lr": 1e-3,
+                "images_per_s": 100.0,
+            }
+            if kd:
+                rec.update(kd_teacher_entropy=4.85 - 0.5 * it, kd_kl=1.0 / it)
+            out.append(rec)
         out.append(
             {
                 "type": "epoch",
@@ -194,7 +199,7 @@ def build_runs(root: Path) -> Path:
             ),
             "robustness": (ROBUSTNESS, "mean_corruption_top1"),
         },
-        records=loss_records(2.0, 0.1) + knn_records([30.0, 45.0, 60.0]),
+        records=loss_records(2.0, 0.1, kd=True) + knn_records([30.0, 45.0, 60.0]),
     )
     write_run(
         root,

@@ -2,12 +2,12 @@
 
 ``build_report(runs_dir, out_dir)`` collects the run directories of one experiment
 (``config.yaml``, ``metrics.jsonl``, ``DONE.json``, ``eval/*/metrics.json``) and bench results
-under ``runs_dir``, and writes ``tables/<name>.{md,tex,csv}``, ``figures/<name>.{png,pdf}``,
-``README.md``, ``metrics.json``, ``provenance.json``, ``plots/<kind>/<run>.csv``
-(folk.report.summary) and ``runs/`` (the configs and logs behind the cells:
-folk.report.sources) under ``out_dir`` (default ``results/<experiment.name>``); with
-``readme``, the headline block of that README too. docs/pipeline.md, "Tables and figures",
-is the user guide.
+under ``runs_dir``, and writes ``tables/<name>.{md,tex,csv,html}``,
+``figures/<name>.{png,pdf}``, ``README.md``, ``runs.html`` (folk.report.runs_page),
+``metrics.json``, ``provenance.json`` and ``plots/{train,knn}/<run>.csv`` (folk.report.summary)
+under ``out_dir`` (default ``results/<experiment.name>``); with ``readme``, the headline block
+of that README too; ``runs/`` holds the configs and logs behind the cells
+(folk.report.sources). docs/pipeline.md, "Tables and figures", is the user guide.
 """
 
 from __future__ import annotations
@@ -20,8 +20,14 @@ from folk.config import defaults, scaled_patch
 from folk.errors import ConfigError
 from folk.report.claims import check_claims
 from folk.report.collect import collect_bench, collect_runs, load_reference
-from folk.report.figures import figure_knn_epochs, figure_reconstruction_loss, figure_throughput
+from folk.report.figures import (
+    figure_knn_epochs,
+    figure_reconstruction_loss,
+    figure_teacher_diagnostics,
+    figure_throughput,
+)
 from folk.report.readme import FORMATS, render_readme
+from folk.report.runs_page import runs_html
 from folk.report.seeds import merge_seeds
 from folk.report.sources import copy_sources
 from folk.report.summary import (
@@ -31,7 +37,7 @@ from folk.report.summary import (
     write_summary,
 )
 from folk.report.tables import build_tables
-from folk.report.writers import Stamp, to_csv, to_latex, to_markdown
+from folk.report.writers import Stamp, to_csv, to_html, to_latex, to_markdown
 from folk.utils.io import atomic_write_text
 from folk.utils.provenance import git_sha, now_iso
 
@@ -73,7 +79,12 @@ def build_report(
     stamp = Stamp(report_sha=sha, report_dirty=dirty, date=now_iso(), runs_dir=str(runs_dir))
     files: list[Path] = []
     tables = build_tables(runs, ref, cfg)
-    writers = {"md": partial(to_markdown, links=True), "tex": to_latex, "csv": to_csv}
+    writers = {
+        "md": partial(to_markdown, links=True),
+        "tex": to_latex,
+        "csv": to_csv,
+        "html": to_html,
+    }
     for table in tables:
         for ext in FORMATS:
             path = out_dir / "tables" / f"{table.name}.{ext}"
@@ -100,6 +111,7 @@ def build_report(
         ),
         figure_reconstruction_loss(runs, fig_dir),
         figure_knn_epochs(runs, fig_dir),
+        figure_teacher_diagnostics(runs, fig_dir),
         figure_throughput(bench, fig_dir),
     ]
     files += [fig_dir / n for fig in figures for n in fig.files]
@@ -111,6 +123,9 @@ def build_report(
         ),
     )
     files.append(readme_path)
+    runs_path = out_dir / "runs.html"
+    atomic_write_text(runs_path, runs_html(runs, tables, stamp))
+    files.append(runs_path)
     files += write_summary(out_dir, tables, runs, stamp)
     files += copy_sources(runs, out_dir)
     if readme is not None:

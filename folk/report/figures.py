@@ -1,11 +1,13 @@
 """Figures drawn from run results: Fig. 5 (reconstruction loss of ``mfm`` against
-``mfm_comrcom``), k-NN accuracy over pre-training epochs, and bench throughput. A figure
+``mfm_comrcom``), k-NN accuracy over pre-training epochs, the collapse diagnostics of the
+self-distillation (teacher entropy and KL), and bench throughput. A figure
 whose data is missing is still written, with a "no results" panel, so the set of files is
 the same on every run of the report."""
 
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 from folk.report.collect import BenchRecord, Run
@@ -173,6 +175,105 @@ def figure_knn_epochs(runs: list[Run], out_dir: Path) -> FigureInfo:
         datasets=sorted({r.dataset for r in used}),
         has_data=bool(used),
         note="" if used else "no k-NN monitoring records yet",
+        files=[p.name for p in files],
+    )
+
+
+# the distillation diagnostics of the train records (folk.engine.step: kd_<name> of
+# DistillationLoss.diagnostics): column, panel title, y label
+DIAGNOSTICS = (
+    ("kd_teacher_entropy", "teacher entropy H(P_t)", "entropy (nats)"),
+    ("kd_kl", "KL(P_t || P_s)", "KL (nats)"),
+)
+
+
+@_themed
+def figure_teacher_diagnostics(runs: list[Run], out_dir: Path) -> FigureInfo:
+    """Teacher entropy and teacher-student KL of the train records, per logged iteration,
+    one line per main-grid variant with distillation; the entropy panel marks log K."""
+    import pandas as pd  # noqa: PLC0415  pandas only when a figure is drawn
+
+    import seaborn as sns  # noqa: PLC0415  seaborn only when a figure is drawn
+
+    data, used, out_dims = [], [], set()
+    for run in sorted(
+        (r for r in runs if not r.ablation and not r.is_random_init),
+        key=lambda r: (variant_rank(r.variant), r.rel),
+    ):
+        recs = [
+            r
+            for r in run.records
+            if r.get("type") == "train" and any(r.get(c) is not None for c, _, _ in DIAGNOSTICS)
+        ]
+        if not recs:
+            continue
+        used.append(run)
+        out_dims.add(int(run.cfg["model"]["head_out_dim"]))
+        for rec in recs:
+            data += [
+                {
+                    "variant": run.variant,
+                    "setting": _series_label(run),
+                    "iteration": rec["iteration"],
+                    "quantity": column,
+                    "value": rec[column],
+                }
+                for column, _, _ in DIAGNOSTICS
+                if rec.get(column) is not None
+            ]
+    fig, axes = new_figure(1, len(DIAGNOSTICS))
+    df = pd.DataFrame(data)
+    for ax, (column, title, y_label) in zip(axes[0], DIAGNOSTICS):
+        part = df[df["quantity"] == column] if data else df
+        if part.empty:
+            no_results(
+                ax,
+                f"no train records with {column} in metrics.jsonl\n"
+                "of main-grid runs with self-distillation",
+            )
+            continue
+        sns.lineplot(
+            data=part,
+            x="iteration",
+            y="value",
+            hue="variant",
+            hue_order=sorted(set(part["variant"]), key=variant_rank),
+            style="setting",
+            ax=ax,
+        )
+        if column == "kd_teacher_entropy":
+            # the entropy of a uniform teacher: a run that stays there has collapsed
+            for k in sorted(out_dims):
+                ax.axhline(math.log(k), color="0.4", linestyle="--", linewidth=1)
+                ax.annotate(
+                    f"log K = log {k}",
+                    (0, math.log(k)),
+                    xycoords=("axes fraction", "data"),
+                    xytext=(4, -12),
+                    textcoords="offset points",
+                    fontsize=9,
+                    color="0.3",
+                )
+        ax.set_title(title)
+        ax.set_ylabel(y_label)
+        ax.legend(fontsize=9)
+    fig.suptitle(
+        "Collapse diagnostics of the self-distillation: teacher entropy and teacher-student KL"
+    )
+    files = save_figure(fig, out_dir, "teacher_diagnostics")
+    return FigureInfo(
+        name="teacher_diagnostics",
+        title="Collapse diagnostics: teacher entropy and KL",
+        description="Entropy of the teacher's distribution over the K prototypes "
+        "(`kd_teacher_entropy` of the train records in metrics.jsonl) and the KL divergence "
+        "from teacher to student (`kd_kl`; their sum is the cross-entropy the student minimises), per logged "
+        "iteration, one line per main-grid variant with self-distillation. An entropy that "
+        "stays near log K (dashed) with a KL near 0 is the uniform collapse, an entropy near "
+        "0 the one-prototype collapse; a healthy run sits in between with a falling KL.",
+        runs=[r.rel for r in used],
+        datasets=sorted({r.dataset for r in used}),
+        has_data=bool(used),
+        note="" if used else "no distillation diagnostics yet",
         files=[p.name for p in files],
     )
 

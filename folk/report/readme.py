@@ -7,7 +7,7 @@ from folk.report.plotting import FIG_PIXELS, FigureInfo
 from folk.report.table import Table
 from folk.report.writers import Stamp
 
-FORMATS = ("md", "tex", "csv")
+FORMATS = ("md", "tex", "csv", "html")
 
 
 def _runs_list(runs: list[str], runs_dir: str) -> str:
@@ -41,9 +41,10 @@ def render_readme(
         "```",
         "",
         "How to read them:",
-        "- Every table exists as Markdown (`.md`), LaTeX (`.tex`, needs `\\usepackage{booktabs}`) "
-        "and CSV (`.csv`; the first lines start with `#`, so read it with "
-        '`pandas.read_csv(path, comment="#")`).',
+        "- Every table exists as Markdown (`.md`), LaTeX (`.tex`, needs `\\usepackage{booktabs}`), "
+        "CSV (`.csv`; the first lines start with `#`, so read it with "
+        '`pandas.read_csv(path, comment="#")`) and HTML (`.html`, a page of its own with the '
+        "evaluation protocol and the sources; Snakemake's report shows these).",
         "- A missing result is a dash (–) in Markdown/LaTeX and an empty field in the CSV, never "
         "a number. A table without any result still has its layout and a note.",
         "- Provenance: each CSV row has `run_dir` (run directories), `source` (the `metrics.json` or "

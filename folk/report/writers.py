@@ -1,17 +1,20 @@
-"""Write a :class:`~folk.report.table.Table` as CSV, Markdown and LaTeX (booktabs).
+"""Write a :class:`~folk.report.table.Table` as CSV, Markdown, LaTeX (booktabs) and HTML.
 
-Conventions shared by the three formats:
-- a missing result is an empty CSV field and a dash in Markdown/LaTeX, never 0 or "nan";
+Conventions shared by the formats:
+- a missing result is an empty CSV field and a dash in Markdown/LaTeX/HTML, never 0 or "nan";
 - the CSV has a ``run_dir`` column (run directories) and a ``source`` column (the metrics.json paths, relative to ``--runs``, that fed the
-  row) and a ``git_sha`` column; Markdown and LaTeX carry one footnote per row naming the run,
-  the task and the file, plus published sources;
-- every file starts with the report's git SHA, the results' git SHAs and the date (``#`` lines
-  in the CSV: read it with ``pandas.read_csv(path, comment="#")``).
+  row) and a ``git_sha`` column; Markdown, LaTeX and HTML carry one footnote per row naming
+  the run, the task and the file, plus published sources;
+- every file states the report's git SHA, the results' git SHAs and the date (``#`` lines
+  in the CSV: read it with ``pandas.read_csv(path, comment="#")``);
+- the HTML page stands alone (its style inside, text escaped), with the table's protocol
+  above the table: Snakemake's HTML report shows it as it is.
 """
 
 from __future__ import annotations
 
 import csv
+import html
 import io
 import re
 from dataclasses import dataclass
@@ -309,3 +312,103 @@ def to_latex(table: Table, stamp: Stamp) -> str:
         )
     out += [tex_escape(stamp.line(table).replace("`", "")) + "\\par", "\\end{table}", ""]
     return "\n".join(out)
+
+
+# ---------------------------------------------------------------- HTML
+
+# one small style sheet inside every page: the page is shown alone (Snakemake's report
+# puts it in a frame), so it cannot rely on anything around it
+PAGE_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #1f2933; max-width: 75em; }
+h1 { font-size: 1.35em; } h2 { font-size: 1.1em; margin-top: 1.5em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.95em; }
+th, td { border: 1px solid #c5ccd3; padding: 0.3em 0.6em; vertical-align: top; }
+thead th { background: #e4ecf3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.published td { color: #52606d; font-style: italic; background: #f5f7fa; }
+.protocol { background: #f0f7ee; border-left: 4px solid #5b9a4b; padding: 0.5em 0.8em; }
+.empty { color: #9b2c2c; } .stamp, .sources { color: #52606d; font-size: 0.9em; }
+pre { background: #f5f7fa; padding: 0.6em; overflow-x: auto; font-size: 0.85em; }
+code { background: #eef1f4; padding: 0 0.2em; }
+"""
+
+
+def html_inline(text: str) -> str:
+    """Escaped text, with the Markdown code spans that descriptions and notes use as
+    ``<code>``."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(str(text)))
+
+
+def html_page(title: str, body: list[str]) -> str:
+    """A standalone UTF-8 HTML page."""
+    head = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        '<head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{PAGE_STYLE}</style>",
+        "</head>",
+        "<body>",
+    ]
+    return "\n".join(head + body + ["</body>", "</html>", ""])
+
+
+def _html_protocol(table: Table) -> list[str]:
+    if not table.protocol:
+        return []
+    head, *items = table.protocol
+    lines = "".join(f"<li>{html_inline(item)}</li>" for item in items)
+    return [f'<div class="protocol"><p>{html.escape(head)}</p><ul>{lines}</ul></div>']
+
+
+def to_html(table: Table, stamp: Stamp) -> str:
+    markers = _markers(table)
+    names = [c.name for c in table.columns]
+    origin = _show_origin(table)
+    keys = list(table.key_columns) + (["results"] if origin else [])
+    body = [
+        f"<h1>{html.escape(table.title)}</h1>",
+        f'<p class="description">{html_inline(table.description)}</p>',
+        *_html_protocol(table),
+        f'<table id="{html.escape(table.name)}">',
+        "<thead><tr>"
+        + "".join(f"<th>{html.escape(c)}</th>" for c in keys + names)
+        + "</tr></thead>",
+        "<tbody>",
+    ]
+    for row, mark in zip(table.rows, markers):
+        cells = []
+        for i, k in enumerate(table.key_columns):
+            text = html.escape(row.keys.get(k) or DASH_MD)
+            if i == 0:
+                text += f' <sup><a href="#source-{mark}">{mark}</a></sup>'
+            cells.append(f"<td>{text}</td>")
+        if origin:
+            cells.append(f"<td>{row.origin}</td>")
+        for c in table.columns:
+            text = _fmt(row.cells.get(c.name), c.decimals, "±") or DASH_MD
+            cells.append(f'<td class="num">{html.escape(text)}</td>')
+        body.append(f'<tr class="{row.origin}">' + "".join(cells) + "</tr>")
+    body.append("</tbody>")
+    body.append("</table>")
+    if not table.our_rows:
+        body.append(f'<p class="empty">{html_inline(table.empty_note)}</p>')
+    body.append(
+        f"<p>Values: {html.escape(table.unit)}. A dash ({DASH_MD}) marks a result that is "
+        "missing. Rows in italics are <em>published</em> numbers reported by other projects "
+        "(source in the footnote), not runs of this pipeline; the dataset column says what "
+        "each row was trained and evaluated on.</p>"
+    )
+    if table.notes:
+        body += ["<ul>"] + [f"<li>{html_inline(n)}</li>" for n in table.notes] + ["</ul>"]
+    if table.rows:
+        body += ["<h2>Sources</h2>", '<ul class="sources">']
+        for row, mark in zip(table.rows, markers):
+            kind = "published" if row.origin == PUBLISHED else "ours"
+            body.append(
+                f'<li id="source-{mark}">[{mark}] {kind}: '
+                f"{html_inline(_footnote(row, names))}</li>"
+            )
+        body.append("</ul>")
+    body.append(f'<p class="stamp">{html_inline(stamp.line(table))}</p>')
+    return html_page(table.title, body)

@@ -272,9 +272,12 @@ def results_file(*parts):
 
 def curve_files():
     """The per-run curve files `folk report` writes (folk.report.summary.curve_runs: the
-    main grid and its seeds, not the ablations nor the random initialisation)."""
-    return [results_file("plots", kind, f"{run}.csv") for kind in CURVES
-            for run, r in RUNS.items()
+    main grid and its seeds, not the ablations nor the random initialisation), marked for
+    Snakemake's report: category Curves, a subcategory per kind of record, labelled by run
+    (one label only: the report would make a second one with two values a toggle)."""
+    return [report(results_file("plots", kind, f"{run}.csv"), caption="../report/curve.rst",
+                   category="Curves", subcategory=f"{kind} records", labels={"run": run})
+            for kind in CURVES for run, r in RUNS.items()
             if not r["ablation"] and _apply_sets(config, r["sets"])["pretrain"]["epochs"] > 0]
 
 

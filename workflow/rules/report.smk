@@ -2,6 +2,12 @@
 # run's config.yaml, metrics.jsonl, DONE.json and eval/*/metrics.json), in
 # results/<experiment.name>/: README.md stands for its tables and figures; metrics.json,
 # provenance.json and the curves are the files DVC reads (dvc.yaml: metrics, plots).
+#
+# `snakemake --report results/<experiment.name>/report.html` shows the outputs marked
+# with report(): each table's HTML page, each figure, the runs' configurations and the
+# curves, with the captions of workflow/report/. tables/ and figures/ are directories:
+# which tables exist depends on the runs folk reads (an ablation sweep makes its own), so
+# the report takes whatever `folk report` wrote there.
 
 
 rule report:
@@ -11,6 +17,26 @@ rule report:
         readme=results_file("README.md"),
         metrics=results_file("metrics.json"),
         provenance=results_file("provenance.json"),
+        tables=report(
+            directory(results_file("tables")),
+            patterns=["{name}.html"],
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{name}"},
+        ),
+        figures=report(
+            directory(results_file("figures")),
+            patterns=["{name}.png"],
+            caption="../report/figure.rst",
+            category="Figures",
+            labels={"figure": "{name}"},
+        ),
+        runs=report(
+            results_file("runs.html"),
+            caption="../report/runs.rst",
+            category="Runs",
+            labels={"page": "runs and their configuration"},
+        ),
         curves=curve_files(),
     params:
         runs_dir=lambda wildcards: RUNS_DIR,

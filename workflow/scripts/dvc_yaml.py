@@ -52,10 +52,10 @@ STAGE_PARAMS = {
     "evaluate": ("eval", "workflow"),
     "report": ("experiment", "workflow"),
 }
-# the outputs of the report in results/<experiment>/ (tables/, figures/ and runs/, the
-# configs and logs behind the cells, are not listed by Snakemake; plots/ holds one file per
-# run); metrics.json is the DVC metrics file
-RESULTS_OUTS = ("README.md", "provenance.json", "tables", "figures", "plots", "runs")
+# the outputs of the report in results/<experiment>/ (tables/ and figures/ are directory
+# outputs, plots/ holds one file per run, runs/ the configs and logs behind the cells: DVC
+# tracks each as one directory); metrics.json is the DVC metrics file
+RESULTS_OUTS = ("README.md", "provenance.json", "runs.html", "tables", "figures", "plots", "runs")
 # DVC plots: id -> (curve kind, x field, y field, title, y label); the fields are those of
 # folk.report.summary's curve files
 PLOTS = {
