@@ -65,6 +65,8 @@ def md_rows(out: Path, name: str) -> list[list[str]]:
     lines = [
         l for l in (out / "tables" / f"{name}.md").read_text().splitlines() if l.startswith("|")
     ]
+    # a cell's text without its link (values link to their logs, methods to their configs)
+    lines = [re.sub(r"\[([^\[\]]*)\]\((?:\.\./runs/)[^)]*\)", r"\1", l) for l in lines]
     rows = [[c.strip() for c in l.strip("|").split(" | ")] for l in lines]
     return [rows[0]] + rows[2:]
 

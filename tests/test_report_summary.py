@@ -195,7 +195,7 @@ def test_each_value_links_to_its_log_and_each_method_to_its_config(tmp_path):
     row = next(line for line in md.splitlines() if line.startswith("| [folk]"))
     assert row.startswith("| [folk](../runs/folk/config.yaml) [")
     assert "[71.2](../runs/folk/eval/knn/log.txt)" in row  # as the table rounds it
-    assert "[75.5](../runs/folk/eval/linear/log.txt)" in row
+    assert "[75.5](../runs/folk/eval/linear/metrics.json)" in row  # no log: its record
     # every link of the table resolves to a copied file
     for target in re.findall(r"\]\((\.\./runs/[^)]+)\)", md):
         # the fixture wrote one log only: the other evaluations' links name no file

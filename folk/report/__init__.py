@@ -79,8 +79,11 @@ def build_report(
     stamp = Stamp(report_sha=sha, report_dirty=dirty, date=now_iso(), runs_dir=str(runs_dir))
     files: list[Path] = []
     tables = build_tables(runs, ref, cfg)
+    copied = copy_sources(runs, out_dir)
+    files += copied
+    linked = frozenset(p.relative_to(out_dir).as_posix() for p in copied)
     writers = {
-        "md": partial(to_markdown, links=True),
+        "md": partial(to_markdown, links=linked),
         "tex": to_latex,
         "csv": to_csv,
         "html": to_html,
@@ -127,7 +130,6 @@ def build_report(
     atomic_write_text(runs_path, runs_html(runs, tables, stamp))
     files.append(runs_path)
     files += write_summary(out_dir, tables, runs, stamp)
-    files += copy_sources(runs, out_dir)
     if readme is not None:
         splice_headline(readme, headline_block(tables, stamp, out_dir, readme))
         files.append(readme)

@@ -37,13 +37,20 @@ def copy_sources(runs: list[Run], out_dir: Path) -> list[Path]:
     return files
 
 
-def config_link(rel: str) -> str:
+def config_link(rel: str, copied: set[str]) -> str | None:
     """From a file of ``<out>/tables/``: the copied config of the run directory ``rel``."""
-    return f"../{SOURCES_DIR}/{rel}/config.yaml"
+    target = f"{SOURCES_DIR}/{rel}/config.yaml"
+    return f"../{target}" if target in copied else None
 
 
-def log_link(source: str) -> str:
-    """From a file of ``<out>/tables/``: the log beside the first metrics.json of a cell's
-    ``source`` (relative to the runs directory; several are ``;``-joined)."""
-    first = source.split(";")[0]
-    return f"../{SOURCES_DIR}/{Path(first).parent.as_posix()}/log.txt"
+def log_link(source: str, copied: set[str]) -> str | None:
+    """From a file of ``<out>/tables/``: the copied log beside the first metrics.json of a
+    cell's ``source`` (relative to the runs directory; several are ``;``-joined), else that
+    metrics.json; None when neither was copied (a DONE.json source, an evaluation without a
+    log)."""
+    parent = Path(source.split(";")[0]).parent.as_posix()
+    for name in ("log.txt", "metrics.json"):
+        target = f"{SOURCES_DIR}/{parent}/{name}"
+        if target in copied:
+            return f"../{target}"
+    return None

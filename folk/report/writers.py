@@ -151,10 +151,10 @@ def _show_origin(table: Table) -> bool:
     return any(r.origin == PUBLISHED for r in table.rows)
 
 
-def to_markdown(table: Table, stamp: Stamp, links: bool = False) -> str:
-    """With ``links`` (the report's own tables, beside the sources folk.report.sources
-    copies): each row's method links to its run's config and each of our values to the
-    log of its evaluation."""
+def to_markdown(table: Table, stamp: Stamp, links: frozenset[str] = frozenset()) -> str:
+    """With ``links``, the files folk.report.sources copied (paths relative to the results
+    directory): each row's method links to its run's config and each of our values to the
+    log of its evaluation, where they were copied."""
     markers = _markers(table)
     origin = _show_origin(table)
     keys = list(table.key_columns) + (["results"] if origin else [])
@@ -167,11 +167,11 @@ def to_markdown(table: Table, stamp: Stamp, links: bool = False) -> str:
     lines.append("|" + "|".join(":--" if c in keys else "--:" for c in cols) + "|")
     for row, mark in zip(table.rows, markers):
         cells = []
-        ours = links and row.origin == OURS
+        ours = bool(links) and row.origin == OURS
         for i, k in enumerate(table.key_columns):
             text = _md_escape(row.keys.get(k) or DASH_MD)
-            if i == 0 and ours and row.runs:
-                text = f"[{text}]({config_link(row.runs[0])})"
+            if i == 0 and ours and row.runs and (target := config_link(row.runs[0], links)):
+                text = f"[{text}]({target})"
             if i == 0:
                 text += f" [{mark}]"
             cells.append(text)
@@ -181,7 +181,8 @@ def to_markdown(table: Table, stamp: Stamp, links: bool = False) -> str:
             cell = row.cells.get(c.name)
             text = _fmt(cell, c.decimals, "±") or DASH_MD
             if ours and cell is not None and not cell.missing and cell.source:
-                text = f"[{text}]({log_link(cell.source)})"
+                if target := log_link(cell.source, links):
+                    text = f"[{text}]({target})"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
