@@ -7,28 +7,14 @@ from __future__ import annotations
 
 import json
 
+from folk.config import flatten
 from folk.eval_tasks import ABLATION_TABLES, TASKS, tasks_feeding
 from folk.report.collect import Run
 from folk.report.table import Table
+from folk.utils.keys import config_value
 
 # what every evaluation of a table shares with its pre-training: the images and their size
 DATA_KEYS = ("data.dataset", "data.train_subset", "data.test_subset", "model.img_size")
-
-
-def _leaves(tree, prefix: str) -> dict:
-    if isinstance(tree, dict):
-        out = {}
-        for key, value in tree.items():
-            out.update(_leaves(value, f"{prefix}.{key}"))
-        return out
-    return {prefix: tree}
-
-
-def _lookup(cfg: dict, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
 
 
 def _text(value) -> str:
@@ -40,7 +26,7 @@ def _settings(cfgs: list[dict], keys: list[str]) -> list[str]:
     for key in keys:
         values = []
         for cfg in cfgs:
-            value = _text(_lookup(cfg, key))
+            value = _text(config_value(cfg, key))
             if value not in values:
                 values.append(value)
         out.append(f"`{key}` = " + " | ".join(f"`{v}`" for v in values))
@@ -59,11 +45,11 @@ def table_protocol(table: Table, runs: list[Run], defaults: dict) -> list[str]:
     source = "the runs' config.yaml" if used else "the defaults (no run yet)"
     lines = []
     for task in tasks:
+        leaves = list(flatten(cfgs[0]["eval"], "eval."))
         keys: list[str] = []
         for section in TASKS[task].reads:
-            for key in _leaves(_lookup(cfgs[0], f"eval.{section}"), f"eval.{section}"):
-                if key not in keys:
-                    keys.append(key)
+            name = f"eval.{section}"
+            keys += [k for k in leaves if (k == name or k.startswith(f"{name}.")) and k not in keys]
         lines.append(f"{task}: " + ", ".join(_settings(cfgs, keys)))
     lines.append("data: " + ", ".join(_settings(cfgs, list(DATA_KEYS))))
     return [f"Protocol (from {source}):"] + lines
