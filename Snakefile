@@ -41,7 +41,7 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        rules.report.output.readme,
+        rules.report.output,
 
 
 # Stage targets (`snakemake <rule>`); dvc.yaml runs the workflow through them.

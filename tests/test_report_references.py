@@ -14,6 +14,7 @@ from report_fixtures import DEMO, loss_records, write_run
 from folk.report import build_report
 from folk.report.claims import HOLDS, NOT_CHECKED, NOT_REPRODUCED, check_claims
 from folk.report.collect import collect_runs
+from folk.report.seeds import merge_seeds
 
 
 @pytest.fixture
@@ -177,6 +178,43 @@ def test_seed_siblings_become_mean_and_spread(tmp_path):
     assert "folk-seed2" in folk["run_dir"]
     md = (out / "tables" / "knn_linear.md").read_text()
     assert "53.0 ± 2.6" in md and "seeds 0, 1, 2" in md
+
+
+def test_seed_siblings_of_another_commit_merge_unless_their_protocol_differs(tmp_path):
+    """A seed run at a commit that added a workflow key (a benchmark setting) trained the
+    same thing and joins its siblings; one whose evaluation setting differs stays apart, and
+    the claims read the run with more seeds, in whichever order the runs come."""
+    root = tmp_path / "runs"
+    for seed, (knn, extra) in enumerate(
+        [(50.0, []), (54.0, ["workflow.bench_steps=7"]), (58.0, ["eval.knn.k=[5, 20]"])]
+    ):
+        name = "folk" if seed == 0 else f"folk-seed{seed}"
+        write_run(
+            root,
+            "demo",
+            name,
+            "folk",
+            DEMO + [f"experiment.seed={seed}", *extra],
+            evals={"knn": ({"top1_k20": knn}, "top1_k20")},
+        )
+    for seed in (0, 1):
+        write_run(
+            root,
+            "demo",
+            "random_init" if seed == 0 else f"random_init-seed{seed}",
+            "folk",
+            DEMO + ["pretrain.epochs=0", f"experiment.seed={seed}"],
+            evals={"knn": ({"top1_k20": 20.0 + seed}, "top1_k20")},
+        )
+    merged = merge_seeds(collect_runs(root))
+    folk = sorted((r.seeds, r.eval("knn", None).primary()[0]) for r in merged if r.method == "folk")
+    assert folk == [([], 58.0), ([0, 1], pytest.approx(52.0))]
+    for runs in (merged, merged[::-1]):
+        (claim,) = [c for c in check_claims(runs) if c.statement.startswith("Pre-training helps")]
+        assert claim.evidence == [
+            "knn (ViT-T/4 @32px on Fashion-MNIST): folk 52.0 ± 2.8, "
+            "random init 20.5 ± 0.7 (+31.5)"
+        ], claim.evidence
 
 
 def test_an_evaluation_of_one_seed_keeps_its_number_in_a_merged_run(tmp_path):

@@ -332,6 +332,23 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+# Key prefixes that may differ between directories of the same training (a resumed run,
+# seed siblings): where the data lives and how it is read, how the run is launched and
+# scheduled, how often it writes progress, and the evaluations, which read a run and never
+# change it. workflow/rules/common.smk holds a copy (Snakemake parses it without folk).
+RESUMABLE_CHANGES = (
+    "data.root",
+    "data.num_workers",
+    "pretrain.checkpoint_every",
+    "pretrain.log_every",
+    "launch.",
+    "slurm.",
+    "eval.",
+    "workflow.",
+    "experiment.dataset_note",
+)
+
+
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     """``{"a.b": value}`` for every leaf of a nested configuration."""
     out = {}

@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from folk.config import flatten, load_run_config, save_config
+from folk.config import RESUMABLE_CHANGES, flatten, load_run_config, save_config
 from folk.data import build_dataset, collate_skip_none
 from folk.data.on_device import DeviceBatches
 from folk.data.transforms import PretrainViews, finish_views
@@ -43,18 +43,6 @@ from folk.utils.io import (
 from folk.utils.progress import progress
 from folk.utils.provenance import now_iso, provenance
 
-# keys that may differ when a run directory is resumed: they do not change what is trained
-RESUMABLE_CHANGES = (
-    "data.root",
-    "data.num_workers",
-    "pretrain.checkpoint_every",
-    "pretrain.log_every",
-    "launch.",
-    "slurm.",
-    "eval.",
-    "workflow.",
-    "experiment.dataset_note",
-)
 # what last.pt must hold (Pretrainer.state)
 CHECKPOINT_KEYS = (
     "iteration",

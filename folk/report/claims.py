@@ -25,15 +25,24 @@ class Claim:
     evidence: list[str] = field(default_factory=list)
 
 
+def _weight(run: Run) -> tuple[int, int]:
+    """How much a run says: its seeds, then its evaluations."""
+    return (len(run.seeds) or 1, len(run.evals))
+
+
 def _groups(runs: list[Run], same_epochs: bool = True) -> dict[tuple, dict[str, Run]]:
     """Main-grid runs by (dataset, backbone, epochs): {method: run}; without ``same_epochs``
-    by (dataset, backbone) (the random initialisation has 0 epochs)."""
+    by (dataset, backbone) (the random initialisation has 0 epochs). Of two runs of one
+    method in a group (seeds that could not be merged: another evaluation protocol), the
+    one with more seeds, then more evaluations, speaks for it, whatever order they come in."""
     out: dict[tuple, dict[str, Run]] = {}
     for run in runs:
         if run.ablation:
             continue
         key = (run.dataset, run.backbone, run.epochs if same_epochs else None)
-        out.setdefault(key, {})[run.method] = run
+        members = out.setdefault(key, {})
+        if run.method not in members or _weight(run) > _weight(members[run.method]):
+            members[run.method] = run
     return out
 
 

@@ -3,7 +3,9 @@
 The workflow trains the main grid once per seed of ``experiment.seed`` and
 ``workflow.seeds``; the report would otherwise show one row per seed, or keep only the
 newest. Main-grid runs of one experiment whose resolved configurations are equal except for
-``experiment.seed`` and ``experiment.run_name`` are merged: every evaluation gets the mean
+``experiment.seed``, ``experiment.run_name`` and the keys that do not change what is trained
+(folk.config.RESUMABLE_CHANGES, the evaluations' settings excepted: runs evaluated with
+another protocol are not merged) are merged: every evaluation gets the mean
 of each metric over the seeds that have it and, in ``seed_std``, the sample standard
 deviation over them (``workflow.seed_evals`` runs only some evaluations on the extra seeds).
 An evaluation of one seed only, like a run alone, keeps its numbers unchanged.
@@ -15,15 +17,19 @@ import copy
 import statistics
 from dataclasses import replace
 
-from folk.config import flatten
+from folk.config import RESUMABLE_CHANGES, flatten
 from folk.report.collect import EvalResult, Run, _finite
 
-_SEED_KEYS = ("experiment.seed", "experiment.run_name")
+# a run of the workflow's seeds at another commit may carry other workflow keys (a new
+# benchmark setting) and is still the same training
+_NOT_IDENTITY = ("experiment.seed", "experiment.run_name") + tuple(
+    k for k in RESUMABLE_CHANGES if k != "eval."
+)
 
 
 def _identity(run: Run) -> str:
     flat = flatten(run.cfg)
-    return repr(sorted((k, repr(v)) for k, v in flat.items() if k not in _SEED_KEYS))
+    return repr(sorted((k, repr(v)) for k, v in flat.items() if not k.startswith(_NOT_IDENTITY)))
 
 
 def _merge_evals(members: list[Run]) -> list[EvalResult]:

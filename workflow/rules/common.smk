@@ -40,7 +40,7 @@ PREPARE_KEYS = {
                      "eval.segmentation.composite_", "data.root", "experiment.seed"),
 }
 # the keys a pre-training run may change without being another run; mirrors
-# folk.engine.pretrain.RESUMABLE_CHANGES (tests/test_workflow.py checks they agree)
+# folk.config.RESUMABLE_CHANGES (tests/test_workflow.py checks they agree)
 RESUMABLE_CHANGES = ("data.root", "data.num_workers", "pretrain.checkpoint_every",
                      "pretrain.log_every", "launch.", "slurm.", "eval.", "workflow.",
                      "experiment.dataset_note")
