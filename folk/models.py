@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import timm
 import torch
@@ -202,6 +204,23 @@ def spatial_features(backbone: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     b, n, d = patches.shape
     side = int(math.isqrt(n))
     return patches.transpose(1, 2).reshape(b, d, side, n // side)
+
+
+@contextmanager
+def inference_layout(module: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """``module`` with its weights channels-last while inside, where that is faster: a
+    ResNet on the CPU. ResNet-18 at 32 px, one thread, batch 256: 356 -> 636 images/s in
+    inference; a training step ran 0.89x, hence only around inference, and the weights go
+    back afterwards (the pre-training monitor hands in the teacher). Unmeasured elsewhere
+    (CUDA, ViTs), so left as it is there."""
+    if device.type != "cpu" or not any(isinstance(m, timm.models.ResNet) for m in module.modules()):
+        yield module
+        return
+    module.to(memory_format=torch.channels_last)
+    try:
+        yield module
+    finally:
+        module.to(memory_format=torch.contiguous_format)
 
 
 def pooled_features(backbone: nn.Module, tokens: torch.Tensor) -> torch.Tensor:

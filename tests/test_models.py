@@ -94,3 +94,34 @@ def test_teacher_keeps_its_own_head_batch_norm_statistics():
         assert torch.equal(t_buf, b), name
         if t_buf.is_floating_point():
             assert not torch.equal(t_buf, s_buf), name
+
+
+def test_inference_layout_switches_a_cpu_resnet_only_while_inside():
+    import timm
+
+    from folk.models import inference_layout
+
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", in_chans=1, num_classes=0).eval()
+    params = list(net.parameters())
+    x = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        plain = net(x)
+        with inference_layout(net, torch.device("cpu")) as inside:
+            assert inside is net
+            # a multi-channel conv: the 1-channel stem's weight is contiguous in both layouts
+            weight = net.layer1[0].conv1.weight
+            assert weight.is_contiguous(memory_format=torch.channels_last)
+            assert not weight.is_contiguous()
+            switched = net(x)
+    # back to the layout it came in, the same parameter objects (an optimizer holds them)
+    assert net.layer1[0].conv1.weight.is_contiguous()
+    assert all(a is b for a, b in zip(params, net.parameters()))
+    # the same function: equal to float32 rounding of another summation order
+    assert torch.allclose(plain, switched, rtol=1e-4, atol=1e-5)
+    # a ViT, or any device but the CPU, is left as it is
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, in_chans=1)
+    with inference_layout(vit, torch.device("cpu")):
+        assert vit.patch_embed.proj.weight.is_contiguous()
+    with inference_layout(net, torch.device("meta")):
+        assert net.layer1[0].conv1.weight.is_contiguous()

@@ -26,14 +26,26 @@ def test_protocol_lines_come_from_the_runs_configs(tmp_path):
         [*DEMO, "eval.knn.k=[5, 20]", "eval.knn.temperature=0.1"],
         evals={"knn": ({"top1_k20": 62.0}, "top1_k20")},
     )
+    # a seed sibling: the table's folk row is the merged run "folk;folk-seed1", whose
+    # settings the protocol states (not the defaults'; k = [10, 20, 100, 200] there)
+    write_run(
+        runs,
+        "demo",
+        "folk-seed1",
+        "folk",
+        [*DEMO, "eval.knn.k=[5, 20]", "experiment.seed=1"],
+        evals={"knn": ({"top1_k20": 70.25}, "top1_k20"), "linear": ({"top1": 74.5}, "top1")},
+    )
     out = tmp_path / "results"
     assert main(["report", "--runs", str(runs / "demo"), "--out", str(out)]) == 0
     md = (out / "tables" / "knn_linear.md").read_text()
     head = md.split("| method")[0]  # the protocol stands before the table
+    assert "70.8 ± 0.7" in md  # the folk row is the mean of the two seeds
     assert "Protocol (from the runs' config.yaml):" in head
     knn = next(line for line in head.splitlines() if line.startswith("- knn: "))
     assert "`eval.knn.k` = `[5, 20]`" in knn  # one value: the runs agree
-    assert "`eval.knn.temperature` = `0.07` \\| `0.1`" in knn  # they differ: both
+    # they differ: both, in the order of the table's rows (mfm's row stands above folk's)
+    assert "`eval.knn.temperature` = `0.1` \\| `0.07`" in knn
     assert "`eval.feature_source` = `teacher`" in knn
     linear = next(line for line in head.splitlines() if line.startswith("- linear: "))
     assert "`eval.linear.lrs`" in linear and "eval.knn" not in linear

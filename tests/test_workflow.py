@@ -66,26 +66,27 @@ PAPER_ABLATIONS = {  # run name -> (ablation, --set items it must carry)
 }
 
 
-# the demo's evaluations (params/demo.yaml): robustness for folk and mfm only; the random
-# initialisation gets every evaluation and the raw-pixel baseline (workflow.random_init)
+# the demo's evaluations (params/demo.yaml): every one for folk and mfm, k-NN and linear for
+# the others; the random initialisation gets every evaluation and the raw-pixel baseline
+# (workflow.random_init)
 DEMO_EVALS = (
     {
         (r, t)
-        for r in ("folk", "mfm", "mfm_comrcom", "dino_2view")
-        for t in ("knn", "linear", "fewshot", "finetune", "segmentation")
+        for r in ("folk", "mfm")
+        for t in ("knn", "linear", "fewshot", "finetune", "segmentation", "robustness")
     }
-    | {("folk", "robustness"), ("mfm", "robustness")}
+    | {(r, t) for r in ("mfm_comrcom", "dino_2view") for t in ("knn", "linear")}
     | {
         ("random_init", t)
         for t in ("knn", "linear", "fewshot", "finetune", "segmentation", "robustness", "pixels")
     }
     | {
         (f"{r}-seed{s}", t)
-        for r in ("folk", "mfm", "mfm_comrcom", "dino_2view", "random_init")
+        for r in ("folk", "mfm", "dino_2view", "random_init")
         for s in (1, 2)
         for t in ("knn", "linear")
     }
-)  # workflow.seeds, workflow.seed_evals
+)  # workflow.seeds, workflow.seed_variants, workflow.seed_evals
 DEMO_RUNS = {r for r, _ in DEMO_EVALS}
 
 
@@ -215,6 +216,11 @@ def wf(tmp_path_factory) -> Path:
         ({"workflow": {"variants": ["folk", "flok"]}}, "workflow.variants", "flok"),
         ({"workflow": {"ablation_variant": "nope"}}, "workflow.ablation_variant", "nope"),
         ({"workflow": {"evals": ["knn", "nearest"]}}, "workflow.evals", "nearest"),
+        (
+            {"workflow": {"variants": ["folk", "mfm"], "seed_variants": ["dino_2view"]}},
+            "workflow.seed_variants",
+            "not in workflow.variants",
+        ),
         ({"experiment": {"name": "../elsewhere"}}, "experiment.name", "plain directory name"),
     ],
 )
@@ -339,7 +345,7 @@ def test_demo_dag_and_stage_targets(wf):
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = dry_run_jobs(res.stdout)
     runs = {j["wildcards"]["run"] for j in jobs if j["rule"] == "pretrain"}
-    assert runs == DEMO_RUNS and len(runs) == 15
+    assert runs == DEMO_RUNS and len(runs) == 13
     evals = {
         (j["wildcards"]["run"], j["wildcards"]["task"]) for j in jobs if j["rule"] == "evaluate"
     }
@@ -354,15 +360,15 @@ def test_demo_dag_and_stage_targets(wf):
     prep = {"prepare_data": 1, "prepare_fewshot": 1, "prepare_segmentation": 1}
     for rule, counts in (
         ("prepared", {**prep, "prepared": 1, "total": 4}),
-        ("pretrained", {"prepare_data": 1, "pretrain": 15, "pretrained": 1, "total": 17}),
+        ("pretrained", {"prepare_data": 1, "pretrain": 13, "pretrained": 1, "total": 15}),
         (
             "evaluated",
             {
                 **prep,
-                "pretrain": 15,
+                "pretrain": 13,
                 "evaluate": len(DEMO_EVALS),
                 "evaluated": 1,
-                "total": 19 + len(DEMO_EVALS),
+                "total": 17 + len(DEMO_EVALS),
             },
         ),
     ):
@@ -387,7 +393,7 @@ def test_snakemake_config_items_reach_folk_typed(wf):
     res = snakemake(wf, "-n", "-p", "--config", 'pretrain={"epochs": 3}', "experiment={name: cli}")
     assert res.returncode == 0, res.stderr[-3000:]
     pre = [j for j in dry_run_jobs(res.stdout) if j["rule"] == "pretrain"]
-    assert len(pre) == 15  # the four variants and the random initialisation, 3 seeds
+    assert len(pre) == 13  # the four variants and the random initialisation; 3 seeds of three
     for j in pre:
         assert "--set pretrain.epochs=3 " in j["shell"]
         if j["wildcards"]["run"] == "random_init":  # its own epochs=0 comes last and wins
@@ -419,7 +425,7 @@ def test_submitit_launch_makes_pretraining_a_waiting_local_job(wf, tmp_path):
     res = snakemake(wf, "-n", "-p", "--cores", "2", "--configfile", str(params))
     assert res.returncode == 0, res.stderr[-3000:]
     pre = [j for j in dry_run_jobs(res.stdout) if j["rule"] == "pretrain"]
-    assert len(pre) == 15  # the four variants and the random initialisation, 3 seeds
+    assert len(pre) == 13  # the four variants and the random initialisation; 3 seeds of three
     for j in pre:
         assert j["shell"].startswith(f"folk launch --wait --config {params} ")
     # one waiting thread per run (threads are printed only when above one)
@@ -763,7 +769,9 @@ def test_tiny_end_to_end_then_nothing_then_only_what_changed(tiny_workflow_run, 
 
 def test_more_seeds_repeat_the_main_grid(wf, tmp_path):
     params = write_params(
-        tmp_path / "seeds.yaml", {"workflow": {"seeds": [1, 2]}}, base="demo.yaml"
+        tmp_path / "seeds.yaml",
+        {"workflow": {"seeds": [1, 2], "seed_variants": []}},
+        base="demo.yaml",
     )
     res = snakemake(wf, "-n", "-p", "--configfile", str(params))
     assert res.returncode == 0, res.stderr[-3000:]

@@ -26,7 +26,7 @@ from folk.data import build_dataset, collate_skip_none
 from folk.data.transforms import eval_transform
 from folk.engine.device import training_device
 from folk.errors import ConfigError, DamagedFileError, DataError
-from folk.models import is_resnet, load_backbone
+from folk.models import inference_layout, is_resnet, load_backbone
 from folk.utils.io import atomic_torch_save, load_torch_file
 from folk.utils.progress import progress
 
@@ -271,7 +271,7 @@ def _run_backbone(
     backbone.eval().to(device)
     feats, labels, skipped = [], [], 0
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), inference_layout(backbone, device):
             for images, targets, n_skipped in progress(
                 loader, desc=f"features {split}", unit="batch", leave=False
             ):

@@ -54,7 +54,7 @@ from folk.engine.checkpoint import StateFile, refuse_or_discard, rng_state, set_
 from folk.engine.device import autocast, autocast_dtype, training_device
 from folk.engine.hooks import Boundary, Hook, call_hooks
 from folk.errors import ConfigError, DataError, NonFiniteLossError, RunDirError
-from folk.models import build_backbone, load_backbone
+from folk.models import build_backbone, inference_layout, load_backbone
 from folk.recipes import is_resnet
 from folk.utils.io import atomic_torch_save, atomic_write_json, load_torch_file
 from folk.utils.progress import progress
@@ -228,7 +228,7 @@ def _evaluate(model: nn.Module, cfg: dict, device, amp_dtype, log) -> dict[str, 
     correct = dict.fromkeys(ks, 0)
     total = skipped = 0
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), inference_layout(model, device):
         for images, labels, n_skipped in progress(
             loader, desc="finetune test", unit="batch", leave=False
         ):

@@ -38,6 +38,7 @@ from folk.evals import corruptions as C
 from folk.evals.common import task_dir
 from folk.evals.corruptions import CORRUPTIONS
 from folk.evals.finetune import device_and_amp, load_classifier
+from folk.models import inference_layout
 from folk.metric_columns import (
     CLEAN,
     PASS_KINDS,
@@ -126,7 +127,7 @@ def run(cfg: dict, run_dir: Path, out_dir: Path, log: logging.Logger) -> dict:
     conds = conditions(cfg, device)
     correct = {name: 0 for name, _ in conds}
     total = skipped = 0
-    with torch.inference_mode():
+    with torch.inference_mode(), inference_layout(model, device):
         for batch, (images, labels, n_skipped) in enumerate(
             progress(loader, desc="robustness", unit="batch", leave=False)
         ):

@@ -37,7 +37,7 @@ from folk.engine.device import autocast, autocast_dtype, training_device
 from folk.engine.hooks import Boundary, Hook, call_hooks
 from folk.errors import ConfigError, DataError, NonFiniteLossError
 from folk.evals.upernet import build_segmenter
-from folk.models import is_resnet, load_backbone
+from folk.models import inference_layout, is_resnet, load_backbone
 from folk.utils.progress import progress
 from folk.utils.seeding import key_seed, seeded_cpu_rng
 
@@ -312,23 +312,29 @@ def evaluate(
         else {}
     )
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=num_workers)
-    for image, target in progress(loader, desc="segmentation eval", unit="batch"):
-        image, target = image.to(device), target.to(device)
-        with autocast(device, amp_dtype):
-            logits = slide_inference(
-                model, image, seg["num_classes"], seg["crop_size"], seg["stride"], seg["batch_size"]
-            )
-        if logits.shape[-2:] != target.shape[-2:]:
-            logits = F.interpolate(
-                logits, size=target.shape[-2:], mode="bilinear", align_corners=False
-            )
-        pred = logits.argmax(1)
-        for metric in metrics.values():
-            metric.update(pred, target)
-        if reference:
-            constant = torch.full_like(target, majority)
-            for metric in reference.values():
-                metric.update(constant, target)
+    with inference_layout(model, device):
+        for image, target in progress(loader, desc="segmentation eval", unit="batch"):
+            image, target = image.to(device), target.to(device)
+            with autocast(device, amp_dtype):
+                logits = slide_inference(
+                    model,
+                    image,
+                    seg["num_classes"],
+                    seg["crop_size"],
+                    seg["stride"],
+                    seg["batch_size"],
+                )
+            if logits.shape[-2:] != target.shape[-2:]:
+                logits = F.interpolate(
+                    logits, size=target.shape[-2:], mode="bilinear", align_corners=False
+                )
+            pred = logits.argmax(1)
+            for metric in metrics.values():
+                metric.update(pred, target)
+            if reference:
+                constant = torch.full_like(target, majority)
+                for metric in reference.values():
+                    metric.update(constant, target)
     out = {name: 100.0 * float(m.compute()) for name, m in metrics.items()}
     log.info(
         "evaluated %d images: mIoU %.2f, pixel accuracy %.2f",

@@ -35,13 +35,18 @@ def _settings(cfgs: list[dict], keys: list[str]) -> list[str]:
 
 def table_protocol(table: Table, runs: list[Run], defaults: dict) -> list[str]:
     """One line per task feeding ``table`` (then one for the data): its settings, from the
-    configs of the runs behind the table's rows, or the defaults while it has none."""
+    configs of the runs behind the table's rows, or the defaults while it has none.
+    ``runs`` holds every run a row may cite: the collected ones and the seed-merged ones."""
     name = ABLATION_TABLES if table.name.startswith("ablation_") else table.name
     tasks = tasks_feeding(name)
     if not tasks:
         return []
+    by_rel = {r.rel: r for r in runs}
+    unknown = [rel for rel in table.runs if rel not in by_rel]
+    if unknown:  # the defaults would stand in for them, labelled as the runs' settings
+        raise ValueError(f"table {table.name}: rows cite runs not given to the protocol: {unknown}")
     used = set(table.runs)
-    cfgs = [r.cfg for r in runs if r.rel in used] or [defaults]
+    cfgs = [by_rel[rel].cfg for rel in table.runs] or [defaults]
     source = "the runs' config.yaml" if used else "the defaults (no run yet)"
     lines = []
     for task in tasks:

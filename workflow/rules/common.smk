@@ -107,6 +107,10 @@ def check_workflow_keys(cfg, source):
             if name not in VARIANTS:
                 raise WorkflowError(f"invalid params: {source}: key '{key}' has unknown "
                                     f"variant {name!r}; known: {sorted(VARIANTS)}")
+    for name in wf["seed_variants"]:
+        if name not in wf["variants"]:
+            raise WorkflowError(f"invalid params: {source}: key 'workflow.seed_variants' has "
+                                f"{name!r}, which is not in workflow.variants = {wf['variants']}")
 
 
 # ------------------------------------------------------------------ runs
@@ -139,7 +143,7 @@ def build_runs(cfg, grids):
         add(RANDOM_INIT_RUN, base, "", ["pretrain.epochs=0"],
             list(wf["evals"]) + (["pixels"] if wf["pixel_baseline"] else []))
     for seed in wf["seeds"]:  # the main grid again: the report shows the spread over seeds
-        for variant in wf["variants"]:
+        for variant in wf["seed_variants"] or wf["variants"]:
             add(f"{variant}-seed{seed}", variant, "", [f"experiment.seed={seed}"],
                 wf["seed_evals"])
         if wf["random_init"]:

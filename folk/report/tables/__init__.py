@@ -52,5 +52,6 @@ def build_tables(runs: list[Run], ref, defaults: dict) -> list[Table]:
     for build in TABLES:
         made = build(inputs)
         tables.extend(made if isinstance(made, list) else [made])
-    add_protocols(tables, runs, defaults)
+    # rows cite merged runs ("folk;folk-seed1") or single ones (the compute table)
+    add_protocols(tables, inputs.merged + runs, defaults)
     return tables
