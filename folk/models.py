@@ -216,11 +216,15 @@ def inference_layout(module: nn.Module, device: torch.device) -> Iterator[nn.Mod
     if device.type != "cpu" or not any(isinstance(m, timm.models.ResNet) for m in module.modules()):
         yield module
         return
-    module.to(memory_format=torch.channels_last)
+    # outside inference mode, whatever the caller's: weights converted inside it would be
+    # inference tensors, which a training step after (the pre-training monitor) cannot use
+    with torch.inference_mode(False), torch.no_grad():
+        module.to(memory_format=torch.channels_last)
     try:
         yield module
     finally:
-        module.to(memory_format=torch.contiguous_format)
+        with torch.inference_mode(False), torch.no_grad():
+            module.to(memory_format=torch.contiguous_format)
 
 
 def pooled_features(backbone: nn.Module, tokens: torch.Tensor) -> torch.Tensor:

@@ -21,10 +21,11 @@ if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get 
       || { apt-get update -qq && apt-get install -y -qq --no-install-recommends $pkgs; }; } \
       >/dev/null 2>&1 || echo "test: apt-get could not install chromium"
 fi
-python -m pytest -q -ra "$@"
+# the slowest tests listed at the end: CI has 30 minutes on 2 cores
+python -m pytest -q -ra --durations=25 "$@"
 if [ -f tests/slurm/run_slurm_tests.sh ]; then
   if [ "$(id -u)" = 0 ]; then
-    bash tests/slurm/run_slurm_tests.sh
+    bash tests/slurm/run_slurm_tests.sh --durations=10
   else
     echo "SLURM tests skipped: they install and start slurmctld/slurmd and need root"
   fi

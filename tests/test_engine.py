@@ -246,9 +246,17 @@ def test_resume_with_a_different_configuration_is_refused(tiny_cfg, tmp_path):
         pretrain(tiny_cfg("pretrain.base_lr=0.1"), tmp_path)
 
 
-def test_knn_monitor_logs_initialisation_and_each_epoch(tiny_cfg, tmp_path):
+# mfm on resnet18: the monitor's feature pass switches a CPU ResNet's layout
+# (inference_layout) between training iterations, and without a teacher it reads the
+# student, whose weights must come back trainable
+@pytest.mark.parametrize("arch,variant", [("vit_tiny_patch16_224", "folk"), ("resnet18", "mfm")])
+def test_knn_monitor_logs_initialisation_and_each_epoch(tiny_cfg, tmp_path, arch, variant):
     cfg = tiny_cfg(
-        "pretrain.knn_every=1", "pretrain.knn_train_images=30", "pretrain.knn_test_images=20"
+        f"model.arch={arch}",
+        f"pretrain.variant={variant}",
+        "pretrain.knn_every=1",
+        "pretrain.knn_train_images=30",
+        "pretrain.knn_test_images=20",
     )
     pretrain(cfg, tmp_path)
     records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -125,3 +125,21 @@ def test_inference_layout_switches_a_cpu_resnet_only_while_inside():
         assert vit.patch_embed.proj.weight.is_contiguous()
     with inference_layout(net, torch.device("meta")):
         assert net.layer1[0].conv1.weight.is_contiguous()
+
+
+def test_a_network_trains_after_inference_layout_inside_inference_mode():
+    """How the evaluations call it (inside torch.inference_mode), then a training step, as
+    the pre-training monitor does between iterations: the weights must not come back as
+    inference tensors."""
+    import timm
+
+    from folk.models import inference_layout
+
+    net = timm.create_model("resnet18", in_chans=1, num_classes=3)
+    with torch.inference_mode(), inference_layout(net, torch.device("cpu")):
+        net(torch.randn(2, 1, 32, 32))
+    assert not any(p.is_inference() for p in net.parameters())
+    assert not any(b.is_inference() for b in net.buffers())
+    net.train()
+    net(torch.randn(2, 1, 32, 32)).sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
