@@ -59,7 +59,8 @@ def _primary(run: Run, task: str) -> tuple[float | None, float | None]:
 
 def _where(key: tuple) -> str:
     dataset, backbone, epochs = key
-    return f"{backbone} on {dataset}" + (f", {epochs} pre-training epochs" if epochs else "")
+    unit = "epoch" if epochs == 1 else "epochs"
+    return f"{backbone} on {dataset}" + (f", {epochs} pre-training {unit}" if epochs else "")
 
 
 def _sampling_error(a: float, b: float, run: Run) -> float | None:
