@@ -59,6 +59,7 @@ class EvalTask:
 
 
 _FEATURES = ("batch_size", "feature_source")
+_SUBSETS = ("train_subset", "test_subset")  # the labelled images (folk.config.evaluated_subset)
 
 TASKS: dict[str, EvalTask] = {
     t.name: t
@@ -67,7 +68,7 @@ TASKS: dict[str, EvalTask] = {
             "knn",
             "top1_k20",
             ("data",),
-            (*_FEATURES, "knn"),
+            (*_SUBSETS, *_FEATURES, "knn"),
             ("knn_linear", "resnet50", ABLATION_TABLES),
             primary_column(KNN),
         ),
@@ -75,7 +76,7 @@ TASKS: dict[str, EvalTask] = {
             "linear",
             "top1",
             ("data",),
-            (*_FEATURES, "linear"),
+            (*_SUBSETS, *_FEATURES, "linear"),
             ("knn_linear", "resnet50", ABLATION_TABLES),
             primary_column(LINEAR),
         ),
@@ -83,7 +84,7 @@ TASKS: dict[str, EvalTask] = {
             "finetune",
             "top1",
             ("data",),
-            (*_FEATURES, "finetune"),
+            (*_SUBSETS, *_FEATURES, "finetune"),
             ("finetune", "resnet50", ABLATION_TABLES),
             primary_column(FINETUNE),
         ),
@@ -91,7 +92,8 @@ TASKS: dict[str, EvalTask] = {
             "fewshot",
             "shot<smallest k>_top1_mean",
             ("data", "fewshot_lists"),
-            (*_FEATURES, "fewshot", "finetune"),
+            # its training images are the lists' (the whole split's); its test images the others'
+            ("test_subset", *_FEATURES, "fewshot", "finetune"),
             ("fewshot",),
             fewshot_columns,
             fewshot_protocol_columns,
@@ -109,7 +111,7 @@ TASKS: dict[str, EvalTask] = {
             "robustness",
             "mean_corruption_top1",
             ("data", "finetune"),
-            (*_FEATURES, "robustness", "finetune"),
+            (*_SUBSETS, *_FEATURES, "robustness", "finetune"),
             ("robustness",),
             robustness_columns,
             robustness_protocol_columns,
@@ -119,7 +121,7 @@ TASKS: dict[str, EvalTask] = {
             "pixels",
             "knn_top1_k20",
             ("data",),
-            ("batch_size", "knn", "linear"),
+            (*_SUBSETS, "batch_size", "knn", "linear"),
             ("knn_linear",),
             pixels_columns(KNN, LINEAR),
         ),

@@ -15,7 +15,7 @@ def test_protocol_lines_come_from_the_runs_configs(tmp_path):
         "demo",
         "folk",
         "folk",
-        [*DEMO, "eval.knn.k=[5, 20]"],
+        [*DEMO, "eval.knn.k=[5, 20]", "eval.train_subset=300"],
         evals={"knn": ({"top1_k20": 71.25}, "top1_k20"), "linear": ({"top1": 75.5}, "top1")},
     )
     write_run(
@@ -33,7 +33,7 @@ def test_protocol_lines_come_from_the_runs_configs(tmp_path):
         "demo",
         "folk-seed1",
         "folk",
-        [*DEMO, "eval.knn.k=[5, 20]", "experiment.seed=1"],
+        [*DEMO, "eval.knn.k=[5, 20]", "eval.train_subset=300", "experiment.seed=1"],
         evals={"knn": ({"top1_k20": 70.25}, "top1_k20"), "linear": ({"top1": 74.5}, "top1")},
     )
     out = tmp_path / "results"
@@ -47,6 +47,9 @@ def test_protocol_lines_come_from_the_runs_configs(tmp_path):
     # they differ: both, in the order of the table's rows (mfm's row stands above folk's)
     assert "`eval.knn.temperature` = `0.1` \\| `0.07`" in knn
     assert "`eval.feature_source` = `teacher`" in knn
+    # the labelled images: folk's 300 (eval.train_subset), mfm's those it pre-trained on
+    # (data.train_subset 0, the whole split)
+    assert "`eval.train_subset` = `0` \\| `300`" in knn
     linear = next(line for line in head.splitlines() if line.startswith("- linear: "))
     assert "`eval.linear.lrs`" in linear and "eval.knn" not in linear
     data = next(line for line in head.splitlines() if line.startswith("- data: "))

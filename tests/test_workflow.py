@@ -340,6 +340,26 @@ def test_paper_dag_resolves_without_data(wf):
     assert seg["shell"].startswith("folk prepare ade20k --config params/paper.yaml")
 
 
+def test_study_dag_pretrains_on_the_whole_split_and_evaluates_on_2400_labels(wf):
+    """params/study.yaml: folk and random_init at 3 seeds, pre-trained on all 60,000
+    images; each evaluates k-NN, linear and fine-tuning on eval.train_subset's 2,400."""
+    from folk.config import evaluated_subset, load_config
+
+    cfg = load_config(ROOT / "params" / "study.yaml")
+    assert (cfg["data"]["train_subset"], cfg["data"]["test_subset"]) == (0, 0)
+    assert (evaluated_subset(cfg, "train"), evaluated_subset(cfg, "test")) == (2400, 0)
+    res = snakemake(wf, "-n", "--configfile", "params/study.yaml")
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = dry_run_jobs(res.stdout)
+    runs = [f"{v}{s}" for v in ("folk", "random_init") for s in ("", "-seed1", "-seed2")]
+    assert {j["wildcards"]["run"] for j in jobs if j["rule"] == "pretrain"} == set(runs)
+    evals = {
+        (j["wildcards"]["run"], j["wildcards"]["task"]) for j in jobs if j["rule"] == "evaluate"
+    }
+    want = {(r, t) for r in runs for t in ("knn", "linear", "finetune")}
+    assert evals == want | {("random_init", "pixels")}
+
+
 def test_demo_dag_and_stage_targets(wf):
     res = snakemake(wf, "-n", "-p")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -688,6 +708,20 @@ def test_tiny_end_to_end_then_nothing_then_only_what_changed(tiny_workflow_run, 
         for j in dry_run_jobs(plan.stdout)
         if j["rule"] == "evaluate"
     } == {(r, "knn") for r in TINY_RUNS} | {("random_init", "pixels")}
+    # fewer test images for the evaluations (eval.test_subset) rerun every evaluation but
+    # segmentation's (its own data), and no pre-training
+    cfg["eval"]["test_subset"] = 80
+    params.write_text(yaml.safe_dump(cfg))
+    plan = snakemake(wf, "-n", "--configfile", "params/test_tiny.yaml")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    rerun = {
+        (j["wildcards"]["run"], j["wildcards"]["task"])
+        for j in dry_run_jobs(plan.stdout)
+        if j["rule"] == "evaluate"
+    }
+    assert rerun == {(r, t) for r, tasks in TINY_RUNS.items() for t in tasks if t != "segmentation"}
+    assert "pretrain" not in job_counts(plan.stdout)
+    del cfg["eval"]["test_subset"]
     # one more ablation value adds that run (and its evaluation) only
     cfg["eval"]["knn"]["k"] = [5, 10]
     cfg["workflow"]["ablations"]["p_com"] = [0.25, 0.75]

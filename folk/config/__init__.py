@@ -895,7 +895,21 @@ def resolve(cfg: dict) -> dict:
         _set_if_null(cfg, path, value)
     for path, value in recipes.arch_values(cfg["model"]["arch"], cfg["model"]["depth"]).items():
         _set_if_null(cfg, path, value)
+    for split in SUBSET_SPLITS:
+        _set_if_null(cfg, f"eval.{split}_subset", cfg["data"][f"{split}_subset"])
     return cfg
+
+
+SUBSET_SPLITS = ("train", "test")
+
+
+def evaluated_subset(cfg: dict, split: str) -> int:
+    """How many images of ``split`` the evaluations see (0: the whole split):
+    ``eval.<split>_subset``, or ``data.<split>_subset`` (the pre-training images') while it
+    is null. The one place that decides it: eval_config gives it to the evaluations as their
+    ``data.<split>_subset``, the report reads it from a run's configuration."""
+    value = cfg.get("eval", {}).get(f"{split}_subset")
+    return cfg["data"][f"{split}_subset"] if value is None else value
 
 
 class _NoAliasDumper(yaml.SafeDumper):
@@ -934,7 +948,8 @@ EVAL_OVERRIDABLE = ("eval.", "data.root", "data.num_workers", "experiment.run_na
 def eval_config(run_dir: Path, params: str | None, overrides: list[str]) -> dict:
     """A run's configuration as one of its evaluations reads it: the run's ``config.yaml``,
     then the ``eval`` section of ``params``, then ``overrides`` (``EVAL_OVERRIDABLE`` keys
-    only: a ConfigError names any other), validated and resolved."""
+    only: a ConfigError names any other), validated and resolved; its ``data.*_subset`` are
+    the evaluations' (``evaluated_subset``), not the pre-training's."""
     cfg = load_run_config(run_dir)
     if params:
         data = read_params(params)
@@ -951,7 +966,12 @@ def eval_config(run_dir: Path, params: str | None, overrides: list[str]) -> dict
             )
         cfg = merge_into(cfg, _nest(key, value), f"--set {key}")
     validate(cfg, params or str(Path(run_dir) / "config.yaml"))
-    return resolve(cfg)
+    cfg = resolve(cfg)
+    # every evaluation draws its images through data.*_subset (folk.data.build_dataset), and
+    # its feature cache is keyed by the data section: both then follow eval.*_subset
+    for split in SUBSET_SPLITS:
+        cfg["data"][f"{split}_subset"] = evaluated_subset(cfg, split)
+    return cfg
 
 
 # ---------------------------------------------------------------- JSON schema

@@ -106,6 +106,8 @@ CONSTRAINTS: dict[str, dict] = {
     "pretrain.knn_train_images": {"minimum": 1},
     "pretrain.knn_test_images": {"minimum": 1},
     "pretrain.max_iterations": _NONNEG,
+    "eval.train_subset": {"minimum": 0, "nullable": True},
+    "eval.test_subset": {"minimum": 0, "nullable": True},
     "eval.batch_size": {"minimum": 1},
     "eval.feature_source": {"enum": ["teacher", "student"]},
     "eval.knn.k": {"minItems": 1, "items": {"minimum": 1}},
@@ -201,4 +203,6 @@ ENUM_NULLABLE: dict[str, list[str]] = {
     "method.reconstruction": ["boolean"],
     "method.distillation": ["boolean"],
     "method.p_com": ["number"],
+    "eval.train_subset": ["integer"],
+    "eval.test_subset": ["integer"],
 }

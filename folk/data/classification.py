@@ -410,7 +410,8 @@ def build_base_dataset(cfg: dict, split: str, transform: Callable | None = None)
 
 def build_dataset(cfg: dict, split: str, transform: Callable | None = None):
     """The ``split`` ("train" or "test") of ``data.dataset``; a seeded class-balanced subset
-    when ``data.train_subset``/``data.test_subset`` > 0 (seed ``experiment.seed``).
+    when ``data.train_subset``/``data.test_subset`` > 0 (seed ``experiment.seed``; in an
+    evaluation's configuration they hold ``eval.train_subset``/``eval.test_subset``).
     Items ``(image, label)``, image a PIL image (RGB if data.in_chans == 3, else "L") or
     ``transform(image)``; None for an undecodable image."""
     ds = build_base_dataset(cfg, split, transform)
@@ -421,10 +422,13 @@ def build_dataset(cfg: dict, split: str, transform: Callable | None = None):
         )
         ds = LabelledSubset(ds, idx)
     elif n and n > len(ds):
-        key = "data.train_subset" if split == "train" else "data.test_subset"
+        # an evaluation's data.*_subset is its eval.*_subset (folk.config.eval_config), and
+        # a pre-training's eval.*_subset defaults to it: either may be the one to change
+        also = f" (eval.{split}_subset for an evaluation)"
+        also = also if cfg.get("eval", {}).get(f"{split}_subset") == n else ""
         raise DataError(
-            f"{key} = {n} is larger than the {split} split of '{ds.name}' at "
-            f"data.root '{cfg['data']['root']}' ({len(ds)} images)"
+            f"data.{split}_subset = {n}{also} is larger than the {split} split of "
+            f"'{ds.name}' at data.root '{cfg['data']['root']}' ({len(ds)} images)"
         )
     return ds
 

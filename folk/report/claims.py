@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from statistics import mean
 
+from folk.config import evaluated_subset
 from folk.report.collect import RANDOM_INIT, Run
 
 HOLDS, NOT_REPRODUCED, NOT_CHECKED = "holds", "not reproduced at this scale", "not checked"
-# top-1 accuracies on the data.test_subset test images (few-shot and segmentation are not)
+# top-1 accuracies on the eval.test_subset test images (few-shot and segmentation are not)
 SAMPLED_TASKS = ("knn", "linear", "finetune")
 
 
@@ -67,7 +68,7 @@ def _sampling_error(a: float, b: float, run: Run) -> float | None:
     """Standard error (points) of the difference of two accuracies a, b (%) measured on the
     same n test images: sqrt(p(1-p)/n + q(1-q)/n); None when n is not known from the config
     (the whole test split). With one seed it is the only spread there is."""
-    n = run.cfg.get("data", {}).get("test_subset") or 0
+    n = evaluated_subset(run.cfg, "test")
     if n <= 0 or not (0 <= a <= 100 and 0 <= b <= 100):
         return None
     p, q = a / 100.0, b / 100.0

@@ -73,16 +73,21 @@ def run_backbone_label(cfg: dict) -> str:
     return backbone_label(m["arch"], patch_size_of(m), m["img_size"], custom)
 
 
-def dataset_label(name: str, subset: int = 0) -> str:
+def dataset_label(name: str, subset: int = 0, labelled: int | None = None) -> str:
+    """``name`` with its image count (``subset``, 0: the whole split) and, when the
+    evaluations see another number of training images, theirs (``labelled``; 0: all)."""
     label = DATASETS.get(name, name)
     if subset:
         label += f" ({subset} img)"
+    if labelled is not None and labelled != subset:
+        label += f" ({labelled or 'all'} labelled)"
     return label
 
 
 def run_dataset_label(cfg: dict) -> str:
     d = cfg["data"]
-    label = dataset_label(d["dataset"], d.get("train_subset", 0))
+    labelled = cfg.get("eval", {}).get("train_subset")
+    label = dataset_label(d["dataset"], d.get("train_subset", 0), labelled)
     if d["dataset"] == "imagefolder":
         label = label.replace(
             "ImageFolder", f"ImageFolder:{str(d['root']).rstrip('/').split('/')[-1]}"
