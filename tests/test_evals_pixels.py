@@ -196,5 +196,5 @@ def test_pixels_refuses_features_larger_than_memory(tiny_cfg, monkeypatch):
     cfg = pixel_cfg(tiny_cfg)
     monkeypatch.setattr(pixels, "_physical_memory", lambda: 1000 * 28 * 28 * 4)
     pixels.check_memory(cfg, {"train": 600, "test": 400})  # exactly fits
-    with pytest.raises(ConfigError, match="data.train_subset"):
+    with pytest.raises(ConfigError, match="eval.train_subset"):
         pixels.check_memory(cfg, {"train": 601, "test": 400})

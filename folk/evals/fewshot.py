@@ -15,7 +15,8 @@ Two protocols, each repeated for every seed in ``eval.fewshot.seeds``:
     to score the refitted winner. With k = 1 no image per class can be held out, so C is
     ``eval.fewshot.logreg_c_fallback``.
 
-Subsets are drawn from the whole training split (``data.train_subset`` does not apply) with
+Subsets are drawn from the whole training split (neither ``data.train_subset`` nor
+``eval.train_subset`` applies) with
 ``folk.data.subsets.class_balanced_indices`` (seeded, class-balanced, nested across sizes);
 when ``folk prepare fewshot`` has written ``<data.root>/fewshot/<fraction|shot>..._seed<s>.txt``
 that list is read instead. A user list ``data.fewshot_file`` adds one more training set,

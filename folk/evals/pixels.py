@@ -5,7 +5,7 @@ The run's backbone is not read: the "features" of an image are its pixels after 
 evaluation transform (``eval_transform``: resize, centre crop to ``model.img_size``,
 normalise with ``data.mean``/``data.std``), flattened to ``in_chans * img_size**2`` values.
 On them run exactly the two protocols of the frozen-feature evaluations, on the same
-splits (``data.train_subset``/``data.test_subset``, seeded by ``experiment.seed``):
+splits (``eval.train_subset``/``eval.test_subset``, seeded by ``experiment.seed``):
 
 - weighted k-NN as ``folk eval knn`` (``folk.evals.knn.knn_eval``: L2-normalised features,
   ``eval.knn.k``, ``eval.knn.temperature``) -> ``knn_top1_k<k>`` (+ ``knn_top5_k<k>``);
@@ -17,7 +17,7 @@ The primary metric is the k-NN task's (``knn_top1_k20`` when 20 is in eval.knn.k
 features are not cached (they are recomputed in the time it takes to decode the images);
 the linear grid is checkpointed in the output directory as ``folk eval linear`` does.
 Pixel features hold ``in_chans * img_size**2`` floats per image (588 KiB at 224 px RGB), so
-a large dataset needs ``data.train_subset``: the task refuses to start when the two splits
+a large dataset needs ``eval.train_subset``: the task refuses to start when the two splits
 would not fit in the machine's memory.
 """
 
@@ -75,7 +75,7 @@ def check_memory(cfg: dict, sizes: dict[str, int]) -> None:
             f"folk eval pixels: {sizes['train']} train + {sizes['test']} test images of "
             f"{cfg['data']['in_chans']}x{size}x{size} pixels need {need / 2**30:.1f} GiB of "
             f"features, more than this machine's {have / 2**30:.1f} GiB; set "
-            f"data.train_subset/data.test_subset (or a smaller model.img_size)"
+            f"eval.train_subset/eval.test_subset (or a smaller model.img_size)"
         )
 
 
