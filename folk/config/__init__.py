@@ -867,6 +867,9 @@ def _set_if_null(cfg: dict, path: str, value: Any) -> None:
         node[leaf] = copy.deepcopy(value)
 
 
+SUBSET_SPLITS = ("train", "test")  # the splits of data.*_subset and eval.*_subset
+
+
 def resolve(cfg: dict) -> dict:
     """Fill every null key from what decides it, so that the saved ``config.yaml`` says
     everything the run did: ``method.*`` from the variant, ``augment.*`` from the
@@ -898,9 +901,6 @@ def resolve(cfg: dict) -> dict:
     for split in SUBSET_SPLITS:
         _set_if_null(cfg, f"eval.{split}_subset", cfg["data"][f"{split}_subset"])
     return cfg
-
-
-SUBSET_SPLITS = ("train", "test")
 
 
 def evaluated_subset(cfg: dict, split: str) -> int:

@@ -424,8 +424,8 @@ def build_dataset(cfg: dict, split: str, transform: Callable | None = None):
     elif n and n > len(ds):
         # an evaluation's data.*_subset is its eval.*_subset (folk.config.eval_config), and
         # a pre-training's eval.*_subset defaults to it: either may be the one to change
-        also = f" (eval.{split}_subset for an evaluation)"
-        also = also if cfg.get("eval", {}).get(f"{split}_subset") == n else ""
+        evaluated = cfg.get("eval", {}).get(f"{split}_subset") == n
+        also = f" (eval.{split}_subset for an evaluation)" if evaluated else ""
         raise DataError(
             f"data.{split}_subset = {n}{also} is larger than the {split} split of "
             f"'{ds.name}' at data.root '{cfg['data']['root']}' ({len(ds)} images)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from folk.config import evaluated_subset
 from folk.recipes import is_resnet, patch_size_of
 from folk.utils.text import fmt_number
 
@@ -86,8 +87,7 @@ def dataset_label(name: str, subset: int = 0, labelled: int | None = None) -> st
 
 def run_dataset_label(cfg: dict) -> str:
     d = cfg["data"]
-    labelled = cfg.get("eval", {}).get("train_subset")
-    label = dataset_label(d["dataset"], d.get("train_subset", 0), labelled)
+    label = dataset_label(d["dataset"], d.get("train_subset", 0), evaluated_subset(cfg, "train"))
     if d["dataset"] == "imagefolder":
         label = label.replace(
             "ImageFolder", f"ImageFolder:{str(d['root']).rstrip('/').split('/')[-1]}"
